@@ -1,0 +1,1 @@
+//! Configuration: YAML to a validated Config with located errors

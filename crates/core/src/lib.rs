@@ -1,0 +1,19 @@
+//! burrow's core: the domain types and the ports (traits) through which the run pipeline
+//! talks to the outside world, plus pure policies that need no I/O beyond what a port does.
+//!
+//! Nothing here knows about russh, rustic_core, zbus or tokio: adapters live in their own
+//! crates and convert foreign types into these at their boundary.
+
+pub mod disk;
+pub mod exclude;
+pub mod exit;
+pub mod local;
+pub mod monitor;
+pub mod problems;
+pub mod run;
+pub mod schedule;
+pub mod source;
+
+pub use exit::Exit;
+pub use problems::{Problem, Problems};
+pub use run::{RunStatus, RunSummary};

@@ -1,0 +1,21 @@
+//! The monitoring port: tells an external service (healthchecks.io) that a run started and
+//! how it ended. Monitoring never fails a backup: implementations log their own errors.
+
+use std::future::Future;
+
+use crate::run::RunStatus;
+
+/// How a run ended, as sent to monitoring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: RunStatus,
+    pub exit_code: i32,
+    /// The tail of the run's log (the adapter cuts it to the server's limit).
+    pub log: String,
+}
+
+pub trait Monitor: Send + Sync + 'static {
+    fn start(&self, job: &str, run_id: &str) -> impl Future<Output = ()> + Send;
+    fn finish(&self, job: &str, run_id: &str, outcome: &Outcome)
+    -> impl Future<Output = ()> + Send;
+}

@@ -1,0 +1,105 @@
+//! The result of one run of a job, as printed by `burrow run --json`, kept in the run history
+//! and sent to monitoring.
+
+use serde::{Deserialize, Serialize};
+
+use crate::exit::Exit;
+use crate::problems::Problem;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Ok,
+    Partial,
+    Failed,
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn exit(self) -> Exit {
+        match self {
+            RunStatus::Ok => Exit::Ok,
+            RunStatus::Partial => Exit::Partial,
+            RunStatus::Failed => Exit::Failed,
+            RunStatus::Skipped => Exit::Skipped,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// What a run did. Field names are part of the `--json` contract.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub job: String,
+    pub run_id: String,
+    pub status: RunStatus,
+    /// RFC 3339 start time.
+    pub started: String,
+    pub snapshot_id: Option<String>,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    pub dirs: u64,
+    /// File content bytes read from the source (0 when nothing changed).
+    pub bytes_read: u64,
+    /// Bytes added to the repository after deduplication and compression.
+    pub bytes_added: u64,
+    pub duration_s: f64,
+    /// Unreadable files, failed dumps, failed hooks.
+    pub errors: Vec<ErrorItem>,
+    /// Why the run failed or was skipped, when it did not produce a snapshot.
+    pub reason: Option<String>,
+}
+
+/// One entry of `errors` in the JSON summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorItem {
+    pub path: String,
+    pub message: String,
+}
+
+impl From<&Problem> for ErrorItem {
+    fn from(p: &Problem) -> Self {
+        ErrorItem {
+            path: p.path.to_string_lossy().into_owned(),
+            message: p.message.clone(),
+        }
+    }
+}
+
+impl RunSummary {
+    /// A summary for a run that ended before a snapshot could be made.
+    pub fn without_snapshot(
+        job: &str,
+        run_id: &str,
+        started: &str,
+        status: RunStatus,
+        reason: String,
+        duration_s: f64,
+    ) -> Self {
+        RunSummary {
+            job: job.to_owned(),
+            run_id: run_id.to_owned(),
+            status,
+            started: started.to_owned(),
+            snapshot_id: None,
+            files_new: 0,
+            files_changed: 0,
+            files_unmodified: 0,
+            dirs: 0,
+            bytes_read: 0,
+            bytes_added: 0,
+            duration_s,
+            errors: Vec::new(),
+            reason: Some(reason),
+        }
+    }
+}

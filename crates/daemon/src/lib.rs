@@ -1,0 +1,1 @@
+//! Daemon: scheduler with catch-up, run queue, control socket, signals

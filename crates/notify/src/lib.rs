@@ -1,0 +1,1 @@
+//! Monitoring: healthchecks.io pings, systemd sd_notify

@@ -1,0 +1,1 @@
+//! restic-format repository via rustic_core: init, backup, snapshots, restore, forget, prune, check

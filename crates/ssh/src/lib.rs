@@ -1,0 +1,1 @@
+//! SSH transport (russh): host-key policy, exec channels, SFTP source
