@@ -1,1 +1,271 @@
-//! Configuration: YAML to a validated Config with located errors
+//! burrow's configuration: one YAML file turned into a [`Config`] that cannot be invalid.
+//!
+//! Two phases, as borgmatic does it: serde with `deny_unknown_fields` rejects syntax and type
+//! errors with `FILE:LINE:COL` and the key path; then [`validate`] collects *every* semantic
+//! error (unknown server, bad cron, relative path, ...) so a user fixes them all in one go,
+//! before 03:00 rather than at 03:00.
+
+mod locate;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use burrow_core::schedule::Schedule;
+
+/// Where the daemon and the CLI look when neither `--config` nor `BURROW_CONFIG` is given.
+pub const DEFAULT_PATH: &str = "/etc/burrow/config.yaml";
+/// Where burrow keeps its state (run history, last slots) when `state_dir` is not set.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/burrow";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (for messages).
+    pub file: PathBuf,
+    pub repository: Repository,
+    pub state_dir: PathBuf,
+    pub disk: Option<Disk>,
+    pub servers: BTreeMap<String, Server>,
+    pub jobs: BTreeMap<String, Job>,
+    pub check: Option<Check>,
+    pub healthchecks: Healthchecks,
+}
+
+#[derive(Debug, Clone)]
+pub struct Repository {
+    /// Absolute, or relative to the backup volume's root when `disk` is set.
+    pub path: PathBuf,
+    /// Absolute, or relative to the key stick's root when `disk.key` is set.
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub key: Option<KeyStick>,
+    pub backup_uuid: String,
+    pub lock_when_key_removed: bool,
+    pub unmount_after_run: bool,
+    pub power_off_after_run: bool,
+    pub spinup_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyStick {
+    pub fs_uuid: String,
+    /// Relative to the stick's root.
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKey {
+    /// An OpenSSH public key line or a `SHA256:` fingerprint.
+    Pinned(String),
+    KnownHosts(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_file: PathBuf,
+    pub identity_passphrase_file: Option<PathBuf>,
+    pub host_key: HostKey,
+    pub sftp_command: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    /// `None`: the paths are on this machine and hooks and dumps run here.
+    pub server: Option<String>,
+    pub enabled: bool,
+    /// `None`: the job runs only when asked (`burrow run JOB`).
+    pub schedule: Option<Schedule>,
+    pub random_delay: Duration,
+    pub paths: Vec<PathBuf>,
+    pub exclude: Vec<String>,
+    pub before: Vec<String>,
+    pub after: Vec<String>,
+    pub hook_timeout: Duration,
+    pub after_deadline: Option<Duration>,
+    pub dumps: Vec<Dump>,
+    pub retention: Option<Retention>,
+    pub healthcheck: Option<Ping>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dump {
+    pub name: String,
+    /// Runs on the job's server; its stdout is the dump.
+    pub command: String,
+    /// Reads a dump on stdin to restore it (`burrow restore --dump NAME --to-server`).
+    pub restore_command: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+}
+
+/// A healthchecks.io ping URL. Its path is a secret (anyone holding it can ping), so `Debug`
+/// and `Display` show only the scheme and host.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Ping(String);
+
+impl Ping {
+    pub fn new(url: String) -> Self {
+        Ping(url)
+    }
+    /// The full URL, for the HTTP client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Ping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Ping({self})")
+    }
+}
+
+impl fmt::Display for Ping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
+        let host = rest.split('/').next().unwrap_or("");
+        write!(f, "{scheme}://{host}/…")
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Healthchecks {
+    pub heartbeat: Option<Ping>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub schedule: Schedule,
+    /// `None`: structure only; `Some("5%")`, `Some("all")`, `Some("1/7")`: also read data.
+    pub read_data: Option<String>,
+    pub healthcheck: Option<Ping>,
+}
+
+impl Config {
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.get(name)
+    }
+
+    pub fn server_of(&self, job: &Job) -> Option<&Server> {
+        job.server.as_ref().and_then(|s| self.servers.get(s))
+    }
+}
+
+/// One semantic error: the key path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub path: String,
+    pub message: String,
+    /// 1-based line and column of the key, when it could be found.
+    pub at: Option<(usize, usize)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read config file {}: {source} (pass --config FILE or set BURROW_CONFIG)",
+        path.display()
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{col}: {message}", file.display())]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    #[error("{}", render_invalid(file, errors))]
+    Invalid { file: PathBuf, errors: Vec<Invalid> },
+}
+
+fn render_invalid(file: &Path, errors: &[Invalid]) -> String {
+    let mut out = format!("{} has {} error(s):", file.display(), errors.len());
+    for e in errors {
+        match e.at {
+            Some((l, c)) => out.push_str(&format!(
+                "\n{}:{l}:{c}: {}: {}",
+                file.display(),
+                e.path,
+                e.message
+            )),
+            None => out.push_str(&format!("\n{}: {}: {}", file.display(), e.path, e.message)),
+        }
+    }
+    out
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates `text`, naming `file` in errors.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, file, true)
+}
+
+/// As [`parse`]; with `check_files` false, the files the config names (identity, password,
+/// known_hosts) are not opened. For checking a config written for another machine.
+pub fn parse_with(text: &str, file: &Path, check_files: bool) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
+        let (line, col) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        ConfigError::Syntax {
+            file: file.to_owned(),
+            line,
+            col,
+            message: strip_location(&e.to_string()),
+        }
+    })?;
+    validate::validate(raw, file, text, check_files)
+}
+
+/// serde_yaml_ng appends " at line L column C" to its messages; we print the location first.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) if msg[i..].contains(" column ") => msg[..i].to_owned(),
+        _ => msg.to_owned(),
+    }
+}
+
+/// Quotes `s` for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+%".contains(&b))
+    {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,641 @@
+//! Phase two: every semantic rule, all errors collected with their key paths.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use burrow_core::exclude::Excludes;
+use burrow_core::schedule::Schedule;
+
+use crate::raw::{RawConfig, RawDump, RawPing};
+use crate::{
+    Check, Config, ConfigError, DEFAULT_STATE_DIR, Disk, Dump, Healthchecks, HostKey, Invalid, Job,
+    KeyStick, Ping, Repository, Retention, Server, locate::locate, shell_quote,
+};
+
+struct Errors<'a> {
+    text: &'a str,
+    list: Vec<Invalid>,
+    check_files: bool,
+}
+
+impl Errors<'_> {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let at = locate_path(self.text, &path);
+        self.list.push(Invalid {
+            path,
+            message: message.into(),
+            at,
+        });
+    }
+}
+
+/// Locates `a.b[2].c`, falling back to the longest prefix that can be found.
+fn locate_path(text: &str, path: &str) -> Option<(usize, usize)> {
+    let parts: Vec<&str> = path
+        .split('.')
+        .map(|p| p.split('[').next().unwrap_or(p))
+        .collect();
+    (1..=parts.len())
+        .rev()
+        .find_map(|n| locate(text, &parts[..n]))
+}
+
+fn duration(errs: &mut Errors, path: &str, v: Option<&String>, default: Duration) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) => d,
+            Err(e) => {
+                errs.add(
+                    path,
+                    format!("invalid duration {s:?}: {e} (e.g. \"30s\", \"10m\", \"2h\")"),
+                );
+                default
+            }
+        },
+    }
+}
+
+fn absolute(errs: &mut Errors, path: &str, p: &Path) {
+    if !p.is_absolute() {
+        errs.add(
+            path,
+            format!("{} is a relative path; write it from / on", p.display()),
+        );
+    }
+}
+
+fn readable_file(errs: &mut Errors, path: &str, p: &Path) {
+    if !errs.check_files {
+        return;
+    }
+    if let Err(e) = std::fs::File::open(p) {
+        errs.add(path, format!("cannot read {}: {e}", p.display()));
+    }
+}
+
+/// A plain relative path that stays inside its base (no `..`, no root).
+fn inside(p: &Path) -> bool {
+    !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && s != "."
+        && s != ".."
+}
+
+fn ping(
+    errs: &mut Errors,
+    path: &str,
+    raw: Option<&RawPing>,
+    key: Option<&str>,
+    base: &str,
+) -> Option<Ping> {
+    match raw? {
+        RawPing::Url(u) => {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                errs.add(
+                    path,
+                    "must be an http(s):// URL, e.g. https://hc-ping.com/<uuid>",
+                );
+                return None;
+            }
+            Some(Ping::new(u.trim_end_matches('/').to_owned()))
+        }
+        RawPing::Slug { slug } => match key {
+            Some(k) => Some(Ping::new(format!(
+                "{}/{k}/{slug}",
+                base.trim_end_matches('/')
+            ))),
+            None => {
+                errs.add(
+                    path,
+                    "a slug needs healthchecks.ping_key_file (the project's ping key)",
+                );
+                None
+            }
+        },
+    }
+}
+
+pub fn validate(
+    raw: RawConfig,
+    file: &Path,
+    text: &str,
+    check_files: bool,
+) -> Result<Config, ConfigError> {
+    let mut errs = Errors {
+        text,
+        list: Vec::new(),
+        check_files,
+    };
+    let e = &mut errs;
+
+    // disk
+    let disk = raw.disk.as_ref().map(|d| {
+        if let Some(k) = &d.key {
+            if k.fs_uuid.trim().is_empty() {
+                e.add("disk.key.fs_uuid", "must not be empty");
+            }
+            if !inside(&k.key_file) {
+                e.add(
+                    "disk.key.key_file",
+                    format!(
+                        "{} must be relative to the stick's root, without ..",
+                        k.key_file.display()
+                    ),
+                );
+            }
+        }
+        if d.backup.uuid.trim().is_empty() {
+            e.add("disk.backup.uuid", "must not be empty");
+        }
+        if d.lock_when_key_removed && d.key.is_none() {
+            e.add(
+                "disk.lock_when_key_removed",
+                "needs disk.key (the stick whose removal locks the disk)",
+            );
+        }
+        Disk {
+            key: d.key.as_ref().map(|k| KeyStick {
+                fs_uuid: k.fs_uuid.trim().to_ascii_lowercase(),
+                key_file: k.key_file.clone(),
+            }),
+            backup_uuid: d.backup.uuid.trim().to_ascii_lowercase(),
+            lock_when_key_removed: d.lock_when_key_removed,
+            unmount_after_run: d.unmount_after_run,
+            power_off_after_run: d.power_off_after_run,
+            spinup_timeout: duration(
+                e,
+                "disk.spinup_timeout",
+                d.spinup_timeout.as_ref(),
+                Duration::from_secs(60),
+            ),
+        }
+    });
+    let has_key = disk.as_ref().is_some_and(|d| d.key.is_some());
+
+    // repository
+    let repo = &raw.repository;
+    if repo.path.is_relative() {
+        if disk.is_none() {
+            e.add("repository.path", format!(
+                "{} is a relative path; without `disk` write it from / on (with `disk` it is relative to the backup volume)",
+                repo.path.display()
+            ));
+        } else if !inside(&repo.path) {
+            e.add(
+                "repository.path",
+                "must stay inside the backup volume (no ..)",
+            );
+        }
+    }
+    if repo.password_file.is_relative() {
+        if !has_key {
+            e.add("repository.password_file", format!(
+                "{} is a relative path; write it from / on (a relative path means a file on the key stick and needs disk.key)",
+                repo.password_file.display()
+            ));
+        } else if !inside(&repo.password_file) {
+            e.add(
+                "repository.password_file",
+                "must stay inside the key stick (no ..)",
+            );
+        }
+    } else {
+        readable_file(e, "repository.password_file", &repo.password_file);
+    }
+    let state_dir = raw
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    absolute(e, "state_dir", &state_dir);
+
+    // healthchecks
+    let hc = raw.healthchecks.as_ref();
+    let base = hc
+        .and_then(|h| h.base_url.clone())
+        .unwrap_or_else(|| "https://hc-ping.com".to_owned());
+    let ping_key = hc.and_then(|h| h.ping_key_file.as_ref()).and_then(|p| {
+        if !e.check_files {
+            return Some("ping-key".to_owned());
+        }
+        match std::fs::read_to_string(p) {
+            Ok(s) => Some(s.lines().next().unwrap_or("").trim().to_owned()),
+            Err(err) => {
+                e.add(
+                    "healthchecks.ping_key_file",
+                    format!("cannot read {}: {err}", p.display()),
+                );
+                None
+            }
+        }
+    });
+    let heartbeat = hc.and_then(|h| {
+        h.heartbeat.as_ref().and_then(|u| {
+            ping(
+                e,
+                "healthchecks.heartbeat",
+                Some(&RawPing::Url(u.clone())),
+                None,
+                &base,
+            )
+        })
+    });
+
+    // which servers are used by enabled jobs: their files must exist now
+    let used: BTreeSet<&str> = raw
+        .jobs
+        .values()
+        .filter(|j| j.enabled)
+        .filter_map(|j| j.server.as_deref())
+        .collect();
+
+    let mut servers = BTreeMap::new();
+    for (name, s) in &raw.servers {
+        let p = format!("servers.{name}");
+        if !valid_name(name) {
+            e.add(&p, "server names use letters, digits, '-', '_' and '.'");
+        }
+        if s.host.trim().is_empty() {
+            e.add(format!("{p}.host"), "must not be empty");
+        }
+        if s.user.trim().is_empty() {
+            e.add(format!("{p}.user"), "must not be empty");
+        }
+        if s.port == Some(0) {
+            e.add(format!("{p}.port"), "must be 1-65535");
+        }
+        absolute(e, &format!("{p}.identity_file"), &s.identity_file);
+        if let Some(pp) = &s.identity_passphrase_file {
+            absolute(e, &format!("{p}.identity_passphrase_file"), pp);
+        }
+        let host_key = match (&s.host_key, &s.known_hosts) {
+            (Some(_), Some(_)) => {
+                e.add(&p, "set either host_key or known_hosts, not both");
+                None
+            }
+            (None, None) => {
+                e.add(&p, format!(
+                    "set host_key (e.g. the output of `ssh-keyscan -t ed25519 {}`, checked by hand) or known_hosts; burrow never trusts an unknown server key",
+                    s.host
+                ));
+                None
+            }
+            (Some(k), None) => {
+                let k = k.trim();
+                let ok = k.starts_with("SHA256:")
+                    || (k.split_whitespace().count() >= 2
+                        && (k.starts_with("ssh-") || k.starts_with("ecdsa-")));
+                if !ok {
+                    e.add(format!("{p}.host_key"), "expected an OpenSSH public key line (\"ssh-ed25519 AAAA…\") or a SHA256: fingerprint");
+                }
+                Some(HostKey::Pinned(k.to_owned()))
+            }
+            (None, Some(kh)) => {
+                absolute(e, &format!("{p}.known_hosts"), kh);
+                Some(HostKey::KnownHosts(kh.clone()))
+            }
+        };
+        if used.contains(name.as_str()) {
+            if s.identity_file.is_absolute() {
+                readable_file(e, &format!("{p}.identity_file"), &s.identity_file);
+            }
+            if let Some(pp) = &s.identity_passphrase_file
+                && pp.is_absolute()
+            {
+                readable_file(e, &format!("{p}.identity_passphrase_file"), pp);
+            }
+            if let Some(HostKey::KnownHosts(kh)) = &host_key
+                && kh.is_absolute()
+            {
+                readable_file(e, &format!("{p}.known_hosts"), kh);
+            }
+        }
+        let connect_timeout = duration(
+            e,
+            &format!("{p}.connect_timeout"),
+            s.connect_timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+        if let Some(hk) = host_key {
+            servers.insert(
+                name.clone(),
+                Server {
+                    name: name.clone(),
+                    host: s.host.trim().to_owned(),
+                    port: s.port.unwrap_or(22),
+                    user: s.user.trim().to_owned(),
+                    identity_file: s.identity_file.clone(),
+                    identity_passphrase_file: s.identity_passphrase_file.clone(),
+                    host_key: hk,
+                    sftp_command: s.sftp_command.clone().filter(|c| !c.trim().is_empty()),
+                    connect_timeout,
+                },
+            );
+        }
+    }
+
+    let mut jobs = BTreeMap::new();
+    for (name, j) in &raw.jobs {
+        let p = format!("jobs.{name}");
+        if !valid_name(name) {
+            e.add(
+                &p,
+                "job names use letters, digits, '-', '_' and '.' (at most 64)",
+            );
+        }
+        if let Some(s) = &j.server
+            && !raw.servers.contains_key(s)
+        {
+            let known: Vec<&str> = raw.servers.keys().map(String::as_str).collect();
+            e.add(
+                format!("{p}.server"),
+                format!(
+                    "unknown server {s:?} (servers defined: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+        let schedule = match &j.schedule {
+            Some(expr) => match Schedule::parse(expr, j.timezone.as_deref()) {
+                Ok(s) => Some(s),
+                Err(err) => {
+                    let key = if matches!(err, burrow_core::schedule::ScheduleError::Zone(_)) {
+                        "timezone"
+                    } else {
+                        "schedule"
+                    };
+                    e.add(format!("{p}.{key}"), err.to_string());
+                    None
+                }
+            },
+            None => {
+                if j.timezone.is_some() {
+                    e.add(format!("{p}.timezone"), "has no effect without a schedule");
+                }
+                None
+            }
+        };
+        for (i, path) in j.paths.iter().enumerate() {
+            absolute(e, &format!("{p}.paths[{i}]"), path);
+        }
+        if j.paths.is_empty() && j.dumps.is_empty() {
+            e.add(&p, "has neither paths nor dumps: nothing to back up");
+        }
+        if let Err(err) = Excludes::new(&j.exclude) {
+            e.add(format!("{p}.exclude"), err.to_string());
+        }
+        for (i, h) in j.before.iter().chain(&j.after).enumerate() {
+            if h.trim().is_empty() {
+                let (k, n) = if i < j.before.len() {
+                    ("before", i)
+                } else {
+                    ("after", i - j.before.len())
+                };
+                e.add(format!("{p}.{k}[{n}]"), "empty command");
+            }
+        }
+        let after_deadline = j.after_deadline.as_ref().map(|_| {
+            duration(
+                e,
+                &format!("{p}.after_deadline"),
+                j.after_deadline.as_ref(),
+                Duration::ZERO,
+            )
+        });
+        if after_deadline.is_some() && j.after.is_empty() {
+            e.add(
+                format!("{p}.after_deadline"),
+                "needs `after` commands to run at the deadline",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        let mut dumps = Vec::new();
+        for (i, d) in j.dumps.iter().enumerate() {
+            let dp = format!("{p}.dumps[{i}]");
+            if !valid_name(&d.name) {
+                e.add(
+                    format!("{dp}.name"),
+                    format!(
+                        "{:?}: dump names use letters, digits, '-', '_' and '.'",
+                        d.name
+                    ),
+                );
+            } else if !seen.insert(d.name.clone()) {
+                e.add(
+                    format!("{dp}.name"),
+                    format!("duplicate dump name {:?}", d.name),
+                );
+            }
+            if let Some(dump) = expand_dump(e, &dp, d) {
+                dumps.push(dump);
+            }
+        }
+        let retention = j.retention.as_ref().map(|r| {
+            let ret = Retention {
+                keep_last: r.keep_last,
+                keep_hourly: r.keep_hourly,
+                keep_daily: r.keep_daily,
+                keep_weekly: r.keep_weekly,
+                keep_monthly: r.keep_monthly,
+                keep_yearly: r.keep_yearly,
+            };
+            if ret == Retention::default() {
+                e.add(
+                    format!("{p}.retention"),
+                    "set at least one keep_* (or remove retention to keep every snapshot)",
+                );
+            }
+            ret
+        });
+        let healthcheck = ping(
+            e,
+            &format!("{p}.healthcheck"),
+            j.healthcheck.as_ref(),
+            ping_key.as_deref(),
+            &base,
+        );
+        jobs.insert(
+            name.clone(),
+            Job {
+                name: name.clone(),
+                server: j.server.clone(),
+                enabled: j.enabled,
+                schedule,
+                random_delay: duration(
+                    e,
+                    &format!("{p}.random_delay"),
+                    j.random_delay.as_ref(),
+                    Duration::ZERO,
+                ),
+                paths: j.paths.clone(),
+                exclude: j.exclude.clone(),
+                before: j.before.clone(),
+                after: j.after.clone(),
+                hook_timeout: duration(
+                    e,
+                    &format!("{p}.hook_timeout"),
+                    j.hook_timeout.as_ref(),
+                    Duration::from_secs(600),
+                ),
+                after_deadline,
+                dumps,
+                retention,
+                healthcheck,
+            },
+        );
+    }
+
+    let check = raw.check.as_ref().and_then(|c| {
+        let hc = ping(
+            e,
+            "check.healthcheck",
+            c.healthcheck.as_ref(),
+            ping_key.as_deref(),
+            &base,
+        );
+        if let Some(rd) = &c.read_data
+            && !valid_read_data(rd)
+        {
+            e.add(
+                "check.read_data",
+                format!("{rd:?}: expected a percentage (\"5%\"), \"n/m\" or \"all\""),
+            );
+        }
+        match Schedule::parse(&c.schedule, c.timezone.as_deref()) {
+            Ok(schedule) => Some(Check {
+                schedule,
+                read_data: c.read_data.clone(),
+                healthcheck: hc,
+            }),
+            Err(err) => {
+                e.add("check.schedule", err.to_string());
+                None
+            }
+        }
+    });
+
+    if !errs.list.is_empty() {
+        return Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            errors: errs.list,
+        });
+    }
+    Ok(Config {
+        file: file.to_owned(),
+        repository: Repository {
+            path: repo.path.clone(),
+            password_file: repo.password_file.clone(),
+        },
+        state_dir,
+        disk,
+        servers,
+        jobs,
+        check,
+        healthchecks: Healthchecks { heartbeat },
+    })
+}
+
+fn valid_read_data(s: &str) -> bool {
+    if s == "all" {
+        return true;
+    }
+    if let Some(p) = s.strip_suffix('%') {
+        return p.parse::<f64>().is_ok_and(|v| v > 0.0 && v <= 100.0);
+    }
+    if let Some((n, m)) = s.split_once('/') {
+        return matches!((n.parse::<u32>(), m.parse::<u32>()), (Ok(n), Ok(m)) if n >= 1 && n <= m);
+    }
+    false
+}
+
+/// Turns a `dumps[]` entry (a command or a preset) into the commands that run on the server.
+fn expand_dump(e: &mut Errors, path: &str, d: &RawDump) -> Option<Dump> {
+    let set = [
+        d.command.is_some(),
+        d.postgres.is_some(),
+        d.mysql.is_some(),
+        d.sqlite.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if set != 1 {
+        e.add(path, "set exactly one of command, postgres, mysql, sqlite");
+        return None;
+    }
+    let exec = |container: &Option<String>| match container {
+        Some(c) => format!("docker exec -i {} ", shell_quote(c)),
+        None => String::new(),
+    };
+    let (command, restore) = if let Some(c) = &d.command {
+        if c.trim().is_empty() {
+            e.add(format!("{path}.command"), "empty command");
+        }
+        (c.clone(), None)
+    } else if let Some(pg) = &d.postgres {
+        let user = pg
+            .user
+            .as_ref()
+            .map(|u| format!(" -U {}", shell_quote(u)))
+            .unwrap_or_default();
+        let db = shell_quote(&pg.database);
+        (
+            format!("{}pg_dump -Fc{user} {db}", exec(&pg.container)),
+            Some(format!(
+                "{}pg_restore --clean --if-exists --no-owner{user} -d {db}",
+                exec(&pg.container)
+            )),
+        )
+    } else if let Some(my) = &d.mysql {
+        let user = my
+            .user
+            .as_ref()
+            .map(|u| format!(" -u {}", shell_quote(u)))
+            .unwrap_or_default();
+        let db = shell_quote(&my.database);
+        (
+            format!(
+                "{}mysqldump --single-transaction --routines --triggers{user} {db}",
+                exec(&my.container)
+            ),
+            Some(format!("{}mysql{user} {db}", exec(&my.container))),
+        )
+    } else if let Some(sq) = &d.sqlite {
+        if !sq.path.is_absolute() {
+            e.add(
+                format!("{path}.sqlite.path"),
+                "must be an absolute path on the server",
+            );
+        }
+        let db = shell_quote(&sq.path.to_string_lossy());
+        // `.backup` takes a consistent copy of a live database (it holds a read transaction);
+        // the copy goes through a private temp file because it needs a seekable target.
+        (
+            format!(
+                "t=$(mktemp) && sqlite3 {db} \".backup '$t'\" && cat \"$t\"; r=$?; rm -f \"$t\"; exit $r"
+            ),
+            Some(format!(
+                "t=$(mktemp) && cat > \"$t\" && sqlite3 {db} \".restore '$t'\"; r=$?; rm -f \"$t\"; exit $r"
+            )),
+        )
+    } else {
+        return None;
+    };
+    Some(Dump {
+        name: d.name.clone(),
+        command,
+        restore_command: d.restore_command.clone().or(restore),
+    })
+}
