@@ -30,7 +30,10 @@ impl Problems {
             path: path.into(),
             message: message.into(),
         };
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(problem);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(problem);
     }
 
     pub fn snapshot(&self) -> Vec<Problem> {

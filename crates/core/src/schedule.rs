@@ -25,7 +25,9 @@ pub struct Schedule {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("invalid cron expression {expr:?}: {reason} (expected 5 fields: minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\")")]
+    #[error(
+        "invalid cron expression {expr:?}: {reason} (expected 5 fields: minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\")"
+    )]
     Cron { expr: String, reason: String },
     #[error("unknown time zone {0:?} (use an IANA name such as Europe/Paris)")]
     Zone(String),
@@ -159,7 +161,10 @@ mod tests {
         let s = Schedule::parse("0 3 * * *", Some("UTC")).unwrap();
         let since = utc("2026-11-20T03:00:00Z");
         let now = utc("2026-11-23T10:00:00Z");
-        assert_eq!(s.missed_between(since, now), Some(utc("2026-11-23T03:00:00Z")));
+        assert_eq!(
+            s.missed_between(since, now),
+            Some(utc("2026-11-23T03:00:00Z"))
+        );
         assert_eq!(s.missed_between(now, now), None);
         let zone = chrono_tz::UTC;
         let _ = zone.with_ymd_and_hms(2026, 1, 1, 0, 0, 0);

@@ -146,6 +146,35 @@ pub fn normalize_roots(roots: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// Merges two walks into one ordered walk. Both must be in walk order (see module docs) and
+/// their roots disjoint; used to put the spooled dumps (`/burrow-dumps/...`) beside the files.
+pub fn merge_walks(
+    a: Box<dyn Iterator<Item = Entry> + Send>,
+    b: Box<dyn Iterator<Item = Entry> + Send>,
+) -> Box<dyn Iterator<Item = Entry> + Send> {
+    Box::new(Merge {
+        a: a.peekable(),
+        b: b.peekable(),
+    })
+}
+
+struct Merge {
+    a: std::iter::Peekable<Box<dyn Iterator<Item = Entry> + Send>>,
+    b: std::iter::Peekable<Box<dyn Iterator<Item = Entry> + Send>>,
+}
+
+impl Iterator for Merge {
+    type Item = Entry;
+    fn next(&mut self) -> Option<Entry> {
+        let take_a = match (self.a.peek(), self.b.peek()) {
+            (Some(x), Some(y)) => x.path.components().le(y.path.components()),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if take_a { self.a.next() } else { self.b.next() }
+    }
+}
+
 /// A counting reader: adds every byte read to `counter`.
 pub struct CountingReader<R> {
     inner: R,
@@ -182,6 +211,29 @@ mod tests {
         ];
         let got = normalize_roots(&roots);
         let want: Vec<PathBuf> = ["/etc", "/var/lib/a", "/var/lib/b", "/var/lib-x"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    fn dir(p: &str) -> Entry {
+        Entry {
+            path: PathBuf::from(p),
+            kind: EntryKind::Dir,
+            meta: Meta::default(),
+            content: None,
+        }
+    }
+
+    #[test]
+    fn merged_walks_stay_in_walk_order() {
+        let a: Vec<Entry> = ["/a", "/a/x", "/c", "/c/d"].into_iter().map(dir).collect();
+        let b: Vec<Entry> = ["/b", "/b/1", "/b/2"].into_iter().map(dir).collect();
+        let got: Vec<PathBuf> = merge_walks(Box::new(a.into_iter()), Box::new(b.into_iter()))
+            .map(|e| e.path)
+            .collect();
+        let want: Vec<PathBuf> = ["/a", "/a/x", "/b", "/b/1", "/b/2", "/c", "/c/d"]
             .iter()
             .map(PathBuf::from)
             .collect();

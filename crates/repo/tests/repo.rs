@@ -1,0 +1,369 @@
+//! The repository against real files: backup, parent reuse, restore, partial snapshots,
+//! retention, and stock restic reading what burrow wrote.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burrow_core::Problems;
+use burrow_core::exclude::Excludes;
+use burrow_core::local::LocalSource;
+use burrow_core::source::{Content, Entry, EntryKind, Meta, Time};
+use burrow_repo::{BackupRequest, Keep, Password, Repo, RepoError, init};
+
+fn tree(root: &Path) {
+    fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    fs::create_dir_all(root.join("empty")).unwrap();
+    fs::write(root.join("a.txt"), "alpha\n").unwrap();
+    fs::write(root.join("sub/b.bin"), vec![7u8; 300_000]).unwrap();
+    fs::write(root.join("sub/deeper/c"), "c").unwrap();
+    fs::set_permissions(root.join("sub/deeper/c"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("../a.txt", root.join("sub/link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("outside")).unwrap();
+}
+
+fn backup(repo: &Repo, job: &str, root: &Path) -> (burrow_repo::BackupOutcome, Problems) {
+    let problems = Problems::new();
+    let src = LocalSource::new(&[root.to_owned()], Excludes::none());
+    let out = repo
+        .backup(BackupRequest {
+            job,
+            host: "testhost",
+            paths: vec![root.to_owned()],
+            source: &src,
+            extra: Vec::new(),
+            problems: problems.clone(),
+            partial: false,
+        })
+        .unwrap();
+    (out, problems)
+}
+
+/// Compares two trees: names, kinds, contents, modes, mtimes (seconds), link targets.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let list = |root: &Path| {
+        let mut v: Vec<PathBuf> = Vec::new();
+        let mut stack = vec![root.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if fs::symlink_metadata(&p).unwrap().is_dir() {
+                    stack.push(p.clone());
+                }
+                v.push(p.strip_prefix(root).unwrap().to_owned());
+            }
+        }
+        v.sort();
+        v
+    };
+    let (la, lb) = (list(a), list(b));
+    assert_eq!(la, lb, "different entries");
+    for rel in la {
+        let (pa, pb) = (a.join(&rel), b.join(&rel));
+        let (ma, mb) = (
+            fs::symlink_metadata(&pa).unwrap(),
+            fs::symlink_metadata(&pb).unwrap(),
+        );
+        assert_eq!(ma.file_type(), mb.file_type(), "{rel:?}");
+        assert_eq!(ma.mode(), mb.mode(), "mode of {rel:?}");
+        if ma.is_symlink() {
+            assert_eq!(fs::read_link(&pa).unwrap(), fs::read_link(&pb).unwrap());
+        } else {
+            assert_eq!(ma.mtime(), mb.mtime(), "mtime of {rel:?}");
+        }
+        if ma.is_file() {
+            assert_eq!(
+                fs::read(&pa).unwrap(),
+                fs::read(&pb).unwrap(),
+                "content of {rel:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn backup_parent_reuse_and_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    let pw = Password::new("correct horse");
+    let repo = init(&tmp.path().join("repo"), &pw).unwrap();
+    assert!(matches!(
+        init(&tmp.path().join("repo"), &pw),
+        Err(RepoError::AlreadyExists { .. })
+    ));
+
+    let (first, problems) = backup(&repo, "files", &src);
+    assert!(problems.is_empty(), "{:?}", problems.snapshot());
+    assert_eq!(first.files_new, 5, "{first:?}");
+    assert_eq!(first.bytes_read, 6 + 300_000 + 1);
+    assert!(!first.partial);
+
+    let (second, _) = backup(&repo, "files", &src);
+    assert_eq!(
+        second.bytes_read, 0,
+        "unchanged files must not be read: {second:?}"
+    );
+    assert_eq!(second.files_unmodified, 5);
+    assert_eq!(
+        second.parent_id.as_deref(),
+        Some(first.snapshot_id.as_str())
+    );
+
+    fs::write(src.join("a.txt"), "alpha changed\n").unwrap();
+    let (third, _) = backup(&repo, "files", &src);
+    assert_eq!(third.files_changed, 1);
+    assert_eq!(third.bytes_read, 14);
+
+    let snaps = repo.snapshots(Some("files")).unwrap();
+    assert_eq!(snaps.len(), 3);
+    assert_eq!(snaps[2].id, third.snapshot_id);
+    assert_eq!(snaps[0].host, "testhost");
+    assert!(snaps[0].tags.contains(&"job=files".to_owned()));
+    assert!(repo.snapshots(Some("other")).unwrap().is_empty());
+
+    let out = tmp.path().join("restored");
+    let r = repo.restore("files", "latest", &out, None).unwrap();
+    assert!(r.refused.is_empty());
+    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+
+    // by id prefix, and only a sub path
+    let out2 = tmp.path().join("restored2");
+    let sub = src.join("sub");
+    repo.restore("files", &first.snapshot_id[..8], &out2, Some(&sub))
+        .unwrap();
+    assert_eq!(fs::read(out2.join("b.bin")).unwrap().len(), 300_000);
+
+    repo.check(Some("all")).unwrap();
+}
+
+#[test]
+fn wrong_password_is_clear_and_harmless() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("repo");
+    init(&path, &Password::new("right")).unwrap();
+    let before: Vec<_> = fs::read_dir(path.join("keys")).unwrap().collect();
+    let err = Repo::open(&path, &Password::new("wrong")).err().unwrap();
+    assert!(matches!(err, RepoError::WrongPassword { .. }), "{err}");
+    assert!(err.to_string().contains("password_file"));
+    let after: Vec<_> = fs::read_dir(path.join("keys")).unwrap().collect();
+    assert_eq!(before.len(), after.len());
+    let err = Repo::open(&tmp.path().join("none"), &Password::new("x"))
+        .err()
+        .unwrap();
+    assert!(matches!(err, RepoError::NotInitialised { .. }), "{err}");
+}
+
+struct Bytes(Vec<u8>);
+impl Content for Bytes {
+    fn open(self: Box<Self>) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        Ok(Box::new(std::io::Cursor::new(self.0)))
+    }
+}
+struct Broken;
+impl Content for Broken {
+    fn open(self: Box<Self>) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        Err(std::io::Error::other("device went away"))
+    }
+}
+
+fn file_entry(path: &str, content: Box<dyn Content>, size: u64) -> Entry {
+    Entry {
+        path: PathBuf::from(path),
+        kind: EntryKind::File,
+        meta: Meta {
+            mode: 0o644,
+            size,
+            mtime: Some(Time::from_secs(1_700_000_000)),
+            ..Meta::default()
+        },
+        content: Some(content),
+    }
+}
+
+fn dir_entry(path: &str) -> Entry {
+    Entry {
+        path: PathBuf::from(path),
+        kind: EntryKind::Dir,
+        meta: Meta {
+            mode: 0o755,
+            ..Meta::default()
+        },
+        content: None,
+    }
+}
+
+#[test]
+fn unreadable_file_makes_a_partial_snapshot_and_forget_keeps_the_newest_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    let repo = init(&tmp.path().join("repo"), &Password::new("pw")).unwrap();
+    let (good, _) = backup(&repo, "j", &src);
+
+    // a run whose extra entries (as dumps are) include one that cannot be read
+    let problems = Problems::new();
+    let source = LocalSource::new(&[src.clone()], Excludes::none());
+    let out = repo
+        .backup(BackupRequest {
+            job: "j",
+            host: "testhost",
+            paths: vec![src.clone(), PathBuf::from("/burrow-dumps")],
+            source: &source,
+            extra: vec![
+                dir_entry("/burrow-dumps"),
+                file_entry("/burrow-dumps/bad", Box::new(Broken), 10),
+                file_entry(
+                    "/burrow-dumps/good",
+                    Box::new(Bytes(b"0123456789".to_vec())),
+                    10,
+                ),
+            ],
+            problems: problems.clone(),
+            partial: false,
+        })
+        .unwrap();
+    assert!(out.partial);
+    let p = problems.snapshot();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].path, PathBuf::from("/burrow-dumps/bad"));
+    let snaps = repo.snapshots(Some("j")).unwrap();
+    assert_eq!(snaps.len(), 2, "the untagged copy must be gone: {snaps:?}");
+    assert!(snaps[1].partial && snaps[1].id == out.snapshot_id);
+    let mut buf = Vec::new();
+    repo.dump("j", "latest", Path::new("/burrow-dumps/good"), &mut buf)
+        .unwrap();
+    assert_eq!(buf, b"0123456789");
+
+    // keep_last 1 would keep only the partial one; the newest complete one must survive
+    let now = rustic_core::jiff::Zoned::now();
+    let removed = repo
+        .forget(
+            "j",
+            &Keep {
+                last: Some(1),
+                ..Keep::default()
+            },
+            &now,
+        )
+        .unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    let ids: Vec<String> = repo
+        .snapshots(Some("j"))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [good.snapshot_id.clone(), out.snapshot_id.clone()]);
+
+    // a newer complete snapshot makes the old ones forgettable
+    let (newest, _) = backup(&repo, "j", &src);
+    let removed = repo
+        .forget(
+            "j",
+            &Keep {
+                last: Some(1),
+                ..Keep::default()
+            },
+            &now,
+        )
+        .unwrap();
+    assert_eq!(removed.len(), 2);
+    let ids: Vec<String> = repo
+        .snapshots(Some("j"))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [newest.snapshot_id]);
+    repo.prune().unwrap();
+    repo.check(Some("all")).unwrap();
+}
+
+fn restic(repo: &Path, pwfile: &Path, args: &[&str]) -> Option<std::process::Output> {
+    if Command::new("restic").arg("version").output().is_err() {
+        burrow_testkit::missing("restic", "apt-get install restic");
+        return None;
+    }
+    Some(
+        Command::new("restic")
+            .arg("-r")
+            .arg(repo)
+            .arg("--password-file")
+            .arg(pwfile)
+            .arg("--no-cache")
+            .args(args)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn stock_restic_reads_what_burrow_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    let pwfile = tmp.path().join("pw");
+    fs::write(&pwfile, "s3cret\n").unwrap();
+    let repo_path = tmp.path().join("repo");
+    let repo = init(&repo_path, &Password::from_file(&pwfile).unwrap()).unwrap();
+    backup(&repo, "files", &src);
+    let dump = vec![b'x'; 123_457];
+    let source = LocalSource::new(&[src.clone()], Excludes::none());
+    repo.backup(BackupRequest {
+        job: "files",
+        host: "testhost",
+        paths: vec![src.clone(), PathBuf::from("/burrow-dumps")],
+        source: &source,
+        extra: vec![
+            dir_entry("/burrow-dumps"),
+            file_entry(
+                "/burrow-dumps/db.dump",
+                Box::new(Bytes(dump.clone())),
+                dump.len() as u64,
+            ),
+        ],
+        problems: Problems::new(),
+        partial: false,
+    })
+    .unwrap();
+
+    let Some(out) = restic(&repo_path, &pwfile, &["check", "--read-data"]) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "restic check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = restic(
+        &repo_path,
+        &pwfile,
+        &["snapshots", "--tag", "job=files", "--json"],
+    )
+    .unwrap();
+    let snaps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+
+    let target = tmp.path().join("by-restic");
+    let out = restic(
+        &repo_path,
+        &pwfile,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--verify",
+        ],
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "restic restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    assert_eq!(fs::read(target.join("burrow-dumps/db.dump")).unwrap(), dump);
+}
