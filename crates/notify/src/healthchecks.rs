@@ -1,0 +1,402 @@
+//! healthchecks.io client: implements the `Monitor` port with the pinging API.
+//!
+//! One ping URL per job (`https://hc-ping.com/<uuid>` or a self-hosted base). A run sends
+//! `<url>/start?rid=<run_id>` and then `<url>?rid=` (success) or `<url>/<exit code>?rid=`
+//! (anything else), the body being the tail of the run's log. The same `rid` lets the server
+//! pair start and end and measure the duration.
+//!
+//! Monitoring never fails a backup: every request has a timeout, transient failures are retried
+//! a bounded number of times, and whatever still fails is logged and dropped. The ping URL is a
+//! secret (anyone who has it can report on the check), so logs only ever show a redacted form.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use burrow_core::monitor::{Monitor, Outcome};
+use burrow_core::run::RunStatus;
+use reqwest::{StatusCode, Url};
+
+/// healthchecks.io keeps the first 100 kB of a body; used until the server tells its own limit.
+pub const DEFAULT_BODY_LIMIT: usize = 100_000;
+
+/// A server may announce any limit; this cap keeps a hostile or misconfigured one from making
+/// us ship a huge body from a small machine.
+const MAX_BODY_LIMIT: usize = 10_000_000;
+
+/// The response header healthchecks.io uses to announce its ping body limit.
+const BODY_LIMIT_HEADER: &str = "ping-body-limit";
+
+/// How hard to try before giving up on one ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts, including the first (at least 1).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled before each further one.
+    pub backoff: Duration,
+    /// Limit for one request, connect to last body byte.
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HealthchecksError {
+    /// The URL itself is not shown: it contains the check's secret.
+    #[error(
+        "job {job:?}: invalid healthchecks ping url ({reason}); expected e.g. https://hc-ping.com/<uuid>"
+    )]
+    InvalidUrl { job: String, reason: String },
+    #[error("cannot set up the http client for healthchecks pings: {0}")]
+    Client(String),
+}
+
+/// The healthchecks.io adapter. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Healthchecks {
+    client: reqwest::Client,
+    urls: HashMap<String, Url>,
+    policy: RetryPolicy,
+    /// Learned from the `Ping-Body-Limit` header of any response; one server serves all
+    /// checks of an account, so one value is enough.
+    body_limit: AtomicUsize,
+}
+
+impl Healthchecks {
+    /// `urls` maps job names to their ping URLs; jobs not in the map are not monitored.
+    pub fn new(urls: HashMap<String, String>) -> Result<Self, HealthchecksError> {
+        Self::with_policy(urls, RetryPolicy::default())
+    }
+
+    pub fn with_policy(
+        urls: HashMap<String, String>,
+        policy: RetryPolicy,
+    ) -> Result<Self, HealthchecksError> {
+        let mut parsed = HashMap::with_capacity(urls.len());
+        for (job, url) in urls {
+            let url = parse_ping_url(&url).map_err(|reason| HealthchecksError::InvalidUrl {
+                job: job.clone(),
+                reason,
+            })?;
+            parsed.insert(job, url);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(policy.timeout)
+            .connect_timeout(policy.timeout)
+            .user_agent(concat!("burrow/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| HealthchecksError::Client(e.to_string()))?;
+        Ok(Healthchecks {
+            client,
+            urls: parsed,
+            policy: RetryPolicy {
+                attempts: policy.attempts.max(1),
+                ..policy
+            },
+            body_limit: AtomicUsize::new(DEFAULT_BODY_LIMIT),
+        })
+    }
+
+    /// The body limit in use: the server's announced one, or the default.
+    pub fn body_limit(&self) -> usize {
+        self.body_limit.load(Ordering::Relaxed)
+    }
+
+    /// Whether a job has a ping URL.
+    pub fn monitors(&self, job: &str) -> bool {
+        self.urls.contains_key(job)
+    }
+
+    /// Reports an explicit failure (`<url>/fail`), e.g. when a run could not even start.
+    pub async fn fail(&self, job: &str, run_id: &str, log: &str) {
+        let Some(base) = self.urls.get(job) else {
+            return;
+        };
+        let url = ping_url(base, Some("fail"), run_id);
+        self.send(job, "fail", url, Some(log)).await;
+    }
+
+    /// A bare success ping to any URL, e.g. a heartbeat check for the daemon itself. An
+    /// unparsable URL is logged (redacted) and ignored.
+    pub async fn ping_plain(&self, url: &str) {
+        match parse_ping_url(url) {
+            Ok(url) => self.send("daemon", "heartbeat", url, None).await,
+            Err(reason) => {
+                tracing::warn!(url = %redact(url), %reason, "healthchecks heartbeat url is invalid")
+            }
+        }
+    }
+
+    /// Sends one ping with bounded retries. Never fails: the outcome is only logged.
+    async fn send(&self, job: &str, what: &str, url: Url, log: Option<&str>) {
+        let body = log.map(|l| tail(l, self.body_limit()).to_owned());
+        let mut backoff = self.policy.backoff;
+        for attempt in 1..=self.policy.attempts {
+            let last = attempt == self.policy.attempts;
+            let mut req = self.client.post(url.clone());
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            let retry_reason = match req.send().await {
+                Ok(resp) => {
+                    self.learn_body_limit(&resp);
+                    let status = resp.status();
+                    if status.is_success() {
+                        tracing::debug!(job, ping = what, attempt, "healthchecks ping sent");
+                        return;
+                    }
+                    if !retryable_status(status) {
+                        // A 4xx means the request itself is wrong (unknown check, bad rid):
+                        // sending it again cannot help.
+                        tracing::warn!(
+                            job,
+                            ping = what,
+                            url = %redact(url.as_str()),
+                            status = status.as_u16(),
+                            "healthchecks rejected the ping; check the ping url in the config"
+                        );
+                        return;
+                    }
+                    format!("http status {}", status.as_u16())
+                }
+                // `without_url`: reqwest's message would otherwise include the secret URL.
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                    error_chain(e.without_url())
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        job,
+                        ping = what,
+                        url = %redact(url.as_str()),
+                        error = %error_chain(e.without_url()),
+                        "healthchecks ping failed"
+                    );
+                    return;
+                }
+            };
+            if last {
+                tracing::warn!(
+                    job,
+                    ping = what,
+                    url = %redact(url.as_str()),
+                    attempts = attempt,
+                    error = %retry_reason,
+                    "healthchecks ping failed, giving up"
+                );
+                return;
+            }
+            tracing::debug!(job, ping = what, attempt, error = %retry_reason, "healthchecks ping failed, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.saturating_mul(2);
+        }
+    }
+
+    fn learn_body_limit(&self, resp: &reqwest::Response) {
+        let limit = resp
+            .headers()
+            .get(BODY_LIMIT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if let Some(limit) = limit {
+            self.body_limit
+                .store(limit.min(MAX_BODY_LIMIT), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Monitor for Healthchecks {
+    async fn start(&self, job: &str, run_id: &str) {
+        let Some(base) = self.urls.get(job) else {
+            return;
+        };
+        let url = ping_url(base, Some("start"), run_id);
+        self.send(job, "start", url, None).await;
+    }
+
+    async fn finish(&self, job: &str, run_id: &str, outcome: &Outcome) {
+        let Some(base) = self.urls.get(job) else {
+            return;
+        };
+        let code = finish_code(outcome);
+        let suffix = (code != 0).then(|| code.to_string());
+        let url = ping_url(base, suffix.as_deref(), run_id);
+        self.send(job, outcome.status.as_str(), url, Some(&outcome.log))
+            .await;
+    }
+}
+
+/// The exit code to report: 0 only for a successful run, so that healthchecks (which treats
+/// any non-zero code as a failure) never sees a failed run as a success even if the caller
+/// left `exit_code` at 0.
+fn finish_code(outcome: &Outcome) -> i32 {
+    match outcome.status {
+        RunStatus::Ok => 0,
+        _ if outcome.exit_code != 0 => outcome.exit_code,
+        status => status.exit().code(),
+    }
+}
+
+fn retryable_status(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+fn parse_ping_url(url: &str) -> Result<Url, String> {
+    let parsed = Url::parse(url.trim()).map_err(|e| e.to_string())?;
+    match parsed.scheme() {
+        "http" | "https" => {}
+        other => return Err(format!("scheme {other:?} is not http or https")),
+    }
+    if parsed.host_str().is_none() {
+        return Err("no host".into());
+    }
+    if parsed.query().is_some() {
+        return Err("the url must not have a query (burrow adds ?rid=)".into());
+    }
+    Ok(parsed)
+}
+
+/// `<base>[/<suffix>][?rid=<run_id>]`. The rid is only sent when it is a UUID: healthchecks
+/// rejects any other rid, and a rejected ping is worse than one without a rid.
+fn ping_url(base: &Url, suffix: Option<&str>, run_id: &str) -> Url {
+    let mut url = base.clone();
+    if let Some(suffix) = suffix {
+        let path = format!("{}/{suffix}", base.path().trim_end_matches('/'));
+        url.set_path(&path);
+    }
+    if uuid::Uuid::parse_str(run_id).is_ok() {
+        url.query_pairs_mut().append_pair("rid", run_id);
+    } else {
+        tracing::debug!(run_id, "run id is not a uuid; pinging without rid");
+    }
+    url
+}
+
+/// The end of `log`, at most `limit` bytes, starting on a character boundary. The end is kept
+/// because that is where a failed run says why.
+pub fn tail(log: &str, limit: usize) -> &str {
+    if log.len() <= limit {
+        return log;
+    }
+    let mut start = log.len() - limit;
+    while !log.is_char_boundary(start) {
+        start += 1;
+    }
+    &log[start..]
+}
+
+/// A ping URL fit for logs: scheme, host and port only; every path segment (which holds the
+/// check's UUID or ping key) becomes `***`, and query and credentials are dropped.
+pub fn redact(url: &str) -> String {
+    let Ok(parsed) = Url::parse(url.trim()) else {
+        return "<invalid url>".to_owned();
+    };
+    let mut out = format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or(""));
+    if let Some(port) = parsed.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    let segments = parsed
+        .path_segments()
+        .map(|s| s.filter(|s| !s.is_empty()).count())
+        .unwrap_or(0);
+    for _ in 0..segments {
+        out.push_str("/***");
+    }
+    out
+}
+
+fn error_chain(e: reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_every_path_segment() {
+        assert_eq!(
+            redact("https://hc-ping.com/5f1a2b3c-1111-2222-3333-444455556666/start?rid=x"),
+            "https://hc-ping.com/***/***"
+        );
+        assert_eq!(
+            redact("http://user:pw@127.0.0.1:8000/ping/key/slug"),
+            "http://127.0.0.1:8000/***/***/***"
+        );
+        assert_eq!(redact("https://hc-ping.com"), "https://hc-ping.com");
+        assert_eq!(redact("not a url"), "<invalid url>");
+        let r = redact("https://hc-ping.com/5f1a2b3c-1111-2222-3333-444455556666");
+        assert!(!r.contains("5f1a2b3c"), "{r}");
+    }
+
+    #[test]
+    fn tail_keeps_the_end_on_a_char_boundary() {
+        assert_eq!(tail("hello", 10), "hello");
+        assert_eq!(tail("hello", 3), "llo");
+        assert_eq!(tail("hello", 0), "");
+        // "é" is two bytes; cutting inside it must move forward, never split it.
+        let s = "aéb";
+        assert_eq!(tail(s, 2), "b");
+        assert_eq!(tail(s, 3), "éb");
+        let big = "x".repeat(10) + &"€".repeat(50);
+        let t = tail(&big, 100);
+        assert!(t.len() <= 100 && big.ends_with(t));
+    }
+
+    #[test]
+    fn ping_urls() {
+        let rid = "0b8e7d4c-7a57-4c51-9a55-1b6b1c0f3a9d";
+        let base = parse_ping_url("https://hc-ping.com/abc/").unwrap();
+        assert_eq!(
+            ping_url(&base, Some("start"), rid).as_str(),
+            format!("https://hc-ping.com/abc/start?rid={rid}")
+        );
+        let base = parse_ping_url("https://hc-ping.com/abc").unwrap();
+        assert_eq!(
+            ping_url(&base, None, rid).as_str(),
+            format!("https://hc-ping.com/abc?rid={rid}")
+        );
+        assert_eq!(
+            ping_url(&base, Some("3"), "not-a-uuid").as_str(),
+            "https://hc-ping.com/abc/3"
+        );
+        assert!(parse_ping_url("ftp://x/y").is_err());
+        assert!(parse_ping_url("https://x/y?a=b").is_err());
+    }
+
+    #[test]
+    fn exit_codes_for_outcomes() {
+        let o = |status, exit_code| Outcome {
+            status,
+            exit_code,
+            log: String::new(),
+        };
+        assert_eq!(finish_code(&o(RunStatus::Ok, 0)), 0);
+        assert_eq!(finish_code(&o(RunStatus::Partial, 3)), 3);
+        assert_eq!(finish_code(&o(RunStatus::Failed, 1)), 1);
+        assert_eq!(finish_code(&o(RunStatus::Skipped, 75)), 75);
+        assert_eq!(finish_code(&o(RunStatus::Failed, 0)), 1);
+        assert_eq!(finish_code(&o(RunStatus::Skipped, 0)), 75);
+    }
+
+    #[test]
+    fn invalid_url_error_does_not_show_the_url() {
+        let urls = HashMap::from([("web".to_owned(), "hc-ping.com/secret-uuid".to_owned())]);
+        let e = Healthchecks::new(urls).unwrap_err().to_string();
+        assert!(e.contains("\"web\"") && !e.contains("secret-uuid"), "{e}");
+    }
+}
