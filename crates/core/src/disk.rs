@@ -71,10 +71,35 @@ pub struct Release {
     pub power_off: bool,
 }
 
+/// How the guard proves that a volume is the mounted backup disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountCheck {
+    /// Against the kernel's mount table (every real disk manager).
+    Kernel,
+    /// Not at all: the simulated manager's volume is a plain directory.
+    Simulated,
+}
+
 pub trait DiskManager: Send + Sync + 'static {
+    /// How the guard must check this manager's volumes. Only the simulator may say otherwise.
+    fn mount_check(&self) -> MountCheck {
+        MountCheck::Kernel
+    }
+
     /// Makes the backup volume available: finds the key stick, reads the key file, unlocks and
     /// mounts the disk (reusing what is already unlocked or mounted), wakes a sleeping disk.
     fn ensure_ready(&self) -> impl Future<Output = Result<Volume, DiskError>> + Send;
+
+    /// Mounts the key stick read-only (or reuses its mount) and returns where it is, for
+    /// files kept on it (the repository password). The default reads [`DiskState::key_mount`].
+    fn key_mount(&self) -> impl Future<Output = Result<PathBuf, DiskError>> + Send {
+        async {
+            self.state()
+                .await
+                .key_mount
+                .ok_or_else(|| DiskError::KeyAbsent("the configured key stick".into()))
+        }
+    }
 
     /// The current state, for `status`. Never changes anything.
     fn state(&self) -> impl Future<Output = DiskState> + Send;

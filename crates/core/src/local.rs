@@ -119,10 +119,10 @@ impl LocalWalk {
         };
         let meta = meta_of(&md);
         let content: Option<Box<dyn Content>> = if kind == EntryKind::File {
-            Some(Box::new(LocalContent {
-                path: path.clone(),
-                counter: self.ctx.bytes_read.clone(),
-            }))
+            Some(Box::new(FileContent::new(
+                path.clone(),
+                self.ctx.bytes_read.clone(),
+            )))
         } else {
             None
         };
@@ -188,12 +188,19 @@ fn meta_of(md: &fs::Metadata) -> Meta {
     }
 }
 
-struct LocalContent {
+/// The content of a file on this machine, opened when the archiver asks for it.
+pub struct FileContent {
     path: PathBuf,
     counter: Arc<AtomicU64>,
 }
 
-impl Content for LocalContent {
+impl FileContent {
+    pub fn new(path: PathBuf, counter: Arc<AtomicU64>) -> Self {
+        FileContent { path, counter }
+    }
+}
+
+impl Content for FileContent {
     fn open(self: Box<Self>) -> std::io::Result<Box<dyn Read + Send>> {
         let f = fs::File::open(&self.path)?;
         Ok(Box::new(CountingReader::new(f, self.counter)))

@@ -18,6 +18,7 @@ mod restore;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use burrow_core::Problems;
 use burrow_core::source::{Entry, NoParent, ParentIndex, WalkContext};
@@ -31,6 +32,7 @@ use rustic_core::{
 use serde::Serialize;
 
 pub use restore::RestoreOutcome;
+pub use rustic_core::jiff::Zoned;
 
 /// The tag every burrow snapshot carries.
 pub const TAG: &str = "burrow";
@@ -87,6 +89,8 @@ pub enum RepoError {
     NoSnapshot { what: String },
     #[error("{0}")]
     Restore(String),
+    #[error("interrupted before the snapshot was complete; nothing was kept")]
+    Interrupted,
     #[error("repository: {0}")]
     Rustic(String),
 }
@@ -126,6 +130,11 @@ pub struct BackupRequest<'a> {
     pub problems: Problems,
     /// Tag the snapshot `partial` even when the walk itself had no problems (failed dumps).
     pub partial: bool,
+    /// Content bytes handed to the archiver; shared so a progress display can read it.
+    pub bytes_read: Arc<AtomicU64>,
+    /// Set from another thread to stop the walk; the snapshot made so far is then removed
+    /// and [`RepoError::Interrupted`] returned.
+    pub cancel: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -294,9 +303,12 @@ impl Repo {
             Some(p) => Arc::new(parent::SnapshotParent::load(&indexed, p)?),
             None => Arc::new(NoParent),
         };
-        let ctx = WalkContext::new(parent_index, req.problems.clone());
-        let bytes_read = ctx.bytes_read.clone();
+        let mut ctx = WalkContext::new(parent_index, req.problems.clone());
+        ctx.bytes_read = req.bytes_read.clone();
+        let cancel = req.cancel.clone();
         let walk = req.source.entries(ctx);
+        let walk: Box<dyn Iterator<Item = Entry> + Send> =
+            Box::new(walk.take_while(move |_| !cancel.load(Ordering::Relaxed)));
         let walk = if req.extra.is_empty() {
             walk
         } else {
@@ -317,6 +329,11 @@ impl Repo {
         let mut paths = req.paths.clone();
         paths.sort();
         let snap = indexed.archive(&opts, &src, snap, &paths)?;
+        if req.cancel.load(Ordering::Relaxed) {
+            // The walk was cut short: this snapshot would look complete but is not.
+            self.repo.delete_snapshots(&[snap.id])?;
+            return Err(RepoError::Interrupted);
+        }
 
         let partial = req.partial || !req.problems.is_empty();
         let mut id = snap.id.to_hex().to_string();
@@ -331,10 +348,17 @@ impl Repo {
             files_changed: s.files_changed,
             files_unmodified: s.files_unmodified,
             dirs: s.total_dirs_processed,
-            bytes_read: bytes_read.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_read: req.bytes_read.load(Ordering::Relaxed),
             bytes_added: s.data_added_packed,
             partial,
         })
+    }
+
+    /// Removes one snapshot (by full id) of `job`, e.g. one known to be incomplete.
+    pub fn delete_snapshot(&self, job: &str, id: &str) -> Result<(), RepoError> {
+        let snap = self.find(job, id)?;
+        self.repo.delete_snapshots(&[snap.id])?;
+        Ok(())
     }
 
     /// Saves a copy of `snap` tagged `partial`, then removes the untagged one: at every moment

@@ -35,6 +35,8 @@ fn backup(repo: &Repo, job: &str, root: &Path) -> (burrow_repo::BackupOutcome, P
             extra: Vec::new(),
             problems: problems.clone(),
             partial: false,
+            bytes_read: Default::default(),
+            cancel: Default::default(),
         })
         .unwrap();
     (out, problems)
@@ -222,6 +224,8 @@ fn unreadable_file_makes_a_partial_snapshot_and_forget_keeps_the_newest_complete
             ],
             problems: problems.clone(),
             partial: false,
+            bytes_read: Default::default(),
+            cancel: Default::default(),
         })
         .unwrap();
     assert!(out.partial);
@@ -326,6 +330,8 @@ fn stock_restic_reads_what_burrow_wrote() {
         ],
         problems: Problems::new(),
         partial: false,
+        bytes_read: Default::default(),
+        cancel: Default::default(),
     })
     .unwrap();
 

@@ -1,1 +1,17 @@
-//! Test helpers: private sshd on 127.0.0.1, local HTTP ping server, fixtures
+//! Test helpers shared by the crates' integration tests: a private sshd on 127.0.0.1 with
+//! throwaway keys, a local HTTP server standing in for healthchecks.io, and the rule for
+//! services that are missing (skip loudly locally, fail under `CI=true`).
+
+pub mod http;
+pub mod sshd;
+
+/// Called when a test cannot find a tool or service it needs. Under `CI=true` this panics (CI
+/// must never skip); locally it prints a loud message and the test returns early.
+pub fn missing(what: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("required for this test but missing under CI=true: {what}: {why}");
+    }
+    eprintln!(
+        "\n*** SKIPPED: {what} is not available: {why} (set CI=true to make this a failure)\n"
+    );
+}

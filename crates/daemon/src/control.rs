@@ -1,0 +1,189 @@
+//! The control socket: `burrow status` and `burrow run JOB` talk to a running daemon here.
+//!
+//! One JSON object per line each way. The socket is owner-only (0600 in a 0700 directory):
+//! whoever can use it can start runs.
+
+use std::path::PathBuf;
+
+use burrow_core::RunSummary;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// `$RUNTIME_DIRECTORY/control.sock` (systemd's `RuntimeDirectory=burrow`), else
+/// `/run/burrow/control.sock`; `BURROW_SOCKET` overrides both (tests, several daemons).
+pub fn socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("BURROW_SOCKET") {
+        return PathBuf::from(p);
+    }
+    let dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .map(|d| {
+            // systemd may list several directories separated by ':'; ours is the first.
+            let s = d.to_string_lossy().into_owned();
+            PathBuf::from(s.split(':').next().unwrap_or("/run/burrow"))
+        })
+        .unwrap_or_else(|| PathBuf::from("/run/burrow"));
+    dir.join("control.sock")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Run { job: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "lowercase")]
+pub enum Reply {
+    Status { status: serde_json::Value },
+    Finished { summary: Box<RunSummary> },
+    Error { message: String },
+}
+
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    /// Connects to the daemon; `Ok(None)` when no daemon is listening.
+    pub async fn connect() -> Result<Option<Client>, String> {
+        let path = socket_path();
+        match UnixStream::connect(&path).await {
+            Ok(stream) => Ok(Some(Client { stream })),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(format!(
+                "cannot reach the daemon at {}: {e}",
+                path.display()
+            )),
+        }
+    }
+
+    async fn call(mut self, req: &Request) -> Result<Reply, String> {
+        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+        line.push('\n');
+        self.stream
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| format!("cannot send to the daemon: {e}"))?;
+        let mut reader = BufReader::new(self.stream);
+        let mut answer = String::new();
+        reader
+            .read_line(&mut answer)
+            .await
+            .map_err(|e| format!("no answer from the daemon: {e}"))?;
+        if answer.is_empty() {
+            return Err("the daemon closed the connection (shutting down?)".into());
+        }
+        serde_json::from_str(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))
+    }
+
+    /// Asks the daemon to run `job` (queued behind a running job) and waits for the result.
+    pub async fn run(self, job: &str) -> Result<RunSummary, String> {
+        match self
+            .call(&Request::Run {
+                job: job.to_owned(),
+            })
+            .await?
+        {
+            Reply::Finished { summary } => Ok(*summary),
+            Reply::Error { message } => Err(message),
+            Reply::Status { .. } => Err("unexpected answer".into()),
+        }
+    }
+
+    pub async fn status(self) -> Result<serde_json::Value, String> {
+        match self.call(&Request::Status).await? {
+            Reply::Status { status } => Ok(status),
+            Reply::Error { message } => Err(message),
+            Reply::Finished { .. } => Err("unexpected answer".into()),
+        }
+    }
+}
+
+/// `burrow status` for people.
+pub fn render_status(v: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let mut out = String::new();
+    let d = &v["daemon"];
+    out.push_str(&format!(
+        "burrow daemon pid {} since {}{}\n",
+        d["pid"],
+        s(&d["started"]),
+        if d["sim"].as_bool() == Some(true) {
+            " (simulated disks)"
+        } else {
+            ""
+        }
+    ));
+    if let Some(cur) = v["current"].as_object() {
+        out.push_str(&format!(
+            "running: {} (run {}), {} bytes read\n",
+            s(&cur["job"]),
+            s(&cur["run_id"]),
+            cur["bytes_read"]
+        ));
+    }
+    let disk = &v["disk"];
+    if !disk.is_null() {
+        out.push_str(&format!(
+            "disk: key {}, disk {}, {}, mounted at {}, {} bytes free\n",
+            if disk["key_present"].as_bool() == Some(true) {
+                "present"
+            } else {
+                "absent"
+            },
+            if disk["disk_present"].as_bool() == Some(true) {
+                "present"
+            } else {
+                "absent"
+            },
+            if disk["unlocked"].as_bool() == Some(true) {
+                "unlocked"
+            } else {
+                "locked"
+            },
+            s(&disk["mount_point"]),
+            disk["free_bytes"]
+        ));
+    }
+    let repo = &v["repository"];
+    out.push_str(&format!(
+        "repository: {} ({} bytes)\n",
+        s(&repo["path"]),
+        repo["size_bytes"]
+    ));
+    for j in v["jobs"].as_array().into_iter().flatten() {
+        let last = &j["last"];
+        let last_txt = if last.is_null() {
+            "never ran".to_owned()
+        } else {
+            format!(
+                "last {} at {} ({:.1}s, {} bytes added)",
+                s(&last["status"]),
+                s(&last["started"]),
+                last["duration_s"].as_f64().unwrap_or(0.0),
+                last["bytes_added"]
+            )
+        };
+        out.push_str(&format!(
+            "job {}: {}; next {}{}\n",
+            s(&j["name"]),
+            last_txt,
+            s(&j["next_run"]),
+            if j["enabled"].as_bool() == Some(false) {
+                " (disabled)"
+            } else {
+                ""
+            }
+        ));
+    }
+    out
+}

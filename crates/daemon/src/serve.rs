@@ -1,0 +1,658 @@
+//! `burrow daemon`: one task per event source (schedule, control socket, hot-plug, signals,
+//! the running job) joined in one `select!` loop that owns all state. Runs never overlap: the
+//! queue hands out one job at a time, and a job is never queued twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use burrow_config::Config;
+use burrow_core::disk::{DiskEvent, DiskManager, Release};
+use burrow_core::monitor::{Monitor, Outcome};
+use burrow_core::{Exit, RunStatus};
+use burrow_disk::{SimDisk, UDisks2Manager};
+use burrow_notify::Healthchecks;
+use burrow_notify::systemd::Systemd;
+use burrow_run::{RunControl, RunReport};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::control::{Reply, Request, socket_path};
+use crate::plan::{self, JobPlan, RunQueue};
+use crate::state::{History, RunRecord, State, Store};
+
+/// The internal name of the repository check in the queue (not a valid job name, so it
+/// cannot clash with one).
+pub const CHECK: &str = "@check";
+
+/// Longest sleep between looks at the clock: wall-clock jumps (NTP on a Pi without RTC) and
+/// suspend are noticed within this.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+pub async fn serve(cfg: Config, sim: bool) -> Exit {
+    let sd = Systemd::from_env();
+    if sim || cfg.disk.is_none() {
+        let disk = cfg.disk.as_ref().map(|d| {
+            let base = cfg.state_dir.join("sim");
+            let (vol, key) = (base.join("volume"), base.join("key"));
+            let _ = std::fs::create_dir_all(&vol);
+            let _ = std::fs::create_dir_all(&key);
+            tracing::warn!(
+                "simulated disks: the backup volume is {} and the key stick {}",
+                vol.display(),
+                key.display()
+            );
+            Arc::new(SimDisk::new(vol, d.key.is_some()).with_key_dir(key))
+        });
+        return Daemon::start(cfg, disk, sd, sim).await;
+    }
+    let Some(settings) = burrow_run::disk_settings(&cfg) else {
+        return Exit::Usage;
+    };
+    match UDisks2Manager::connect(settings).await {
+        Ok(d) => Daemon::start(cfg, Some(Arc::new(d)), sd, false).await,
+        Err(e) => {
+            eprintln!("burrow: cannot manage the backup disk: {e}");
+            Exit::Failed
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Reply>;
+
+struct Current {
+    job: String,
+    run_id: String,
+    bytes_read: Arc<std::sync::atomic::AtomicU64>,
+    started: DateTime<Utc>,
+    handle: JoinHandle<RunReport>,
+}
+
+struct Daemon<D: DiskManager> {
+    cfg: Arc<Config>,
+    disk: Option<Arc<D>>,
+    sd: Systemd,
+    monitor: Arc<Healthchecks>,
+    store: Store,
+    state: State,
+    history: History,
+    plans: Vec<JobPlan>,
+    queue: RunQueue,
+    waiters: BTreeMap<String, Vec<Waiter>>,
+    current: Option<Current>,
+    /// Jobs skipped for an absent disk or key: run again when a disk event arrives.
+    awaiting_disk: BTreeSet<String>,
+    pending_lock: bool,
+    cancel: watch::Sender<bool>,
+    started: DateTime<Utc>,
+    sim: bool,
+}
+
+fn ping_urls(cfg: &Config) -> std::collections::HashMap<String, String> {
+    let mut m: std::collections::HashMap<String, String> = cfg
+        .jobs
+        .values()
+        .filter_map(|j| {
+            j.healthcheck
+                .as_ref()
+                .map(|p| (j.name.clone(), p.expose().to_owned()))
+        })
+        .collect();
+    if let Some(hc) = cfg.check.as_ref().and_then(|c| c.healthcheck.as_ref()) {
+        m.insert(CHECK.to_owned(), hc.expose().to_owned());
+    }
+    m
+}
+
+impl<D: DiskManager> Daemon<D> {
+    async fn start(cfg: Config, disk: Option<Arc<D>>, sd: Systemd, sim: bool) -> Exit {
+        let monitor = match Healthchecks::new(ping_urls(&cfg)) {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                eprintln!("burrow: {e}");
+                return Exit::Usage;
+            }
+        };
+        let store = Store::new(cfg.state_dir.clone());
+        if let Err(e) = std::fs::create_dir_all(store.dir()) {
+            eprintln!(
+                "burrow: cannot create state_dir {}: {e}",
+                store.dir().display()
+            );
+            return Exit::Failed;
+        }
+        let loaded = store.load_state_or_fresh();
+        if let Some(p) = &loaded.problem {
+            tracing::error!("{p}; starting with fresh state");
+        }
+        let history = store.load_history_or_fresh();
+        if let Some(p) = &history.problem {
+            tracing::error!("{p}; starting with an empty run history");
+        }
+        let now = Utc::now();
+        let mut state = loaded.value;
+        let mut plans: Vec<JobPlan> = cfg
+            .jobs
+            .values()
+            .filter(|j| j.enabled)
+            .filter_map(|j| {
+                j.schedule
+                    .clone()
+                    .map(|s| JobPlan::new(j.name.clone(), s, j.random_delay))
+            })
+            .collect();
+        if let Some(c) = &cfg.check {
+            plans.push(JobPlan::new(CHECK, c.schedule.clone(), Duration::ZERO));
+        }
+        for p in &plans {
+            state.observe(&p.name, now);
+        }
+        if let Err(e) = store.save_state(&state) {
+            tracing::error!("{e}");
+        }
+        let (cancel, _) = watch::channel(false);
+        let mut daemon = Daemon {
+            cfg: Arc::new(cfg),
+            disk,
+            sd,
+            monitor,
+            store,
+            state,
+            history: history.value,
+            plans,
+            queue: RunQueue::new(),
+            waiters: BTreeMap::new(),
+            current: None,
+            awaiting_disk: BTreeSet::new(),
+            pending_lock: false,
+            cancel,
+            started: now,
+            sim,
+        };
+        daemon.run().await
+    }
+
+    async fn run(&mut self) -> Exit {
+        let sock = socket_path();
+        let listener = match bind(&sock) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("burrow: {e}");
+                return Exit::Failed;
+            }
+        };
+        let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Request, Waiter)>(16);
+        let acceptor = tokio::spawn(accept(listener, ctl_tx));
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => {
+                eprintln!("burrow: cannot install signal handlers");
+                return Exit::Failed;
+            }
+        };
+        // Disk events come through a task so the loop below never holds the manager's lock.
+        let (ev_tx, mut ev_rx) = mpsc::channel::<DiskEvent>(16);
+        let events = self.disk.clone().map(|d| {
+            tokio::spawn(async move {
+                while let Some(ev) = d.next_event().await {
+                    if ev_tx.send(ev).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        });
+        let mut watchdog = tokio::time::interval(
+            self.sd
+                .watchdog_interval()
+                .unwrap_or(Duration::from_secs(3600)),
+        );
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        tracing::info!(
+            "burrow daemon started: {} scheduled job(s), control socket {}",
+            self.plans.len(),
+            sock.display()
+        );
+        self.sd.ready();
+        loop {
+            let now = Utc::now();
+            self.queue_due(now);
+            if self.current.is_none()
+                && let Some(q) = self.queue.pop()
+            {
+                self.start_run(q.job, q.slot);
+            }
+            let next = plan::next_wake(&self.plans, &self.state, now);
+            self.sd.status(&self.status_line(next));
+            let sleep_for = next
+                .and_then(|(_, at)| (at - now).to_std().ok())
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            let running = self.current.is_some();
+            tokio::select! {
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = watchdog.tick() => self.sd.watchdog(),
+                Some((req, tx)) = ctl_rx.recv() => self.request(req, tx),
+                Some(ev) = ev_rx.recv() => self.disk_event(ev).await,
+                report = async { (&mut self.current.as_mut().unwrap().handle).await }, if running => {
+                    self.finish(report).await;
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+
+        // Shutdown: stop the pull safely; the run still runs its after commands.
+        tracing::info!("stopping");
+        self.sd.stopping();
+        let _ = self.cancel.send(true);
+        if let Some(cur) = self.current.as_mut() {
+            tracing::info!(
+                "waiting for {} to stop safely (after commands still run)",
+                cur.job
+            );
+            let report = (&mut cur.handle).await;
+            self.finish(report).await;
+        }
+        for (_, ws) in std::mem::take(&mut self.waiters) {
+            for w in ws {
+                let _ = w.send(Reply::Error {
+                    message: "burrow is shutting down; the run was not started".into(),
+                });
+            }
+        }
+        acceptor.abort();
+        if let Some(e) = events {
+            e.abort();
+        }
+        let _ = std::fs::remove_file(&sock);
+        tracing::info!("stopped");
+        Exit::Ok
+    }
+
+    fn queue_due(&mut self, now: DateTime<Utc>) {
+        for p in &self.plans {
+            let running = self.current.as_ref().is_some_and(|c| c.job == p.name);
+            if running || self.queue.contains(&p.name) {
+                continue;
+            }
+            if let Some(slot) = plan::due(p, &self.state.job(&p.name), now) {
+                tracing::info!("{} is due (slot {slot})", display_name(&p.name));
+                self.queue.push_slot(&p.name, Some(slot));
+            }
+        }
+    }
+
+    fn status_line(&self, next: Option<(&str, DateTime<Utc>)>) -> String {
+        if let Some(c) = &self.current {
+            return format!(
+                "{}: pulling, {} read",
+                display_name(&c.job),
+                human(c.bytes_read.load(Ordering::Relaxed))
+            );
+        }
+        match next {
+            Some((job, at)) => format!(
+                "idle; next: {} at {}",
+                display_name(job),
+                at.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M")
+            ),
+            None => "idle; nothing scheduled".into(),
+        }
+    }
+
+    fn start_run(&mut self, job: String, slot: Option<DateTime<Utc>>) {
+        if let Some(slot) = slot {
+            self.state.mark_slot(&job, slot);
+            if let Err(e) = self.store.save_state(&self.state) {
+                tracing::error!("{e}");
+            }
+        }
+        let ctl = RunControl::new(self.cancel.subscribe());
+        let (cfg, disk, monitor) = (self.cfg.clone(), self.disk.clone(), self.monitor.clone());
+        let (job2, ctl2) = (job.clone(), ctl.clone());
+        let handle = tokio::spawn(async move {
+            monitor.start(&job2, &ctl2.run_id).await;
+            let report = if job2 == CHECK {
+                burrow_run::run_check(&cfg, disk.as_deref(), ctl2.clone()).await
+            } else {
+                burrow_run::run_job(&cfg, disk.as_deref(), &job2, ctl2.clone()).await
+            };
+            let outcome = Outcome {
+                status: report.summary.status,
+                exit_code: report.summary.status.exit().code(),
+                log: report.log.clone(),
+            };
+            monitor.finish(&job2, &ctl2.run_id, &outcome).await;
+            report
+        });
+        self.current = Some(Current {
+            job,
+            run_id: ctl.run_id,
+            bytes_read: ctl.bytes_read,
+            started: Utc::now(),
+            handle,
+        });
+    }
+
+    async fn finish(&mut self, report: Result<RunReport, tokio::task::JoinError>) {
+        let Some(cur) = self.current.take() else {
+            return;
+        };
+        let summary = match report {
+            Ok(r) => r.summary,
+            Err(e) => {
+                tracing::error!("the run of {} crashed: {e}", cur.job);
+                burrow_run::summary_without_run(
+                    &cur.job,
+                    RunStatus::Failed,
+                    format!("crashed: {e}"),
+                )
+            }
+        };
+        tracing::info!(
+            job = %cur.job,
+            run_id = %cur.run_id,
+            "run finished: {}",
+            summary.status.as_str()
+        );
+        let record = RunRecord::from_summary(&summary, cur.started);
+        self.state.record_run(record.clone());
+        self.history.push(record);
+        if let Err(e) = self.store.save_state(&self.state) {
+            tracing::error!("{e}");
+        }
+        if let Err(e) = self.store.save_history(&self.history) {
+            tracing::error!("{e}");
+        }
+        if summary.status == RunStatus::Skipped {
+            self.awaiting_disk.insert(cur.job.clone());
+        } else {
+            self.awaiting_disk.remove(&cur.job);
+        }
+        for w in self.waiters.remove(&cur.job).unwrap_or_default() {
+            let _ = w.send(Reply::Finished {
+                summary: Box::new(summary.clone()),
+            });
+        }
+        if let Some(disk) = &self.disk {
+            let dcfg = self.cfg.disk.as_ref();
+            let unmount = dcfg.is_some_and(|d| d.unmount_after_run || d.power_off_after_run);
+            if (unmount || self.pending_lock) && self.queue.is_empty() {
+                let what = Release {
+                    unmount: true,
+                    lock: true,
+                    power_off: dcfg.is_some_and(|d| d.power_off_after_run),
+                };
+                if let Err(e) = disk.release(what).await {
+                    tracing::warn!("releasing the backup disk failed: {e}");
+                }
+                self.pending_lock = false;
+            }
+        }
+    }
+
+    fn request(&mut self, req: Request, tx: Waiter) {
+        match req {
+            Request::Run { job } => {
+                if self.cfg.job(&job).is_none() {
+                    let _ = tx.send(Reply::Error {
+                        message: format!("no job named {job:?} in {}", self.cfg.file.display()),
+                    });
+                    return;
+                }
+                let running = self.current.as_ref().is_some_and(|c| c.job == job);
+                if !running {
+                    self.queue.push(&job);
+                }
+                tracing::info!("run of {job} requested over the control socket");
+                self.waiters.entry(job).or_default().push(tx);
+            }
+            Request::Status => {
+                let status = self.status_json();
+                let repo = self.cfg.repository.path.clone();
+                let disk = self.disk.clone();
+                tokio::spawn(async move {
+                    let mut status = status;
+                    let disk_state = match &disk {
+                        Some(d) => Some(d.state().await),
+                        None => None,
+                    };
+                    let repo_path = match (&disk_state, repo.is_relative()) {
+                        (Some(ds), true) => ds.mount_point.as_ref().map(|m| m.join(&repo)),
+                        _ => Some(repo),
+                    };
+                    let size = match repo_path.clone() {
+                        Some(p) => tokio::task::spawn_blocking(move || dir_size(&p))
+                            .await
+                            .ok()
+                            .flatten(),
+                        None => None,
+                    };
+                    status["disk"] = serde_json::to_value(&disk_state).unwrap_or_default();
+                    status["repository"] = json!({
+                        "path": repo_path.map(|p| p.display().to_string()),
+                        "size_bytes": size,
+                    });
+                    let _ = tx.send(Reply::Status { status });
+                });
+            }
+        }
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let now = Utc::now();
+        let jobs: Vec<serde_json::Value> = self
+            .cfg
+            .jobs
+            .values()
+            .map(|j| {
+                (
+                    j.name.clone(),
+                    j.enabled,
+                    j.schedule.as_ref().map(|s| s.expr().to_owned()),
+                )
+            })
+            .chain(
+                self.cfg
+                    .check
+                    .as_ref()
+                    .map(|c| (CHECK.to_owned(), true, Some(c.schedule.expr().to_owned()))),
+            )
+            .map(|(name, enabled, schedule)| {
+                let st = self.state.job(&name);
+                let next = self
+                    .plans
+                    .iter()
+                    .find(|p| p.name == name)
+                    .and_then(|p| plan::next_fire(p, &st, now));
+                json!({
+                    "name": display_name(&name),
+                    "enabled": enabled,
+                    "schedule": schedule,
+                    "next_run": next.map(|t| t.to_rfc3339()),
+                    "queued": self.queue.contains(&name),
+                    "running": self.current.as_ref().is_some_and(|c| c.job == name),
+                    "waiting_for_disk": self.awaiting_disk.contains(&name),
+                    "last": st.last_run,
+                })
+            })
+            .collect();
+        json!({
+            "daemon": {
+                "pid": std::process::id(),
+                "started": self.started.to_rfc3339(),
+                "sim": self.sim,
+                "config": self.cfg.file.display().to_string(),
+            },
+            "current": self.current.as_ref().map(|c| json!({
+                "job": display_name(&c.job),
+                "run_id": c.run_id,
+                "bytes_read": c.bytes_read.load(Ordering::Relaxed),
+                "started": c.started.to_rfc3339(),
+            })),
+            "jobs": jobs,
+        })
+    }
+
+    async fn disk_event(&mut self, ev: DiskEvent) {
+        tracing::info!("disk event: {ev:?}");
+        let Some(disk) = self.disk.clone() else {
+            return;
+        };
+        match ev {
+            DiskEvent::KeyAdded | DiskEvent::DiskAdded => match disk.ensure_ready().await {
+                Ok(v) => {
+                    tracing::info!("backup volume ready at {}", v.mount_point.display());
+                    for job in std::mem::take(&mut self.awaiting_disk) {
+                        tracing::info!(
+                            "{} was skipped for the disk; running it now",
+                            display_name(&job)
+                        );
+                        self.queue.push(&job);
+                    }
+                }
+                Err(e) => tracing::info!("backup volume not ready yet: {e}"),
+            },
+            DiskEvent::KeyRemoved => {
+                if self
+                    .cfg
+                    .disk
+                    .as_ref()
+                    .is_some_and(|d| d.lock_when_key_removed)
+                {
+                    if self.current.is_some() {
+                        tracing::info!(
+                            "key stick removed: the disk is locked when the running job ends"
+                        );
+                        self.pending_lock = true;
+                    } else {
+                        let what = Release {
+                            unmount: true,
+                            lock: true,
+                            power_off: false,
+                        };
+                        match disk.release(what).await {
+                            Ok(()) => tracing::info!(
+                                "key stick removed: backup disk unmounted and locked"
+                            ),
+                            Err(e) => tracing::warn!("locking the backup disk failed: {e}"),
+                        }
+                    }
+                }
+            }
+            DiskEvent::DiskRemoved => {
+                if let Some(c) = &self.current {
+                    tracing::warn!(
+                        "backup disk removed while {} runs: that run will fail",
+                        display_name(&c.job)
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn display_name(job: &str) -> &str {
+    if job == CHECK { "check" } else { job }
+}
+
+fn human(n: u64) -> String {
+    let mut v = n as f64;
+    let mut unit = "B";
+    for u in ["KB", "MB", "GB", "TB"] {
+        if v < 1000.0 {
+            break;
+        }
+        v /= 1000.0;
+        unit = u;
+    }
+    if unit == "B" {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {unit}")
+    }
+}
+
+fn dir_size(p: &Path) -> Option<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![p.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += md.len();
+            }
+        }
+    }
+    Some(total)
+}
+
+/// Binds the control socket: owner-only, replacing a stale socket but never a live daemon's.
+fn bind(path: &PathBuf) -> Result<UnixListener, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "another burrow daemon is already running (its socket {} answers)",
+                path.display()
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let l = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+    Ok(l)
+}
+
+async fn accept(listener: UnixListener, tx: mpsc::Sender<(Request, Waiter)>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(r).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => {
+                    let (otx, orx) = oneshot::channel();
+                    if tx.send((req, otx)).await.is_err() {
+                        return;
+                    }
+                    orx.await.unwrap_or(Reply::Error {
+                        message: "the daemon dropped the request".into(),
+                    })
+                }
+                Err(e) => Reply::Error {
+                    message: format!("bad request: {e}"),
+                },
+            };
+            if let Ok(mut s) = serde_json::to_string(&reply) {
+                s.push('\n');
+                let _ = w.write_all(s.as_bytes()).await;
+            }
+        });
+    }
+}

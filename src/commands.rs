@@ -1,0 +1,615 @@
+//! One function per subcommand. Each returns the exit code; errors are printed here, once.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use burrow_config::Config;
+use burrow_core::Exit;
+use burrow_core::disk::DiskManager;
+use burrow_core::{RunStatus, RunSummary};
+use burrow_disk::{SimDisk, UDisks2Manager};
+use burrow_repo::{Password, Repo};
+use burrow_run::place::{self, PlaceError, RepoLock};
+use burrow_run::{RunControl, run_job};
+
+use crate::cli::{Cli, Command};
+
+pub async fn dispatch(cli: Cli) -> Exit {
+    let quiet_run =
+        matches!(&cli.command, Command::Run { json: false, .. }) && std::io::stderr().is_terminal();
+    let default_level = if quiet_run { "warn" } else { "info" };
+    crate::logging::init(cli.log_level.as_deref(), default_level);
+
+    if let Command::Quickstart { dir, path } = &cli.command {
+        return crate::quickstart::run(dir, path.as_deref()).await;
+    }
+    let cfg = match burrow_config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Exit::Usage;
+        }
+    };
+    match cli.command {
+        Command::CheckConfig => check_config(&cfg),
+        Command::Init => with_disk(&cfg, async |d| init(&cfg, d).await).await,
+        Command::Run { job, json } => run(&cfg, &job, json).await,
+        Command::Snapshots { job, json } => {
+            with_disk(&cfg, async |d| {
+                snapshots(&cfg, d, job.as_deref(), json).await
+            })
+            .await
+        }
+        Command::Restore {
+            job,
+            snapshot,
+            target,
+            path,
+            dump,
+            to_server,
+        } => {
+            let req = RestoreArgs {
+                job: &job,
+                snapshot: &snapshot,
+                target: target.as_deref(),
+                path: path.as_deref(),
+                dump: dump.as_deref(),
+                to_server,
+            };
+            with_disk(&cfg, async |d| restore(&cfg, d, req).await).await
+        }
+        Command::Daemon { sim } => burrow_daemon::serve::serve(cfg, sim).await,
+        Command::Status { json } => status(&cfg, json).await,
+        Command::Quickstart { .. } => unreachable!("handled above"),
+    }
+}
+
+fn check_config(cfg: &Config) -> Exit {
+    let enabled = cfg.jobs.values().filter(|j| j.enabled).count();
+    println!(
+        "{}: ok ({} server(s), {} job(s), {} enabled)",
+        cfg.file.display(),
+        cfg.servers.len(),
+        cfg.jobs.len(),
+        enabled
+    );
+    for job in cfg.jobs.values() {
+        let when = match &job.schedule {
+            Some(s) => format!("schedule {:?}", s.expr()),
+            None => "runs only when asked".into(),
+        };
+        let state = if job.enabled { "" } else { " (disabled)" };
+        println!(
+            "  job {}{state}: {}, {} path(s), {} dump(s), {}",
+            job.name,
+            job.server
+                .as_deref()
+                .map_or("local".to_owned(), |s| format!("server {s}")),
+            job.paths.len(),
+            job.dumps.len(),
+            when
+        );
+    }
+    Exit::Ok
+}
+
+/// Runs `f` with the real disk manager when the config has `disk`, with none otherwise.
+async fn with_disk<F>(cfg: &Config, f: F) -> Exit
+where
+    F: AsyncFnOnce(Option<&UDisks2Manager>) -> Exit,
+{
+    match burrow_run::disk_settings(cfg) {
+        None => f(None).await,
+        Some(s) => match UDisks2Manager::connect(s).await {
+            Ok(d) => f(Some(&d)).await,
+            Err(e) => {
+                eprintln!("burrow: {e}");
+                if e.is_skip() {
+                    Exit::Skipped
+                } else {
+                    Exit::Failed
+                }
+            }
+        },
+    }
+}
+
+fn place_exit(e: &PlaceError) -> Exit {
+    match e {
+        PlaceError::Skip(_) => Exit::Skipped,
+        PlaceError::Fail(_) => Exit::Failed,
+    }
+}
+
+async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
+    let _lock = match RepoLock::acquire(&cfg.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            return Exit::Failed;
+        }
+    };
+    let place = match place::locate(cfg, disk).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            return place_exit(&e);
+        }
+    };
+    let password = match place.password() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "burrow: {e}\n  create it with e.g.: umask 077; head -c 32 /dev/urandom | base64 > {}",
+                place.password_file.display()
+            );
+            return Exit::Failed;
+        }
+    };
+    let path = place.repo_path.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let repo = burrow_repo::init(&path, &password).map_err(|e| e.to_string())?;
+        Ok(repo.id())
+    })
+    .await;
+    match res {
+        Ok(Ok(id)) => {
+            if let Err(e) = place::write_marker(&place, &id) {
+                eprintln!(
+                    "burrow: repository created but the volume marker could not be written: {e}"
+                );
+                return Exit::Failed;
+            }
+            println!("created repository {id} at {}", place.repo_path.display());
+            Exit::Ok
+        }
+        Ok(Err(e)) => {
+            eprintln!("burrow: {e}");
+            Exit::Failed
+        }
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            Exit::Failed
+        }
+    }
+}
+
+/// Opens the repository read-only for listing and restoring (no lock needed: nothing is
+/// written to it).
+async fn open_repo<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Result<Repo, Exit> {
+    let place = place::locate(cfg, disk).await.map_err(|e| {
+        eprintln!("burrow: {e}");
+        place_exit(&e)
+    })?;
+    let password: Password = place.password().map_err(|e| {
+        eprintln!("burrow: {e}");
+        Exit::Failed
+    })?;
+    let path = place.repo_path.clone();
+    let repo = tokio::task::spawn_blocking(move || Repo::open(&path, &password))
+        .await
+        .map_err(|e| {
+            eprintln!("burrow: {e}");
+            Exit::Failed
+        })?
+        .map_err(|e| {
+            eprintln!("burrow: {e}");
+            Exit::Failed
+        })?;
+    place::check_marker(&place, &repo.id()).map_err(|e| {
+        eprintln!("burrow: {e}");
+        place_exit(&e)
+    })?;
+    Ok(repo)
+}
+
+async fn snapshots<D: DiskManager>(
+    cfg: &Config,
+    disk: Option<&D>,
+    job: Option<&str>,
+    json: bool,
+) -> Exit {
+    if let Some(j) = job
+        && cfg.job(j).is_none()
+    {
+        eprintln!("burrow: no job named {j:?} in {}", cfg.file.display());
+        return Exit::Usage;
+    }
+    let repo = match open_repo(cfg, disk).await {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let job = job.map(str::to_owned);
+    let list = match tokio::task::spawn_blocking(move || repo.snapshots(job.as_deref())).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            eprintln!("burrow: {e}");
+            return Exit::Failed;
+        }
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            return Exit::Failed;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Exit::Ok;
+    }
+    println!(
+        "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  paths",
+        "id", "time", "job", "host", "files", "size"
+    );
+    for s in &list {
+        println!(
+            "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  {}{}",
+            s.short_id,
+            s.time,
+            s.job.as_deref().unwrap_or("-"),
+            s.host,
+            s.files.map_or("-".into(), |f| f.to_string()),
+            s.bytes.map_or("-".into(), human_bytes),
+            s.paths.join(" "),
+            if s.partial { "  [partial]" } else { "" }
+        );
+    }
+    println!("{} snapshot(s)", list.len());
+    Exit::Ok
+}
+
+pub struct RestoreArgs<'a> {
+    job: &'a str,
+    snapshot: &'a str,
+    target: Option<&'a Path>,
+    path: Option<&'a Path>,
+    dump: Option<&'a str>,
+    to_server: bool,
+}
+
+async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreArgs<'_>) -> Exit {
+    let Some(job) = cfg.job(args.job) else {
+        eprintln!(
+            "burrow: no job named {:?} in {}",
+            args.job,
+            cfg.file.display()
+        );
+        return Exit::Usage;
+    };
+    let repo = match open_repo(cfg, disk).await {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if let Some(name) = args.dump {
+        let Some(dump) = job.dumps.iter().find(|d| d.name == name) else {
+            eprintln!("burrow: job {} has no dump named {name:?}", job.name);
+            return Exit::Usage;
+        };
+        return if args.to_server {
+            restore_dump_to_server(cfg, job, dump, repo, args.snapshot).await
+        } else {
+            let Some(target) = args.target else {
+                return Exit::Usage;
+            };
+            if let Err(e) = std::fs::create_dir_all(target) {
+                eprintln!("burrow: cannot create {}: {e}", target.display());
+                return Exit::Failed;
+            }
+            let out = target.join(name);
+            let (job_name, snap) = (job.name.clone(), args.snapshot.to_owned());
+            let path = burrow_run::dumps::dump_path(name);
+            let out2 = out.clone();
+            let res = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+                let mut f = std::fs::File::create(&out2)
+                    .map_err(|e| format!("cannot create {}: {e}", out2.display()))?;
+                repo.dump(&job_name, &snap, &path, &mut f)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            match res.map_err(|e| e.to_string()).and_then(|r| r) {
+                Ok(n) => {
+                    println!("restored dump {name} ({n} bytes) to {}", out.display());
+                    Exit::Ok
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&out);
+                    eprintln!("burrow: {e}");
+                    Exit::Failed
+                }
+            }
+        };
+    }
+    let Some(target) = args.target.map(Path::to_owned) else {
+        return Exit::Usage;
+    };
+    let (job_name, snap, sub) = (
+        job.name.clone(),
+        args.snapshot.to_owned(),
+        args.path.map(Path::to_owned),
+    );
+    let res = tokio::task::spawn_blocking(move || {
+        repo.restore(&job_name, &snap, &target, sub.as_deref())
+    })
+    .await;
+    match res {
+        Ok(Ok(out)) => {
+            println!(
+                "restored snapshot {} into {}: {} file(s), {} dir(s), {}",
+                &out.snapshot_id[..8],
+                args.target
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                out.files,
+                out.dirs,
+                human_bytes(out.bytes)
+            );
+            for r in &out.refused {
+                eprintln!("refused (would leave the target): {r}");
+            }
+            if out.refused.is_empty() {
+                Exit::Ok
+            } else {
+                Exit::Partial
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("burrow: {e}");
+            Exit::Failed
+        }
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            Exit::Failed
+        }
+    }
+}
+
+async fn run(cfg: &Config, job: &str, json: bool) -> Exit {
+    if cfg.job(job).is_none() {
+        eprintln!("burrow: no job named {job:?} in {}", cfg.file.display());
+        return Exit::Usage;
+    }
+    // A running daemon owns the repository: hand the run over and wait for its summary.
+    match burrow_daemon::control::Client::connect().await {
+        Ok(Some(client)) => {
+            return match client.run(job).await {
+                Ok(summary) => report(&summary, json),
+                Err(e) => {
+                    eprintln!("burrow: the daemon did not run {job}: {e}");
+                    Exit::Failed
+                }
+            };
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("burrow: warning: {e}; running without the daemon"),
+    }
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let ctl = RunControl::new(rx);
+    let progress =
+        (!json && std::io::stderr().is_terminal()).then(|| spinner(ctl.bytes_read.clone()));
+    let summary = match burrow_run::disk_settings(cfg) {
+        None => run_job::<SimDisk>(cfg, None, job, ctl).await.summary,
+        Some(s) => match UDisks2Manager::connect(s).await {
+            Ok(d) => {
+                let r = run_job(cfg, Some(&d), job, ctl).await.summary;
+                release_after_run(cfg, &d).await;
+                r
+            }
+            Err(e) => burrow_run::summary_without_run(
+                job,
+                if e.is_skip() {
+                    RunStatus::Skipped
+                } else {
+                    RunStatus::Failed
+                },
+                e.to_string(),
+            ),
+        },
+    };
+    if let Some((pb, task)) = progress {
+        task.abort();
+        pb.finish_and_clear();
+    }
+    report(&summary, json)
+}
+
+pub async fn release_after_run<D: DiskManager>(cfg: &Config, disk: &D) {
+    if let Some(d) = &cfg.disk
+        && (d.unmount_after_run || d.power_off_after_run)
+    {
+        let what = burrow_core::disk::Release {
+            unmount: true,
+            lock: true,
+            power_off: d.power_off_after_run,
+        };
+        if let Err(e) = disk.release(what).await {
+            tracing::warn!("releasing the backup disk after the run failed: {e}");
+        }
+    }
+}
+
+fn spinner(
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} pulling: {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let pb2 = pb.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            pb2.set_message(format!(
+                "{} read",
+                human_bytes(bytes.load(Ordering::Relaxed))
+            ));
+            pb2.tick();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    (pb, task)
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Prints a run summary and returns its exit code.
+pub fn report(s: &RunSummary, json: bool) -> Exit {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+        return s.status.exit();
+    }
+    match s.status {
+        RunStatus::Ok | RunStatus::Partial => {
+            println!(
+                "{}: {} — snapshot {}",
+                s.job,
+                s.status.as_str(),
+                s.snapshot_id
+                    .as_deref()
+                    .map_or("-", |i| &i[..8.min(i.len())])
+            );
+            println!(
+                "  files: {} new, {} changed, {} unmodified; {} read, {} added; {:.1}s",
+                s.files_new,
+                s.files_changed,
+                s.files_unmodified,
+                human_bytes(s.bytes_read),
+                human_bytes(s.bytes_added),
+                s.duration_s
+            );
+        }
+        RunStatus::Failed | RunStatus::Skipped => {
+            println!(
+                "{}: {} — {}",
+                s.job,
+                s.status.as_str(),
+                s.reason.as_deref().unwrap_or("")
+            );
+        }
+    }
+    for e in &s.errors {
+        println!("  not backed up: {}: {}", e.path, e.message);
+    }
+    s.status.exit()
+}
+
+async fn status(cfg: &Config, json: bool) -> Exit {
+    match burrow_daemon::control::Client::connect().await {
+        Ok(Some(client)) => match client.status().await {
+            Ok(v) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    print!("{}", burrow_daemon::control::render_status(&v));
+                }
+                Exit::Ok
+            }
+            Err(e) => {
+                eprintln!("burrow: {e}");
+                Exit::Failed
+            }
+        },
+        Ok(None) => {
+            eprintln!(
+                "burrow: the daemon is not running (no socket at {}); start it with `systemctl start burrow` — config {}",
+                burrow_daemon::control::socket_path().display(),
+                cfg.file.display()
+            );
+            Exit::Failed
+        }
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            Exit::Failed
+        }
+    }
+}
+
+/// Streams a dump from the repository into its `restore_command` on the job's server (or
+/// here, for local jobs), without a temporary copy.
+async fn restore_dump_to_server(
+    cfg: &Config,
+    job: &burrow_config::Job,
+    dump: &burrow_config::Dump,
+    repo: Repo,
+    snapshot: &str,
+) -> Exit {
+    let Some(cmd) = dump.restore_command.clone() else {
+        eprintln!(
+            "burrow: dump {} has no restore_command: add one to jobs.{}.dumps, or use --target DIR",
+            dump.name, job.name
+        );
+        return Exit::Usage;
+    };
+    let host = match cfg.server_of(job) {
+        None => burrow_run::host::Host::Local,
+        Some(s) => match burrow_ssh::Session::connect(&burrow_run::ssh_target(s)).await {
+            Ok(sess) => burrow_run::host::Host::Remote(sess),
+            Err(e) => {
+                eprintln!("burrow: cannot connect to server {}: {e}", s.name);
+                return Exit::Failed;
+            }
+        },
+    };
+    let (reader, writer) = tokio::io::duplex(1 << 20);
+    let (job_name, snap, path) = (
+        job.name.clone(),
+        snapshot.to_owned(),
+        burrow_run::dumps::dump_path(&dump.name),
+    );
+    let handle = tokio::runtime::Handle::current();
+    let feeder = tokio::task::spawn_blocking(move || {
+        let mut w = tokio_util::io::SyncIoBridge::new_with_handle(writer, handle);
+        let r = repo.dump(&job_name, &snap, &path, &mut w);
+        drop(w);
+        r
+    });
+    eprintln!(
+        "restoring dump {} into `{cmd}` on {}",
+        dump.name,
+        host.describe()
+    );
+    let out = host.exec_with_stdin(&cmd, reader).await;
+    let fed = feeder.await;
+    if let burrow_run::host::Host::Remote(s) = &host {
+        s.close().await;
+    }
+    match (fed, out) {
+        (Ok(Ok(n)), Ok(o)) if o.success() => {
+            println!("restored dump {} ({n} bytes) with `{cmd}`", dump.name);
+            Exit::Ok
+        }
+        (Ok(Err(e)), _) => {
+            eprintln!("burrow: reading the dump failed: {e}");
+            Exit::Failed
+        }
+        (_, Ok(o)) => {
+            eprintln!(
+                "burrow: `{cmd}` failed: {} {}",
+                o.status_text(),
+                o.stderr_text()
+            );
+            Exit::Failed
+        }
+        (_, Err(e)) => {
+            eprintln!("burrow: `{cmd}` failed: {e}");
+            Exit::Failed
+        }
+    }
+}

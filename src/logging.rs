@@ -1,0 +1,33 @@
+//! Where log lines go: journald when systemd started us (JOURNAL_STREAM is set), readable
+//! stderr otherwise. Libraries only emit `tracing` events; this is the one sink.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// rustic_core logs every step at info; only its warnings matter to a burrow user.
+const QUIET_DEPS: &str =
+    "rustic_core=warn,rustic_backend=warn,russh=warn,russh_sftp=warn,zbus=warn";
+
+pub fn init(level: Option<&str>, default: &str) {
+    let filter = match (level, std::env::var("RUST_LOG")) {
+        (Some(l), _) => format!("{l},{QUIET_DEPS}"),
+        (None, Ok(env)) => env,
+        (None, Err(_)) => format!("{default},{QUIET_DEPS}"),
+    };
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new(default));
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(journald.with_syslog_identifier("burrow".into()))
+            .try_init();
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
