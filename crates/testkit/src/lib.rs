@@ -1,8 +1,12 @@
 //! Test helpers shared by the crates' integration tests: a private sshd on 127.0.0.1 with
-//! throwaway keys, a local HTTP server standing in for healthchecks.io, and the rule for
-//! services that are missing (skip loudly locally, fail under `CI=true`).
+//! throwaway keys, a local HTTP server standing in for healthchecks.io, a private PostgreSQL
+//! cluster, image files attached as loop devices through UDisks2, and the rule for services
+//! that are missing (skip loudly locally, fail under `CI=true`).
 
 pub mod http;
+pub mod loopdev;
+pub mod postgres;
+pub mod proxy;
 pub mod sshd;
 
 /// Called when a test cannot find a tool or service it needs. Under `CI=true` this panics (CI

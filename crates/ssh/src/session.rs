@@ -1,0 +1,795 @@
+//! One authenticated SSH connection: commands on exec channels and SFTP sessions.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, Handle, Msg};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig};
+use russh_sftp::client::SftpSession;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info};
+
+use crate::error::{SshError, is_network_error};
+use crate::hostkey::{HostKeyCheck, HostKeyPolicy, Verdict};
+
+/// How much of a command's stdout and stderr [`ExecOutput`] keeps: the last 64 KiB of each.
+pub const OUTPUT_TAIL: usize = 64 * 1024;
+
+/// SFTP requests (reads of up to 256 KiB, 16 in flight per file) may queue behind each other on
+/// a slow link; a dead connection is caught by SSH keepalives instead.
+const SFTP_REQUEST_TIMEOUT_SECS: u64 = 60;
+
+/// A server to connect to.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// Name used in messages (the job or server name).
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_file: PathBuf,
+    /// File whose first line is the identity file's passphrase.
+    pub identity_passphrase_file: Option<PathBuf>,
+    pub host_key: HostKeyPolicy,
+    /// Run this command on an exec channel and speak SFTP over its stdin/stdout instead of
+    /// requesting the `sftp` subsystem, e.g. `sudo -n /usr/lib/openssh/sftp-server -R`.
+    pub sftp_command: Option<String>,
+    /// Limit for TCP connect, key exchange and authentication together.
+    pub connect_timeout: Duration,
+}
+
+impl SshTarget {
+    fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// What a command left behind. stdout and stderr are the last [`OUTPUT_TAIL`] bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_status: Option<u32>,
+    pub exit_signal: Option<String>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    /// True when the command exited with status 0.
+    pub fn success(&self) -> bool {
+        self.exit_status == Some(0)
+    }
+
+    /// `exit status 3`, `signal KILL` or `no exit status`.
+    pub fn status_text(&self) -> String {
+        match (&self.exit_status, &self.exit_signal) {
+            (Some(s), _) => format!("exit status {s}"),
+            (None, Some(sig)) => format!("signal {sig}"),
+            (None, None) => "no exit status".to_owned(),
+        }
+    }
+
+    /// stderr as text, trimmed.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_owned()
+    }
+}
+
+/// Keeps the last `cap` bytes pushed into it.
+#[derive(Debug)]
+pub(crate) struct Tail {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl Tail {
+    pub(crate) fn new(cap: usize) -> Self {
+        Tail {
+            buf: Vec::new(),
+            cap,
+        }
+    }
+
+    pub(crate) fn push(&mut self, data: &[u8]) {
+        if data.len() >= self.cap {
+            self.buf.clear();
+            self.buf.extend_from_slice(&data[data.len() - self.cap..]);
+            return;
+        }
+        self.buf.extend_from_slice(data);
+        // Trim only once twice the cap has piled up, so pushing stays amortised O(n).
+        if self.buf.len() > 2 * self.cap {
+            self.buf.drain(..self.buf.len() - self.cap);
+        }
+    }
+
+    pub(crate) fn into_vec(mut self) -> Vec<u8> {
+        if self.buf.len() > self.cap {
+            self.buf.drain(..self.buf.len() - self.cap);
+        }
+        self.buf
+    }
+
+    fn text(&self) -> String {
+        let start = self.buf.len().saturating_sub(self.cap);
+        String::from_utf8_lossy(&self.buf[start..])
+            .trim()
+            .to_owned()
+    }
+}
+
+struct Client {
+    check: HostKeyCheck,
+    verdict: Arc<Mutex<Option<Verdict>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let verdict = self.check.verify(&key.public_key());
+        let ok = matches!(verdict, Verdict::Accepted);
+        *self.verdict.lock().unwrap_or_else(|e| e.into_inner()) = Some(verdict);
+        Ok(ok)
+    }
+}
+
+struct Inner {
+    handle: Handle<Client>,
+    name: String,
+    sftp_command: Option<String>,
+}
+
+/// An authenticated connection to a server; cheap to clone, all clones share it.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("target", &self.inner.name)
+            .finish()
+    }
+}
+
+fn read_passphrase(path: &PathBuf) -> Result<String, SshError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SshError::PassphraseFile {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}
+
+fn load_key(target: &SshTarget) -> Result<russh::keys::PrivateKey, SshError> {
+    let passphrase = match &target.identity_passphrase_file {
+        Some(p) => Some(read_passphrase(p)?),
+        None => None,
+    };
+    let path = &target.identity_file;
+    russh::keys::load_secret_key(path, passphrase.as_deref()).map_err(|e| match e {
+        russh::keys::Error::KeyIsEncrypted => SshError::KeyEncrypted { path: path.clone() },
+        russh::keys::Error::IO(io) => SshError::KeyFile {
+            path: path.clone(),
+            reason: io.to_string(),
+        },
+        other => SshError::KeyFile {
+            path: path.clone(),
+            reason: if passphrase.is_some() {
+                format!("{other} (is the passphrase right?)")
+            } else {
+                other.to_string()
+            },
+        },
+    })
+}
+
+fn sig_name(sig: &Sig) -> String {
+    match sig {
+        Sig::Custom(s) => s.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// What the channel reported besides stdout.
+#[derive(Debug)]
+struct Status {
+    stderr: Tail,
+    exit_status: Option<u32>,
+    exit_signal: Option<String>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            stderr: Tail::new(OUTPUT_TAIL),
+            exit_status: None,
+            exit_signal: None,
+        }
+    }
+}
+
+impl Status {
+    fn status_text(&self) -> String {
+        match (&self.exit_status, &self.exit_signal) {
+            (Some(s), _) => s.to_string(),
+            (None, Some(sig)) => format!("signal {sig}"),
+            (None, None) => "none".to_owned(),
+        }
+    }
+}
+
+enum PumpError {
+    Refused,
+    Io(std::io::Error),
+}
+
+/// Reads a channel until the server closes it. ExitStatus may arrive after Eof, so the loop
+/// only ends when `wait` returns None.
+async fn pump<W: AsyncWrite + Unpin + Send>(
+    r: &mut ChannelReadHalf,
+    mut stdout_writer: Option<&mut W>,
+    stdout_tail: &mut Tail,
+    status: &mut Status,
+) -> Result<(), PumpError> {
+    while let Some(msg) = r.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => match stdout_writer.as_mut() {
+                Some(w) => w.write_all(&data).await.map_err(PumpError::Io)?,
+                None => stdout_tail.push(&data),
+            },
+            ChannelMsg::ExtendedData { data, ext: 1 } => status.stderr.push(&data),
+            ChannelMsg::ExitStatus { exit_status } => status.exit_status = Some(exit_status),
+            ChannelMsg::ExitSignal { signal_name, .. } => {
+                status.exit_signal = Some(sig_name(&signal_name));
+            }
+            // The only request with want_reply on these channels is exec; a refusal leaves
+            // the channel open with nothing running.
+            ChannelMsg::Failure => return Err(PumpError::Refused),
+            _ => {}
+        }
+    }
+    if let Some(w) = stdout_writer {
+        w.flush().await.map_err(PumpError::Io)?;
+    }
+    Ok(())
+}
+
+async fn stop(w: &ChannelWriteHalf<Msg>) {
+    let _ = w.signal(Sig::KILL).await;
+    let _ = w.eof().await;
+    let _ = w.close().await;
+}
+
+impl Session {
+    /// Connects, verifies the host key and authenticates with the identity file.
+    pub async fn connect(target: &SshTarget) -> Result<Session, SshError> {
+        let check =
+            HostKeyCheck::prepare(&target.name, &target.host_key, &target.host, target.port)?;
+        let key = load_key(target)?;
+        let mut config = client::Config {
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 3,
+            inactivity_timeout: None,
+            window_size: 16 * 1024 * 1024,
+            maximum_packet_size: 65535,
+            nodelay: true,
+            ..Default::default()
+        };
+        config.preferred.key = Cow::Owned(check.preferred_algorithms(&config.preferred.key));
+        let verdict = Arc::new(Mutex::new(None));
+        let handler = Client {
+            check,
+            verdict: verdict.clone(),
+        };
+        let addr = target.addr();
+        debug!(target = %target.name, %addr, user = %target.user, "connecting");
+
+        let attempt = async {
+            let mut handle = client::connect(
+                Arc::new(config),
+                (target.host.as_str(), target.port),
+                handler,
+            )
+            .await
+            .map_err(|e| connect_error(target, &addr, e, &verdict))?;
+            let hash = handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(|e| SshError::from_russh(&target.name, e))?
+                .flatten();
+            let auth = handle
+                .authenticate_publickey(
+                    target.user.clone(),
+                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                )
+                .await
+                .map_err(|e| SshError::from_russh(&target.name, e))?;
+            if !auth.success() {
+                return Err(SshError::Auth {
+                    target: target.name.clone(),
+                    user: target.user.clone(),
+                    key: target.identity_file.clone(),
+                });
+            }
+            Ok(handle)
+        };
+        let handle = tokio::time::timeout(target.connect_timeout, attempt)
+            .await
+            .map_err(|_| SshError::ConnectTimeout {
+                target: target.name.clone(),
+                addr: addr.clone(),
+                after: target.connect_timeout,
+            })??;
+        info!(target = %target.name, %addr, "connected");
+        Ok(Session {
+            inner: Arc::new(Inner {
+                handle,
+                name: target.name.clone(),
+                sftp_command: target.sftp_command.clone(),
+            }),
+        })
+    }
+
+    /// The target's name, for messages.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// True once the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.inner.handle.is_closed()
+    }
+
+    fn channel_error(&self, e: russh::Error) -> SshError {
+        if is_network_error(&e) {
+            SshError::from_russh(&self.inner.name, e)
+        } else {
+            SshError::Channel {
+                target: self.inner.name.clone(),
+                reason: e.to_string().to_lowercase(),
+            }
+        }
+    }
+
+    fn refused(&self, cmd: &str) -> SshError {
+        SshError::Channel {
+            target: self.inner.name.clone(),
+            reason: format!("the server refused to run {cmd:?}"),
+        }
+    }
+
+    async fn start(&self, cmd: &str) -> Result<(ChannelReadHalf, ChannelWriteHalf<Msg>), SshError> {
+        let ch = self
+            .inner
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| self.channel_error(e))?;
+        ch.exec(true, cmd)
+            .await
+            .map_err(|e| self.channel_error(e))?;
+        debug!(target = %self.inner.name, command = %cmd, "exec");
+        Ok(ch.split())
+    }
+
+    /// Runs `cmd` and collects its output (the last 64 KiB of stdout and of stderr) and exit
+    /// status. After `timeout` the command is sent SIGKILL, the channel closed, and
+    /// [`SshError::ExecTimeout`] returned.
+    pub async fn exec(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
+        let (mut r, w) = self.start(cmd).await?;
+        let mut stdout = Tail::new(OUTPUT_TAIL);
+        let mut status = Status::default();
+        let res = tokio::time::timeout(
+            timeout,
+            pump::<tokio::io::Sink>(&mut r, None, &mut stdout, &mut status),
+        )
+        .await;
+        match res {
+            Err(_) => {
+                stop(&w).await;
+                Err(SshError::ExecTimeout {
+                    target: self.inner.name.clone(),
+                    command: cmd.to_owned(),
+                    after: timeout,
+                })
+            }
+            Ok(Err(PumpError::Refused)) => {
+                stop(&w).await;
+                Err(self.refused(cmd))
+            }
+            Ok(Err(PumpError::Io(e))) => Err(self.stream_error(cmd, e)),
+            Ok(Ok(())) => self.finish(cmd, stdout, status).await,
+        }
+    }
+
+    fn stream_error(&self, cmd: &str, e: impl std::fmt::Display) -> SshError {
+        SshError::Stream {
+            target: self.inner.name.clone(),
+            command: cmd.to_owned(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Runs `cmd` and streams its stdout into `out` (flushed at the end); the returned output
+    /// holds the exit status and stderr tail, and an empty stdout. There is no timeout: a
+    /// database dump may take hours; a dead connection ends it through SSH keepalives.
+    pub async fn exec_to_writer<W: AsyncWrite + Unpin + Send>(
+        &self,
+        cmd: &str,
+        out: &mut W,
+    ) -> Result<ExecOutput, SshError> {
+        let (mut r, w) = self.start(cmd).await?;
+        let mut stdout = Tail::new(OUTPUT_TAIL);
+        let mut status = Status::default();
+        match pump(&mut r, Some(out), &mut stdout, &mut status).await {
+            Ok(()) => self.finish(cmd, stdout, status).await,
+            Err(PumpError::Refused) => {
+                stop(&w).await;
+                Err(self.refused(cmd))
+            }
+            Err(PumpError::Io(e)) => {
+                // The local side cannot take more: stop the command rather than leave it
+                // blocked on a full channel.
+                stop(&w).await;
+                Err(self.stream_error(cmd, e))
+            }
+        }
+    }
+
+    /// Runs `cmd`, feeds it `input` on stdin followed by EOF, and collects its output. If
+    /// reading `input` fails, the command is killed before it sees EOF, so a half-fed restore
+    /// is not taken for a complete one.
+    pub async fn exec_with_stdin<R: AsyncRead + Unpin + Send>(
+        &self,
+        cmd: &str,
+        input: R,
+    ) -> Result<ExecOutput, SshError> {
+        let (mut r, w) = self.start(cmd).await?;
+        let mut stdout = Tail::new(OUTPUT_TAIL);
+        let mut status = Status::default();
+        let input = InputWatch {
+            inner: input,
+            failed: None,
+        };
+        let mut input_error = None;
+        let read_result = {
+            let write = async {
+                let mut input = input;
+                let res = match w.data(&mut input).await {
+                    Ok(()) => w.eof().await,
+                    Err(e) => Err(e),
+                };
+                (res, input.failed)
+            };
+            let read = pump::<tokio::io::Sink>(&mut r, None, &mut stdout, &mut status);
+            tokio::pin!(write, read);
+            let mut writing = true;
+            loop {
+                tokio::select! {
+                    (res, failed) = &mut write, if writing => {
+                        writing = false;
+                        // A channel error means the command went away; its status tells.
+                        if let (Err(_), Some(e)) = (res, failed) {
+                            input_error = Some(e);
+                            break None;
+                        }
+                    }
+                    res = &mut read => break Some(res),
+                }
+            }
+        };
+        match (read_result, input_error) {
+            (None, Some(e)) => {
+                stop(&w).await;
+                Err(self.stream_error(cmd, format!("reading the input failed: {e}")))
+            }
+            (Some(Err(PumpError::Refused)), _) => {
+                stop(&w).await;
+                Err(self.refused(cmd))
+            }
+            (Some(Err(PumpError::Io(e))), _) => Err(self.stream_error(cmd, e)),
+            // The command ended; whether it read all of stdin is for its exit status to say.
+            (Some(Ok(())), _) => self.finish(cmd, stdout, status).await,
+            (None, None) => unreachable!("the loop only ends with a read result or an input error"),
+        }
+    }
+
+    /// Without an exit status or signal, a command most likely died with the connection.
+    async fn finish(
+        &self,
+        cmd: &str,
+        stdout: Tail,
+        status: Status,
+    ) -> Result<ExecOutput, SshError> {
+        if status.exit_status.is_none() && status.exit_signal.is_none() {
+            for _ in 0..10 {
+                if self.is_closed() {
+                    return Err(SshError::Disconnected {
+                        target: self.inner.name.clone(),
+                        reason: format!("command {cmd:?} ended without an exit status"),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(output(stdout, status))
+    }
+
+    /// Starts an SFTP session: the `sftp` subsystem, or `sftp_command` on an exec channel
+    /// when the target sets one.
+    pub async fn sftp(&self) -> Result<Arc<SftpSession>, SshError> {
+        let cfg = russh_sftp::client::Config {
+            request_timeout_secs: SFTP_REQUEST_TIMEOUT_SECS,
+            ..Default::default()
+        };
+        let session = match &self.inner.sftp_command {
+            None => self.sftp_subsystem(cfg).await?,
+            Some(cmd) => self.sftp_exec(cmd, cfg).await?,
+        };
+        Ok(Arc::new(session))
+    }
+
+    async fn sftp_subsystem(
+        &self,
+        cfg: russh_sftp::client::Config,
+    ) -> Result<SftpSession, SshError> {
+        let start_error = |detail: String, temporary: bool| SshError::SftpStart {
+            target: self.inner.name.clone(),
+            how: "subsystem sftp".to_owned(),
+            status: "none".to_owned(),
+            detail,
+            temporary,
+        };
+        let mut ch = self
+            .inner
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| self.channel_error(e))?;
+        ch.request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| self.channel_error(e))?;
+        // into_stream swallows the reply, so wait for it first; a refusal would otherwise
+        // surface only as a 10 s timeout of the SFTP handshake.
+        loop {
+            match ch.wait().await {
+                Some(ChannelMsg::Success) => break,
+                Some(ChannelMsg::Failure) => {
+                    let _ = ch.close().await;
+                    return Err(start_error(
+                        "the server refused the sftp subsystem; enable it in sshd_config or set sftp_command".into(),
+                        false,
+                    ));
+                }
+                Some(ChannelMsg::Close) | None => {
+                    return Err(start_error("the channel closed".into(), true));
+                }
+                Some(_) => {}
+            }
+        }
+        SftpSession::new_with_config(ch.into_stream(), cfg)
+            .await
+            .map_err(|e| start_error(e.to_string(), true))
+    }
+
+    /// SFTP over a command's stdin/stdout. The channel is pumped through an in-memory pipe so
+    /// that stderr and the exit status stay visible: when the command dies before the
+    /// handshake (sudo asking for a password), the error carries its words at once.
+    async fn sftp_exec(
+        &self,
+        cmd: &str,
+        cfg: russh_sftp::client::Config,
+    ) -> Result<SftpSession, SshError> {
+        let (mut r, w) = self.start(cmd).await?;
+        let (client_end, server_end) = tokio::io::duplex(256 * 1024);
+        let (from_client, mut to_client) = tokio::io::split(server_end);
+        let status = Arc::new(Mutex::new(Status::default()));
+        let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
+        let name = self.inner.name.clone();
+        {
+            let status = status.clone();
+            let refused = refused.clone();
+            tokio::spawn(async move {
+                let mut forwarding = true;
+                while let Some(msg) = r.wait().await {
+                    match msg {
+                        ChannelMsg::Data { data } if forwarding => {
+                            // Once the SFTP client is gone, keep draining for the exit status.
+                            forwarding = to_client.write_all(&data).await.is_ok();
+                        }
+                        ChannelMsg::Eof => {
+                            let _ = to_client.shutdown().await;
+                        }
+                        ChannelMsg::ExtendedData { data, ext: 1 } => {
+                            debug!(target = %name, stderr = %String::from_utf8_lossy(&data).trim(), "sftp command");
+                            status
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .stderr
+                                .push(&data);
+                        }
+                        ChannelMsg::ExitStatus { exit_status } => {
+                            status.lock().unwrap_or_else(|e| e.into_inner()).exit_status =
+                                Some(exit_status);
+                        }
+                        ChannelMsg::ExitSignal { signal_name, .. } => {
+                            status.lock().unwrap_or_else(|e| e.into_inner()).exit_signal =
+                                Some(sig_name(&signal_name));
+                        }
+                        ChannelMsg::Failure => {
+                            refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let _ = to_client.shutdown().await;
+                let _ = ended_tx.send(());
+            });
+        }
+        tokio::spawn(async move {
+            // Ends when the SFTP session is dropped (its end of the pipe closes).
+            let _ = w.data(from_client).await;
+            let _ = w.eof().await;
+            let _ = w.close().await;
+        });
+
+        let failed = |detail: Option<String>| {
+            let st = status.lock().unwrap_or_else(|e| e.into_inner());
+            let was_refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+            let stderr = st.stderr.text();
+            let detail = if was_refused {
+                "the server refused to run the command".to_owned()
+            } else if !stderr.is_empty() {
+                stderr
+            } else {
+                detail.unwrap_or_else(|| "the command ended without speaking sftp".to_owned())
+            };
+            let ended = was_refused || st.exit_status.is_some() || st.exit_signal.is_some();
+            SshError::SftpStart {
+                target: self.inner.name.clone(),
+                how: format!("command {cmd:?}"),
+                status: st.status_text(),
+                detail,
+                temporary: !ended,
+            }
+        };
+
+        let init = SftpSession::new_with_config(client_end, cfg);
+        tokio::pin!(init);
+        tokio::select! {
+            res = &mut init => match res {
+                Ok(s) => Ok(s),
+                Err(e) => {
+                    // Give the channel a moment to deliver stderr and the exit status.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut ended_rx).await;
+                    Err(failed(Some(e.to_string())))
+                }
+            },
+            _ = &mut ended_rx => Err(failed(None)),
+        }
+    }
+
+    /// Ends the connection politely; clones become unusable.
+    pub async fn close(&self) {
+        let _ = self
+            .inner
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+/// Remembers why reading the input failed, to tell it apart from a closed channel.
+struct InputWatch<R> {
+    inner: R,
+    failed: Option<String>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for InputWatch<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Err(e)) = &res {
+            self.failed = Some(e.to_string());
+        }
+        res
+    }
+}
+
+fn output(stdout: Tail, status: Status) -> ExecOutput {
+    ExecOutput {
+        exit_status: status.exit_status,
+        exit_signal: status.exit_signal,
+        stdout: stdout.into_vec(),
+        stderr: status.stderr.into_vec(),
+    }
+}
+
+fn connect_error(
+    target: &SshTarget,
+    addr: &str,
+    e: russh::Error,
+    verdict: &Mutex<Option<Verdict>>,
+) -> SshError {
+    let verdict = verdict.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match (e, verdict) {
+        (russh::Error::UnknownKey, Some(Verdict::Mismatch { seen, expected })) => {
+            SshError::HostKeyMismatch {
+                target: target.name.clone(),
+                addr: addr.to_owned(),
+                seen,
+                expected,
+            }
+        }
+        (russh::Error::UnknownKey, Some(Verdict::Revoked { seen })) => SshError::HostKeyMismatch {
+            target: target.name.clone(),
+            addr: addr.to_owned(),
+            seen,
+            expected: "any key not marked @revoked in known_hosts".to_owned(),
+        },
+        (russh::Error::UnknownKey, Some(Verdict::Unknown { seen, known_hosts })) => {
+            SshError::HostKeyUnknown {
+                target: target.name.clone(),
+                host: if target.port == 22 {
+                    target.host.clone()
+                } else {
+                    format!("[{}]:{}", target.host, target.port)
+                },
+                seen,
+                known_hosts,
+            }
+        }
+        (russh::Error::IO(io), _) => SshError::Connect {
+            target: target.name.clone(),
+            addr: addr.to_owned(),
+            reason: io.to_string().to_lowercase(),
+        },
+        (e, _) if is_network_error(&e) => SshError::Connect {
+            target: target.name.clone(),
+            addr: addr.to_owned(),
+            reason: e.to_string().to_lowercase(),
+        },
+        (e, _) => SshError::Protocol {
+            target: target.name.clone(),
+            reason: e.to_string().to_lowercase(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut t = Tail::new(4);
+        t.push(b"ab");
+        t.push(b"cdef");
+        t.push(b"g");
+        assert_eq!(t.into_vec(), b"defg");
+        let mut t = Tail::new(4);
+        t.push(b"0123456789");
+        assert_eq!(t.into_vec(), b"6789");
+        let mut t = Tail::new(3);
+        for b in b"abcdefghij" {
+            t.push(&[*b]);
+        }
+        assert_eq!(t.into_vec(), b"hij");
+    }
+}

@@ -1,0 +1,572 @@
+//! The SFTP source: a server's files as one ordered, streamed walk.
+//!
+//! The walk runs as a task on the tokio runtime and hands entries to the archiver's thread
+//! through a bounded channel. Directory listings are requested ahead of the emit position
+//! (the directories the walk will reach next, in order) so that a distant server costs
+//! round trips in parallel rather than one after the other; entries still come out in exact
+//! depth-first, byte-sorted order. File content is fetched ahead by [`crate::prefetch`].
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use burrow_core::exclude::Excludes;
+use burrow_core::problems::Problems;
+use burrow_core::source::{Entry, EntryKind, Meta, Source, Time, WalkContext, normalize_roots};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use russh_sftp::client::SftpSession;
+use russh_sftp::protocol::FileAttributes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use crate::prefetch::{PrefetchLimits, Prefetcher};
+
+/// Entries the walk may run ahead of the archiver (metadata only; content is bounded by
+/// [`PrefetchLimits`]).
+const ENTRY_LOOKAHEAD: usize = 1024;
+
+/// Symlink targets resolved at once per directory.
+const READLINK_CONCURRENCY: usize = 16;
+
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
+const S_IFIFO: u32 = 0o010000;
+const S_IFSOCK: u32 = 0o140000;
+const S_IFCHR: u32 = 0o020000;
+const S_IFBLK: u32 = 0o060000;
+
+/// Files on a server, read over SFTP. See the module docs.
+#[derive(Clone)]
+pub struct SftpSource {
+    sftp: Arc<SftpSession>,
+    runtime: tokio::runtime::Handle,
+    roots: Vec<PathBuf>,
+    excludes: Excludes,
+    limits: PrefetchLimits,
+}
+
+impl std::fmt::Debug for SftpSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SftpSource")
+            .field("roots", &self.roots)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl SftpSource {
+    /// `runtime` runs the walk and the transfers; `entries()` and the contents' readers must
+    /// be used from threads outside it (they block).
+    pub fn new(
+        sftp: Arc<SftpSession>,
+        runtime: tokio::runtime::Handle,
+        roots: &[PathBuf],
+        excludes: Excludes,
+    ) -> Self {
+        SftpSource {
+            sftp,
+            runtime,
+            roots: normalize_roots(roots),
+            excludes,
+            limits: PrefetchLimits::default(),
+        }
+    }
+
+    /// Replaces the default concurrency and memory limits.
+    pub fn with_limits(mut self, limits: PrefetchLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+impl Source for SftpSource {
+    /// Must be consumed outside the runtime (it blocks on a channel).
+    fn entries(&self, ctx: WalkContext) -> Box<dyn Iterator<Item = Entry> + Send> {
+        let (tx, rx) = mpsc::channel(ENTRY_LOOKAHEAD);
+        let walker = Walker {
+            sftp: self.sftp.clone(),
+            excludes: Arc::new(self.excludes.clone()),
+            limits: self.limits,
+            prefetch: Prefetcher::new(
+                self.sftp.clone(),
+                self.runtime.clone(),
+                self.limits,
+                ctx.bytes_read.clone(),
+                ctx.problems.clone(),
+            ),
+            ctx: ctx.clone(),
+            stack: Vec::new(),
+            ahead: Lookahead::new(&self.limits),
+        };
+        let first_root = self.roots.first().cloned().unwrap_or_default();
+        let task = self.runtime.spawn(walker.run(self.roots.clone(), tx));
+        Box::new(EntryIter {
+            rx,
+            _task: AbortOnDrop(task),
+            finished: false,
+            problems: ctx.problems,
+            first_root,
+        })
+    }
+}
+
+/// Aborts a task when the owner goes away (the walk was abandoned).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `None` is the walk's end marker, so that an aborted walk is not taken for a complete one.
+type Msg = Option<Entry>;
+
+struct EntryIter {
+    rx: mpsc::Receiver<Msg>,
+    _task: AbortOnDrop<()>,
+    finished: bool,
+    problems: Problems,
+    first_root: PathBuf,
+}
+
+impl Iterator for EntryIter {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        if self.finished {
+            return None;
+        }
+        match self.rx.blocking_recv() {
+            Some(Some(e)) => Some(e),
+            Some(None) => {
+                self.finished = true;
+                None
+            }
+            None => {
+                self.finished = true;
+                self.problems.push(
+                    &self.first_root,
+                    "the walk stopped early (the runtime shut down or the walk failed); the snapshot is incomplete",
+                );
+                None
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Child {
+    name: String,
+    attrs: FileAttributes,
+    /// Target of a symlink; `Err` holds why it could not be read.
+    link: Option<Result<String, String>>,
+}
+
+impl Child {
+    fn file_type(&self) -> u32 {
+        self.attrs.permissions.unwrap_or(0) & S_IFMT
+    }
+
+    fn is_dir(&self) -> bool {
+        self.file_type() == S_IFDIR
+    }
+}
+
+struct Listed {
+    /// Sorted by name bytes.
+    children: Vec<Child>,
+    /// Indices of the directories among `children`, ascending.
+    dirs: Vec<usize>,
+}
+
+type Listing = Result<Listed, String>;
+
+type ListingFuture = Pin<Box<dyn Future<Output = (PathBuf, Listing)> + Send>>;
+
+struct Frame {
+    dir: PathBuf,
+    listed: Listed,
+    /// Next child to emit.
+    next: usize,
+}
+
+/// Listings fetched ahead of the walk, in the order the walk will need them.
+///
+/// The walk's future is known as far as listings go: the remaining children of every open
+/// directory, and inside those, the children of directories already listed ahead. Requests
+/// go out in that depth-first order, so a chain of nested directories is fetched as soon as
+/// each level arrives instead of one level per emitted directory.
+struct Lookahead {
+    in_flight: FuturesUnordered<ListingFuture>,
+    /// Listings that arrived and wait for the walk to reach their directory.
+    done: HashMap<PathBuf, Listing>,
+    /// Everything in flight or done.
+    scheduled: HashSet<PathBuf>,
+    max_in_flight: usize,
+    max_ahead: usize,
+}
+
+impl Lookahead {
+    fn new(limits: &PrefetchLimits) -> Self {
+        let max_in_flight = limits.listings.max(1);
+        Lookahead {
+            in_flight: FuturesUnordered::new(),
+            done: HashMap::new(),
+            scheduled: HashSet::new(),
+            max_in_flight,
+            max_ahead: max_in_flight * 8,
+        }
+    }
+}
+
+struct Walker {
+    sftp: Arc<SftpSession>,
+    excludes: Arc<Excludes>,
+    limits: PrefetchLimits,
+    prefetch: Prefetcher,
+    ctx: WalkContext,
+    stack: Vec<Frame>,
+    ahead: Lookahead,
+}
+
+/// Remote paths are the local representation of what the server sent; everything the walk
+/// builds comes from UTF-8 names, so only roots can fail this.
+fn remote(path: &Path) -> Option<&str> {
+    path.to_str()
+}
+
+impl Walker {
+    async fn run(mut self, roots: Vec<PathBuf>, tx: mpsc::Sender<Msg>) {
+        debug!(limits = ?self.limits, "walk starts");
+        for root in roots {
+            if self.excludes.is_excluded(&root) {
+                continue;
+            }
+            let Some(r) = remote(&root) else {
+                self.ctx.problems.push(
+                    &root,
+                    "path is not valid UTF-8; sftp cannot name it; skipped",
+                );
+                continue;
+            };
+            let attrs = match self.sftp.symlink_metadata(r).await {
+                Ok(a) => a,
+                Err(e) => {
+                    self.ctx.problems.push(&root, format!("cannot stat: {e}"));
+                    continue;
+                }
+            };
+            let mut child = Child {
+                name: String::new(),
+                attrs,
+                link: None,
+            };
+            if child.file_type() == S_IFLNK {
+                child.link = Some(self.sftp.read_link(r).await.map_err(|e| e.to_string()));
+            }
+            if !self.emit(root, child, &tx).await {
+                return;
+            }
+            while let Some(frame) = self.stack.last_mut() {
+                let children = &mut frame.listed.children;
+                if frame.next == children.len() {
+                    self.stack.pop();
+                    continue;
+                }
+                let i = frame.next;
+                frame.next += 1;
+                let path = frame.dir.join(&children[i].name);
+                // Children are emitted once; move the record out instead of cloning it.
+                let child = std::mem::replace(
+                    &mut children[i],
+                    Child {
+                        name: String::new(),
+                        attrs: FileAttributes::default(),
+                        link: None,
+                    },
+                );
+                if !self.emit(path, child, &tx).await {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(None).await;
+    }
+
+    /// Sends one entry; for a directory, pushes its listing. False when the consumer is gone.
+    async fn emit(&mut self, path: PathBuf, child: Child, tx: &mpsc::Sender<Msg>) -> bool {
+        let mode = child.attrs.permissions.unwrap_or(0);
+        let kind = match mode & S_IFMT {
+            S_IFDIR => EntryKind::Dir,
+            S_IFREG => EntryKind::File,
+            S_IFLNK => match &child.link {
+                Some(Ok(t)) if !t.contains('\u{FFFD}') => EntryKind::Symlink {
+                    target: OsString::from(t),
+                },
+                Some(Ok(_)) => {
+                    self.ctx
+                        .problems
+                        .push(&path, "symlink target is not valid UTF-8; skipped");
+                    return true;
+                }
+                Some(Err(e)) => {
+                    self.ctx
+                        .problems
+                        .push(&path, format!("cannot read symlink: {e}"));
+                    return true;
+                }
+                None => {
+                    self.ctx.problems.push(&path, "cannot read symlink");
+                    return true;
+                }
+            },
+            S_IFIFO => EntryKind::Fifo,
+            S_IFSOCK => EntryKind::Socket,
+            S_IFCHR => EntryKind::CharDevice { rdev: 0 },
+            S_IFBLK => EntryKind::BlockDevice { rdev: 0 },
+            other => {
+                self.ctx.problems.push(
+                    &path,
+                    format!("unknown file type {other:o} reported by the server; skipped"),
+                );
+                return true;
+            }
+        };
+        let meta = meta_of(&child.attrs, kind == EntryKind::File);
+        let content = if kind == EntryKind::File {
+            let r = remote(&path).unwrap_or_default().to_owned();
+            let prefetch = !self.ctx.parent.unchanged(&path, meta.size, meta.mtime);
+            Some(self.prefetch.content(path.clone(), r, meta.size, prefetch))
+        } else {
+            None
+        };
+        let is_dir = kind == EntryKind::Dir;
+        if is_dir && !self.ahead.scheduled.contains(&path) {
+            // Request it before waiting for the consumer.
+            self.spawn_listing(path.clone());
+        }
+        let entry = Entry {
+            path: path.clone(),
+            kind,
+            meta,
+            content,
+        };
+        // Wait for room in the channel, taking in listings as they arrive meanwhile.
+        loop {
+            tokio::select! {
+                permit = tx.reserve() => match permit {
+                    Ok(permit) => {
+                        permit.send(Some(entry));
+                        break;
+                    }
+                    Err(_) => return false,
+                },
+                Some((p, l)) = self.ahead.in_flight.next() => self.arrived(p, l),
+            }
+        }
+        if is_dir {
+            let listing = loop {
+                if let Some(l) = self.ahead.done.remove(&path) {
+                    self.ahead.scheduled.remove(&path);
+                    break l;
+                }
+                match self.ahead.in_flight.next().await {
+                    Some((p, l)) => self.arrived(p, l),
+                    None => break Err("listing was lost".to_owned()),
+                }
+            };
+            let listed = listing.unwrap_or_else(|e| {
+                self.ctx
+                    .problems
+                    .push(&path, format!("cannot list directory: {e}"));
+                Listed {
+                    children: Vec::new(),
+                    dirs: Vec::new(),
+                }
+            });
+            self.stack.push(Frame {
+                dir: path,
+                listed,
+                next: 0,
+            });
+        }
+        self.schedule();
+        true
+    }
+
+    fn arrived(&mut self, path: PathBuf, listing: Listing) {
+        self.ahead.done.insert(path, listing);
+        self.schedule();
+    }
+
+    fn spawn_listing(&mut self, path: PathBuf) {
+        let handle = tokio::spawn(list_dir(
+            self.sftp.clone(),
+            path.clone(),
+            self.excludes.clone(),
+            self.ctx.problems.clone(),
+        ));
+        let task = AbortOnDrop(handle);
+        self.ahead.scheduled.insert(path.clone());
+        self.ahead.in_flight.push(Box::pin(async move {
+            let mut task = task;
+            let listing = match (&mut task.0).await {
+                Ok(l) => l,
+                Err(e) => Err(format!("listing task failed: {e}")),
+            };
+            (path, listing)
+        }));
+    }
+
+    /// Requests listings in the order the walk will need them, within the limits.
+    fn schedule(&mut self) {
+        let mut wanted: Vec<PathBuf> = Vec::new();
+        let room = self
+            .ahead
+            .max_in_flight
+            .saturating_sub(self.ahead.in_flight.len());
+        if room == 0 || self.ahead.scheduled.len() >= self.ahead.max_ahead {
+            return;
+        }
+        let budget = room.min(self.ahead.max_ahead - self.ahead.scheduled.len());
+        // Depth-first over the known future: innermost open directory first.
+        'frames: for frame in self.stack.iter().rev() {
+            let l = &frame.listed;
+            let first = l.dirs.partition_point(|&i| i < frame.next);
+            for &i in &l.dirs[first..] {
+                let path = frame.dir.join(&l.children[i].name);
+                self.collect_unscheduled(path, &mut wanted, budget);
+                if wanted.len() >= budget {
+                    break 'frames;
+                }
+            }
+        }
+        for p in wanted {
+            self.spawn_listing(p);
+        }
+    }
+
+    /// Adds `path`, or if it is already scheduled, the unscheduled directories below it that
+    /// fetched listings reveal, in walk order. Visits at most the scheduled directories plus
+    /// `budget` others.
+    fn collect_unscheduled(&self, path: PathBuf, wanted: &mut Vec<PathBuf>, budget: usize) {
+        let ahead = &self.ahead;
+        if !ahead.scheduled.contains(&path) {
+            wanted.push(path);
+            return;
+        }
+        let mut stack: Vec<(PathBuf, &Listed, usize)> = Vec::new();
+        if let Some(Ok(l)) = ahead.done.get(&path) {
+            stack.push((path, l, 0));
+        }
+        while let Some((dir, l, pos)) = stack.last_mut() {
+            if wanted.len() >= budget {
+                return;
+            }
+            let Some(&i) = l.dirs.get(*pos) else {
+                stack.pop();
+                continue;
+            };
+            *pos += 1;
+            let p = dir.join(&l.children[i].name);
+            if !ahead.scheduled.contains(&p) {
+                wanted.push(p);
+            } else if let Some(Ok(sub)) = ahead.done.get(&p) {
+                stack.push((p, sub, 0));
+            }
+        }
+    }
+}
+
+/// Lists a directory: excluded names are dropped, names the server's reply could not carry
+/// are recorded and dropped, symlink targets are read, and the result is sorted by name.
+async fn list_dir(
+    sftp: Arc<SftpSession>,
+    dir: PathBuf,
+    excludes: Arc<Excludes>,
+    problems: Problems,
+) -> Listing {
+    let d = remote(&dir).ok_or("path is not valid UTF-8")?;
+    let rd = sftp.read_dir(d).await.map_err(|e| e.to_string())?;
+    let mut children = Vec::new();
+    for de in rd {
+        let name = de.file_name();
+        let path = dir.join(&name);
+        if excludes.is_excluded(&path) {
+            continue;
+        }
+        // russh-sftp decodes names lossily; such a name cannot be opened again. A name that
+        // really contains U+FFFD still stats fine.
+        if name.contains('\u{FFFD}')
+            && sftp
+                .symlink_metadata(remote(&path).unwrap_or_default())
+                .await
+                .is_err()
+        {
+            problems.push(&path, "name is not valid UTF-8; skipped");
+            continue;
+        }
+        children.push(Child {
+            name,
+            attrs: de.metadata(),
+            link: None,
+        });
+    }
+    children.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+
+    let links: Vec<usize> = children
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.file_type() == S_IFLNK)
+        .map(|(i, _)| i)
+        .collect();
+    if !links.is_empty() {
+        let resolved: Vec<(usize, Result<String, String>)> = futures::stream::iter(links)
+            .map(|i| {
+                let sftp = sftp.clone();
+                let p = remote(&dir.join(&children[i].name))
+                    .unwrap_or_default()
+                    .to_owned();
+                async move { (i, sftp.read_link(p).await.map_err(|e| e.to_string())) }
+            })
+            .buffer_unordered(READLINK_CONCURRENCY)
+            .collect()
+            .await;
+        for (i, t) in resolved {
+            children[i].link = Some(t);
+        }
+    }
+    debug!(dir = %dir.display(), entries = children.len(), "listed");
+    let dirs = children
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_dir())
+        .map(|(i, _)| i)
+        .collect();
+    Ok(Listed { children, dirs })
+}
+
+fn meta_of(a: &FileAttributes, is_file: bool) -> Meta {
+    Meta {
+        mode: a.permissions.unwrap_or(0) & 0o7777,
+        uid: a.uid,
+        gid: a.gid,
+        user: None,
+        group: None,
+        size: if is_file { a.size.unwrap_or(0) } else { 0 },
+        mtime: a.mtime.map(|s| Time::from_secs(i64::from(s))),
+        atime: a.atime.map(|s| Time::from_secs(i64::from(s))),
+        ctime: None,
+        inode: 0,
+        device: 0,
+        links: 0,
+    }
+}

@@ -1,0 +1,451 @@
+//! burrow against a private sshd on 127.0.0.1: pull over SFTP, stock restic reads the result,
+//! host keys are enforced, hooks and dumps behave, a vanished server fails the run cleanly.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use burrow_testkit::proxy::{Proxy, ProxyOptions};
+use burrow_testkit::sshd::Sshd;
+
+fn burrow(cfg: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env("BURROW_SOCKET", cfg.with_extension("sock"))
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(o)))
+}
+
+/// ~1,000 files in nested directories, a few larger ones, odd names, a symlink out.
+fn make_tree(root: &Path) {
+    for d in 0..20 {
+        let dir = root.join(format!("dir{d:02}")).join("sub");
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..48 {
+            let body = format!("file {d}/{f}\n").repeat(1 + (f * d) % 40);
+            fs::write(dir.join(format!("f{f:03}.txt")), body).unwrap();
+        }
+    }
+    fs::create_dir_all(root.join("empty")).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(root.join("big.bin"), &big).unwrap();
+    fs::write(root.join("with\nnewline"), "n").unwrap();
+    fs::write(root.join("..dots"), "d").unwrap();
+    fs::write(root.join("secret"), "s").unwrap();
+    fs::set_permissions(root.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", root.join("link-out")).unwrap();
+}
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    sshd: Sshd,
+    src: PathBuf,
+}
+
+fn setup() -> Option<Setup> {
+    let sshd = Sshd::start()?;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("server-data");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(tmp.path().join("pw"), "pw\n").unwrap();
+    Some(Setup { tmp, sshd, src })
+}
+
+impl Setup {
+    /// Writes a config with server `vps` (sshd, or `port` when given) and the job text.
+    fn config(
+        &self,
+        name: &str,
+        port: Option<u16>,
+        host_key: &str,
+        server_extra: &str,
+        jobs: &str,
+    ) -> PathBuf {
+        let cfg = self.tmp.path().join(format!("{name}.yaml"));
+        let text = format!(
+            "repository: {{path: {repo}, password_file: {pw}}}
+state_dir: {state}
+servers:
+  vps:
+    host: 127.0.0.1
+    port: {port}
+    user: {user}
+    identity_file: {key}
+    host_key: \"{host_key}\"
+    connect_timeout: 10s
+{server_extra}jobs:
+{jobs}",
+            repo = self.tmp.path().join("repo").display(),
+            pw = self.tmp.path().join("pw").display(),
+            state = self.tmp.path().join("state").display(),
+            port = port.unwrap_or(self.sshd.port),
+            user = self.sshd.user,
+            key = self.sshd.client_key.display(),
+        );
+        fs::write(&cfg, text).unwrap();
+        cfg
+    }
+
+    fn files_job(&self) -> String {
+        format!(
+            "  files:\n    server: vps\n    paths: [{}]\n",
+            self.src.display()
+        )
+    }
+}
+
+fn restic(repo: &Path, pw: &Path, args: &[&str]) -> Option<Output> {
+    if Command::new("restic").arg("version").output().is_err() {
+        burrow_testkit::missing("restic", "apt-get install restic");
+        return None;
+    }
+    Some(
+        Command::new("restic")
+            .arg("-r")
+            .arg(repo)
+            .arg("--password-file")
+            .arg(pw)
+            .arg("--no-cache")
+            .args(args)
+            .output()
+            .unwrap(),
+    )
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "trees differ:\n{}", text(&out));
+    // modes and mtimes of regular files
+    for entry in walk(a) {
+        let rel = entry.strip_prefix(a).unwrap();
+        let (ma, mb) = (
+            fs::symlink_metadata(&entry).unwrap(),
+            fs::symlink_metadata(b.join(rel)).unwrap(),
+        );
+        assert_eq!(ma.mode(), mb.mode(), "mode of {rel:?}");
+        if ma.is_file() {
+            assert_eq!(ma.mtime(), mb.mtime(), "mtime of {rel:?}");
+        }
+    }
+}
+
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn pull_over_sftp_and_stock_restic_reads_it() {
+    let Some(s) = setup() else { return };
+    make_tree(&s.src);
+    let server2 = format!(
+        "  vps-exec:\n    host: 127.0.0.1\n    port: {}\n    user: {}\n    identity_file: {}\n    host_key: \"{}\"\n    sftp_command: /usr/lib/openssh/sftp-server -R\n",
+        s.sshd.port,
+        s.sshd.user,
+        s.sshd.client_key.display(),
+        s.sshd.host_key_line
+    );
+    let jobs = format!(
+        "{}  exec:\n    server: vps-exec\n    paths: [{}]\n",
+        s.files_job(),
+        s.src.display()
+    );
+    let cfg = s.config("c", None, &s.sshd.host_key_line, &server2, &jobs);
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+
+    let out = burrow(&cfg, &["run", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let first = json(&out);
+    assert_eq!(first["files_new"], 20 * 48 + 5, "{first}");
+    assert!(first["bytes_read"].as_u64().unwrap() > 3_000_000);
+
+    let second = json(&burrow(&cfg, &["run", "files", "--json"]));
+    assert_eq!(second["status"], "ok");
+    assert_eq!(
+        second["bytes_read"], 0,
+        "nothing changed, nothing read: {second}"
+    );
+    assert_eq!(second["files_unmodified"], first["files_new"]);
+
+    // the same tree through an sftp-server started on an exec channel
+    let out = burrow(&cfg, &["run", "exec", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(json(&out)["files_new"], first["files_new"]);
+
+    let repo = s.tmp.path().join("repo");
+    let pw = s.tmp.path().join("pw");
+    let Some(out) = restic(&repo, &pw, &["check", "--read-data"]) else {
+        return;
+    };
+    assert!(out.status.success(), "restic check: {}", text(&out));
+
+    let by_restic = s.tmp.path().join("by-restic");
+    let out = restic(
+        &repo,
+        &pw,
+        &[
+            "restore",
+            "latest",
+            "--tag",
+            "job=files",
+            "--target",
+            by_restic.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(out.status.success(), "restic restore: {}", text(&out));
+    assert_same_tree(&s.src, &by_restic.join(s.src.strip_prefix("/").unwrap()));
+
+    let by_burrow = s.tmp.path().join("by-burrow");
+    let out = burrow(
+        &cfg,
+        &[
+            "restore",
+            "files",
+            "latest",
+            "--target",
+            by_burrow.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_same_tree(&s.src, &by_burrow.join(s.src.strip_prefix("/").unwrap()));
+}
+
+#[test]
+fn wrong_host_key_is_refused_with_both_fingerprints() {
+    let Some(s) = setup() else { return };
+    fs::write(s.src.join("f"), "x").unwrap();
+    let other = s.sshd.unauthorized_client_key("other");
+    let other_pub = fs::read_to_string(other.with_extension("pub"))
+        .unwrap_or_else(|_| fs::read_to_string(format!("{}.pub", other.display())).unwrap());
+    let cfg = s.config("bad", None, other_pub.trim(), "", &s.files_job());
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    let out = burrow(&cfg, &["run", "files"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&s.sshd.host_key_fingerprint),
+        "seen fingerprint missing: {t}"
+    );
+    assert!(
+        t.matches("SHA256:").count() >= 2,
+        "expected fingerprint missing: {t}"
+    );
+    let snaps = json(&burrow(&cfg, &["snapshots", "--json"]));
+    assert_eq!(snaps.as_array().unwrap().len(), 0, "nothing may be written");
+}
+
+#[test]
+fn hooks_run_in_order_and_dumps_are_stored_with_their_size() {
+    let Some(s) = setup() else { return };
+    fs::write(s.src.join("f"), "x").unwrap();
+    let a = s.tmp.path().join("A");
+    let b = s.tmp.path().join("B");
+    let job = format!(
+        "  j:\n    server: vps\n    paths: [{src}]\n    before: [\"touch {a}\"]\n    after: [\"test -e {a} && touch {b}\"]\n    dumps:\n      - {{name: numbers.txt, command: \"seq 1 200000\"}}\n",
+        src = s.src.display(),
+        a = a.display(),
+        b = b.display()
+    );
+    let cfg = s.config("h", None, &s.sshd.host_key_line, "", &job);
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    let out = burrow(&cfg, &["run", "j", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        a.exists() && b.exists(),
+        "before and after must both have run"
+    );
+    let seq = Command::new("seq")
+        .args(["1", "200000"])
+        .output()
+        .unwrap()
+        .stdout;
+
+    let repo = s.tmp.path().join("repo");
+    let pw = s.tmp.path().join("pw");
+    let target = s.tmp.path().join("r");
+    let Some(out) = restic(
+        &repo,
+        &pw,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    ) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        fs::read(target.join("burrow-dumps/numbers.txt")).unwrap(),
+        seq,
+        "dump must come back intact"
+    );
+    let ls = restic(&repo, &pw, &["ls", "-l", "latest", "/burrow-dumps"]).unwrap();
+    assert!(
+        text(&ls).contains(&seq.len().to_string()),
+        "dump node must carry its real size: {}",
+        text(&ls)
+    );
+
+    // a failing before: nothing pulled, after still runs
+    fs::remove_file(&b).unwrap();
+    let cfg2 = s.config(
+        "h2",
+        None,
+        &s.sshd.host_key_line,
+        "",
+        &job.replace(&format!("touch {}", a.display()), "exit 7"),
+    );
+    let out = burrow(&cfg2, &["run", "j", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        json(&out)["reason"].as_str().unwrap().contains("before"),
+        "{}",
+        text(&out)
+    );
+    assert!(b.exists(), "after must run once a before command started");
+
+    // a failing dump: snapshot kept, partial, exit 3
+    let cfg3 = s.config(
+        "h3",
+        None,
+        &s.sshd.host_key_line,
+        "",
+        &job.replace("seq 1 200000", "seq 1 10; exit 1"),
+    );
+    let out = burrow(&cfg3, &["run", "j", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let sum = json(&out);
+    assert_eq!(
+        sum["errors"][0]["path"], "/burrow-dumps/numbers.txt",
+        "{sum}"
+    );
+}
+
+#[test]
+fn dead_mans_switch_runs_after_when_burrow_is_killed() {
+    let Some(s) = setup() else { return };
+    fs::write(s.src.join("f"), "x").unwrap();
+    let started = s.tmp.path().join("started");
+    let b = s.tmp.path().join("B");
+    let job = format!(
+        "  j:\n    server: vps\n    paths: [{src}]\n    before: [\"touch {started}; sleep 60\"]\n    after: [\"touch {b}\"]\n    after_deadline: 3s\n",
+        src = s.src.display(),
+        started = started.display(),
+        b = b.display()
+    );
+    let cfg = s.config("d", None, &s.sshd.host_key_line, "", &job);
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "j"])
+        .env("BURROW_SOCKET", cfg.with_extension("sock"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !started.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "before hook never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL: burrow gets no chance to run `after`
+    child.wait().unwrap();
+    assert!(!b.exists(), "after must not have run yet");
+    let t1 = Instant::now();
+    while !b.exists() {
+        assert!(
+            t1.elapsed() < Duration::from_secs(30),
+            "the server never ran the after commands"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn server_vanishing_mid_run_fails_cleanly_and_the_next_run_works() {
+    let Some(s) = setup() else { return };
+    let big: Vec<u8> = (0..40_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
+    fs::write(s.src.join("a-small"), "first").unwrap();
+    let cfg = s.config("v", None, &s.sshd.host_key_line, "", &s.files_job());
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    let first = json(&burrow(&cfg, &["run", "files", "--json"]));
+    assert_eq!(first["status"], "ok");
+
+    fs::write(s.src.join("big.bin"), &big).unwrap();
+    let target: std::net::SocketAddr = format!("127.0.0.1:{}", s.sshd.port).parse().unwrap();
+    let proxy = Proxy::start(
+        target,
+        ProxyOptions {
+            delay: Duration::ZERO,
+            cut_after: Some(8_000_000),
+        },
+    );
+    let cut_cfg = s.config(
+        "v-cut",
+        Some(proxy.port),
+        &s.sshd.host_key_line,
+        "",
+        &s.files_job(),
+    );
+    let out = burrow(&cut_cfg, &["run", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let snaps = json(&burrow(&cfg, &["snapshots", "files", "--json"]));
+    let ids: Vec<&str> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [first["snapshot_id"].as_str().unwrap()],
+        "only the earlier snapshot may exist"
+    );
+
+    let out = burrow(&cfg, &["run", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let repo = s.tmp.path().join("repo");
+    let pw = s.tmp.path().join("pw");
+    if let Some(out) = restic(&repo, &pw, &["check", "--read-data"]) {
+        assert!(out.status.success(), "restic check: {}", text(&out));
+    }
+}
