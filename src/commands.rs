@@ -131,7 +131,7 @@ async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
             return Exit::Failed;
         }
     };
-    let place = match place::locate(cfg, disk).await {
+    let place = match place::locate_for_init(cfg, disk).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("burrow: {e}");

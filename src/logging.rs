@@ -21,7 +21,12 @@ pub fn init(level: Option<&str>, default: &str) {
     {
         let _ = tracing_subscriber::registry()
             .with(filter)
-            .with(journald.with_syslog_identifier("burrow".into()))
+            .with(
+                journald
+                    .with_syslog_identifier("burrow".into())
+                    // Plain JOB=, RUN_ID=, SERVER= fields (the default prefix is F_).
+                    .with_field_prefix(None),
+            )
             .try_init();
         return;
     }

@@ -9,9 +9,11 @@ pub enum Exit {
     Failed = 1,
     /// Usage or configuration error: fix the command line or the config file.
     Usage = 2,
-    /// A snapshot was made, but some files, directories or dumps could not be read.
+    /// A snapshot was made, but some files, directories or dumps could not be read, or an
+    /// `after` command failed.
     Partial = 3,
-    /// Skipped: the backup disk or the key stick is absent (EX_TEMPFAIL, as borgmatic's soft failure).
+    /// Skipped: the backup disk or the key stick is absent, or the disk is not the configured
+    /// one (EX_TEMPFAIL, as borgmatic's soft failure). Nothing was written.
     Skipped = 75,
 }
 
@@ -26,6 +28,8 @@ Exit codes:
    0  ok
    1  failed (nothing new stored; earlier snapshots untouched)
    2  usage or configuration error
-   3  partial: a snapshot was made but something was unreadable (listed in the summary)
-  75  skipped: the backup disk or the key stick is absent";
+   3  partial: a snapshot was made, but something was unreadable or an after command
+      failed (listed in the summary)
+  75  skipped: the backup disk or the key stick is absent, or the disk is not the one
+      `burrow init` prepared (nothing was written)";
 }

@@ -93,6 +93,8 @@ struct Daemon<D: DiskManager> {
     cancel: watch::Sender<bool>,
     started: DateTime<Utc>,
     sim: bool,
+    /// The last `STATUS=` sent, so an unchanged status is not sent again.
+    last_status: String,
 }
 
 fn ping_urls(cfg: &Config) -> std::collections::HashMap<String, String> {
@@ -175,6 +177,7 @@ impl<D: DiskManager> Daemon<D> {
             cancel,
             started: now,
             sim,
+            last_status: String::new(),
         };
         daemon.run().await
     }
@@ -233,7 +236,11 @@ impl<D: DiskManager> Daemon<D> {
                 self.start_run(q.job, q.slot);
             }
             let next = plan::next_wake(&self.plans, &self.state, now);
-            self.sd.status(&self.status_line(next));
+            let line = self.status_line(next);
+            if line != self.last_status {
+                self.sd.status(&line);
+                self.last_status = line;
+            }
             let sleep_for = next
                 .and_then(|(_, at)| (at - now).to_std().ok())
                 .unwrap_or(MAX_SLEEP)
@@ -603,9 +610,14 @@ fn dir_size(p: &Path) -> Option<u64> {
 /// Binds the control socket: owner-only, replacing a stale socket but never a live daemon's.
 fn bind(path: &PathBuf) -> Result<UnixListener, String> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // Whoever can reach the socket can start runs: owner only.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {

@@ -243,13 +243,21 @@ pub fn check_marker(volume: &Volume, repo_id: &str, check: MountCheck) -> Result
     check_marker_at(&volume.mount_point, &volume.fs_uuid, repo_id)
 }
 
-fn check_marker_at(dir: &Path, fs_uuid: &str, repo_id: &str) -> Result<(), DiskError> {
+/// The repository id named by the marker of the verified volume; [`DiskError::WrongDisk`] if
+/// there is no (valid) marker, so the volume is not a burrow disk (or not initialised yet).
+pub fn read_marker(volume: &Volume, check: MountCheck) -> Result<String, DiskError> {
+    verify(volume, check)?;
+    read_marker_at(&volume.mount_point, &volume.fs_uuid)
+}
+
+fn read_marker_at(dir: &Path, fs_uuid: &str) -> Result<String, DiskError> {
     let path = dir.join(MARKER_FILE);
     let text = match fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(DiskError::WrongDisk(format!(
-                "no burrow marker on {} (filesystem {fs_uuid}), run `burrow init`",
+                "no burrow marker on {} (filesystem {fs_uuid}): plug in the right disk, or run \
+                 `burrow init` if this is a new backup disk",
                 dir.display()
             )));
         }
@@ -267,13 +275,16 @@ fn check_marker_at(dir: &Path, fs_uuid: &str, repo_id: &str) -> Result<(), DiskE
             path.display()
         ))
     })?;
-    if marker.repository_id != repo_id {
+    Ok(marker.repository_id)
+}
+
+fn check_marker_at(dir: &Path, fs_uuid: &str, repo_id: &str) -> Result<(), DiskError> {
+    let marked = read_marker_at(dir, fs_uuid)?;
+    if marked != repo_id {
         return Err(DiskError::WrongDisk(format!(
-            "the disk at {} (filesystem {fs_uuid}) belongs to repository {}, but repository {} \
-             is configured; plug in the right disk or fix the configuration",
+            "the disk at {} (filesystem {fs_uuid}) belongs to repository {marked}, but \
+             repository {repo_id} is configured; plug in the right disk or fix the configuration",
             dir.display(),
-            marker.repository_id,
-            repo_id
         )));
     }
     Ok(())
@@ -427,6 +438,7 @@ mod tests {
         let e = check_marker_at(d.path(), "u1", "repo-a").unwrap_err();
         assert!(matches!(&e, DiskError::WrongDisk(m) if m.contains("run `burrow init`")));
         write_marker_at(d.path(), "repo-a").unwrap();
+        assert_eq!(read_marker_at(d.path(), "u1").unwrap(), "repo-a");
         check_marker_at(d.path(), "u1", "repo-a").unwrap();
         let e = check_marker_at(d.path(), "u1", "repo-b").unwrap_err();
         assert!(

@@ -8,7 +8,11 @@
 //! The timer is a detached POSIX shell: `sleep N`, then `rm` a marker file and, only if that
 //! `rm` succeeded, run the `after` commands. burrow disarms it the same way: it `rm`s the
 //! marker first and runs the `after` commands itself only if its own `rm` succeeded. `rm` of
-//! one file is atomic, so exactly one side runs them, never both and never neither.
+//! one file is atomic, so exactly one side runs them. Two cases bend that rule, on purpose
+//! towards running twice rather than never: when burrow cannot reach the server to disarm,
+//! it still tries the `after` commands itself; and a marker lost with the server's /tmp (a
+//! reboot) took the timer with it. Starting a stopped service twice is harmless; leaving it
+//! stopped is not.
 
 use std::time::Duration;
 
@@ -90,8 +94,11 @@ pub fn arm_script(run_id: &str, deadline: Duration, after: &[String]) -> String 
         .iter()
         .map(|c| format!("/bin/sh -c {}", shell_quote(c)))
         .collect();
+    // When it fires, the timer leaves `<marker>.fired` so burrow can tell "the timer ran
+    // them" from "the marker is gone" (the server rebooted and took the timer with it).
+    let fired = shell_quote(&format!("{marker}.fired"));
     let timer = format!(
-        "sleep {secs}; rm {q} 2>/dev/null && {{ {cmds}; }}",
+        "sleep {secs}; rm {q} 2>/dev/null && {{ : > {fired}; {cmds}; }}",
         secs = deadline.as_secs().max(1),
         cmds = afters.join("; ")
     );
@@ -132,14 +139,21 @@ impl DeadMan {
     /// Claims the `after` commands for burrow. `Ok(true)`: burrow must run them; `Ok(false)`:
     /// the timer already did.
     pub async fn disarm(self, host: &Host, log: &RunLog) -> Result<bool, String> {
-        let out = host
-            .exec(
-                &format!("rm {}", shell_quote(&self.marker)),
-                Duration::from_secs(30),
-            )
-            .await?;
-        if out.success() {
+        let (m, fired) = (
+            shell_quote(&self.marker),
+            shell_quote(&format!("{}.fired", self.marker)),
+        );
+        let script = format!(
+            "if rm {m} 2>/dev/null; then echo claimed; \
+             elif [ -e {fired} ]; then rm -f {fired}; echo fired; else echo lost; fi"
+        );
+        let out = host.exec(&script, Duration::from_secs(30)).await?;
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if answer == "claimed" {
             log.info("dead-man's switch disarmed");
+            Ok(true)
+        } else if answer != "fired" {
+            log.warn("the dead-man's switch marker is gone (did the server reboot?); running the after commands");
             Ok(true)
         } else {
             log.warn(
@@ -178,6 +192,23 @@ mod tests {
             !dm.disarm(&Host::Local, &log).await.unwrap(),
             "burrow must not run them again"
         );
+    }
+
+    #[tokio::test]
+    async fn lost_marker_means_burrow_runs_after() {
+        let log = RunLog::new("t", &uuid::Uuid::new_v4().to_string(), "local");
+        let dm = DeadMan::arm(
+            &Host::Local,
+            &log.run_id,
+            Duration::from_secs(60),
+            &["true".into()],
+            &log,
+        )
+        .await
+        .unwrap();
+        // as after a reboot of the server: marker and timer gone, nothing fired
+        std::fs::remove_file(marker_path(&log.run_id)).unwrap();
+        assert!(dm.disarm(&Host::Local, &log).await.unwrap());
     }
 
     #[tokio::test]

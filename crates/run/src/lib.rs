@@ -485,12 +485,23 @@ async fn pull(
                 // unreadable: this snapshot is missing data it should have, so it goes.
                 let id = out.snapshot_id.clone();
                 let job_name = job.name.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || repo.delete_snapshot(&job_name, &id)).await;
-                return Err(format!(
-                    "the connection to {} was lost during the pull; the incomplete snapshot was removed",
-                    s.name()
-                ));
+                let short = id[..8].to_owned();
+                let removed =
+                    tokio::task::spawn_blocking(move || repo.delete_snapshot(&job_name, &id))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                return Err(match removed {
+                    Ok(()) => format!(
+                        "the connection to {} was lost during the pull; the incomplete snapshot was removed",
+                        s.name()
+                    ),
+                    Err(e) => format!(
+                        "the connection to {} was lost during the pull, and removing the incomplete \
+                         snapshot {short} failed: {e}; remove it with `restic forget {short}`",
+                        s.name()
+                    ),
+                });
             }
             Ok((out, repo))
         }

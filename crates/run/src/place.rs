@@ -53,7 +53,35 @@ impl Place {
 }
 
 /// Makes the repository's volume available and finds the repository on it.
+///
+/// A volume without a marker, or whose marker names a repository that is not at
+/// `repository.path`, is the wrong disk (a skip), found before anything is opened or written.
+/// The full check of the marker against the repository id follows in [`check_marker`].
 pub async fn locate<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Result<Place, PlaceError> {
+    let place = locate_for_init(cfg, disk).await?;
+    if let Some(v) = &place.volume {
+        let marked = guard::read_marker(v, place.mount_check)?;
+        if !place.repo_path.join("config").is_file() {
+            return Err(PlaceError::Skip(
+                DiskError::WrongDisk(format!(
+                    "the disk at {} (filesystem {}) is marked for repository {marked}, but there \
+                     is no repository at {}; plug in the right disk or fix repository.path",
+                    v.mount_point.display(),
+                    v.fs_uuid,
+                    place.repo_path.display()
+                ))
+                .to_string(),
+            ));
+        }
+    }
+    Ok(place)
+}
+
+/// [`locate`] without looking for the marker, for `burrow init`, which writes it.
+pub async fn locate_for_init<D: DiskManager>(
+    cfg: &Config,
+    disk: Option<&D>,
+) -> Result<Place, PlaceError> {
     let Some(dcfg) = &cfg.disk else {
         let repo_path = cfg.repository.path.clone();
         let spool_dir = repo_path

@@ -384,21 +384,14 @@ fn server_vanishing_mid_walk_ends_the_walk_with_problems() {
     sshd.kill();
     let started = Instant::now();
     let rest: Vec<Entry> = it.collect();
-    assert!(started.elapsed() < Duration::from_secs(30));
-    eprintln!(
-        "walk ended after {:?} with {} problems",
-        started.elapsed(),
-        problems.snapshot().len()
-    );
+    // Usually the closed TCP connection ends everything at once; when it is not noticed,
+    // SSH keepalives (15 s x 3) and the SFTP request timeout (60 s) bound the wait.
+    let walk_took = started.elapsed();
+    assert!(walk_took < Duration::from_secs(100), "{walk_took:?}");
     let mut failed = 0;
     for e in first.into_iter().chain(rest) {
-        let t = Instant::now();
-        let p = e.path.clone();
         if e.kind == EntryKind::File && read_all(e).is_err() {
             failed += 1;
-        }
-        if t.elapsed() > Duration::from_secs(1) {
-            eprintln!("{p:?} took {:?}", t.elapsed());
         }
     }
     assert!(
@@ -406,7 +399,7 @@ fn server_vanishing_mid_walk_ends_the_walk_with_problems() {
         "a vanished server must leave traces"
     );
     assert!(!problems.is_empty());
-    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(started.elapsed() < Duration::from_secs(160));
 }
 
 /// 50 ms round trips: one round trip per file or directory would take over a minute here

@@ -159,11 +159,18 @@ impl Sshd {
         if let Some(mut child) = self.child.take() {
             // Connection handlers are forked children of the listener and would keep open
             // sessions alive: kill them too, found by parent PID before the listener goes.
-            for pid in descendants(child.id()) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
+            // Rescan: a handler may fork while the first ones are killed.
+            for _ in 0..3 {
+                let pids = descendants(child.id());
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .stderr(Stdio::null())
+                        .status();
+                }
             }
             let _ = child.kill();
             let _ = child.wait();

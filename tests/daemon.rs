@@ -1,0 +1,270 @@
+//! `burrow daemon` as systemd runs it: notify socket, watchdog, control socket, healthchecks
+//! pings with run ids and the log tail, status, and a clean stop on SIGTERM.
+
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use burrow_testkit::http::PingServer;
+use burrow_testkit::sshd::Sshd;
+
+struct Daemon {
+    child: Child,
+    /// Every notification received so far; a thread drains the socket the way systemd does
+    /// (an unread datagram socket fills up after a few messages and blocks the sender).
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(cfg: &Path, sock: &Path, notify_path: &Path) -> Daemon {
+        let notify = UnixDatagram::bind(notify_path).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = notify.recv(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        let child = Command::new(env!("CARGO_BIN_EXE_burrow"))
+            .arg("--config")
+            .arg(cfg)
+            .arg("daemon")
+            .env("BURROW_SOCKET", sock)
+            .env("NOTIFY_SOCKET", notify_path)
+            .env("WATCHDOG_USEC", "1000000")
+            .env_remove("WATCHDOG_PID")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Daemon { child, seen }
+    }
+
+    /// Waits until a notification starting with `prefix` arrives; returns it.
+    fn expect(&mut self, prefix: &str, within: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let seen = self.seen.lock().unwrap().clone();
+            if let Some(m) = seen
+                .iter()
+                .find(|m| m.lines().any(|l| l.starts_with(prefix)))
+            {
+                return m.clone();
+            }
+            assert!(
+                t0.elapsed() < within,
+                "no {prefix:?} from the daemon; got {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn sigterm(&mut self) -> i32 {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "daemon did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(cfg: &Path, sock: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env("BURROW_SOCKET", sock)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn wait_for_socket(sock: &Path) {
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "control socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn daemon_runs_jobs_pings_and_stops_cleanly() {
+    let Some(sshd) = Sshd::start() else { return };
+    let pings = PingServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("hello"), "world").unwrap();
+    fs::write(tmp.path().join("pw"), "pw\n").unwrap();
+    let uuid = "5d7c1f3a-0000-4000-8000-123456789abc";
+    let cfg = tmp.path().join("config.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "repository: {{path: {repo}, password_file: {pw}}}
+state_dir: {state}
+servers:
+  vps: {{host: 127.0.0.1, port: {port}, user: {user}, identity_file: {key}, host_key: \"{hk}\"}}
+  gone: {{host: 127.0.0.1, port: 1, user: x, identity_file: {key}, host_key: \"{hk}\", connect_timeout: 3s}}
+jobs:
+  web:
+    server: vps
+    schedule: \"0 3 * * *\"
+    paths: [{src}]
+    healthcheck: {base}/ping/{uuid}
+  unreachable:
+    server: gone
+    paths: [/srv]
+    healthcheck: {base}/ping/{uuid}-x
+",
+            repo = tmp.path().join("repo").display(),
+            pw = tmp.path().join("pw").display(),
+            state = tmp.path().join("state").display(),
+            port = sshd.port,
+            user = sshd.user,
+            key = sshd.client_key.display(),
+            hk = sshd.host_key_line,
+            src = src.display(),
+            base = pings.url(),
+        ),
+    )
+    .unwrap();
+    let sock = tmp.path().join("control.sock");
+    assert_eq!(cli(&cfg, &sock, &["init"]).status.code(), Some(0));
+
+    let mut d = Daemon::start(&cfg, &sock, &tmp.path().join("notify.sock"));
+    d.expect("READY=1", Duration::from_secs(20));
+    d.expect("WATCHDOG=1", Duration::from_secs(10));
+    let status = d.expect("STATUS=idle", Duration::from_secs(10));
+    assert!(status.contains("next: web at"), "{status}");
+    wait_for_socket(&sock);
+
+    // `burrow run` hands the job to the daemon and prints the daemon's summary
+    let out = cli(&cfg, &sock, &["run", "web", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["status"], "ok");
+    let rid = summary["run_id"].as_str().unwrap().to_owned();
+
+    let reqs = pings.wait_for(2, Duration::from_secs(20));
+    let web: Vec<_> = reqs.iter().filter(|r| r.path.contains(uuid)).collect();
+    assert_eq!(web[0].path, format!("/ping/{uuid}/start"), "{reqs:?}");
+    assert_eq!(web[0].query_param("rid"), Some(rid.as_str()));
+    assert_eq!(
+        web[1].path,
+        format!("/ping/{uuid}"),
+        "success is the plain URL"
+    );
+    assert_eq!(web[1].query_param("rid"), Some(rid.as_str()));
+    let body = web[1].body_str();
+    assert!(
+        body.contains("snapshot") && body.contains(&rid),
+        "log tail expected as body: {body}"
+    );
+
+    let out = cli(&cfg, &sock, &["snapshots", "web", "--json"]);
+    let snaps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{}", text(&out));
+
+    // a job whose server cannot be reached: a failure ping with the reason
+    let out = cli(&cfg, &sock, &["run", "unreachable", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reqs = pings.wait_for(4, Duration::from_secs(30));
+    let fail = reqs
+        .iter()
+        .find(|r| r.path.ends_with(&format!("{uuid}-x/1")))
+        .unwrap_or_else(|| panic!("{reqs:?}"));
+    assert!(
+        fail.body_str().contains("cannot connect"),
+        "{}",
+        fail.body_str()
+    );
+
+    let out = cli(&cfg, &sock, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jobs = st["jobs"].as_array().unwrap();
+    let web = jobs.iter().find(|j| j["name"] == "web").unwrap();
+    assert_eq!(web["last"]["status"], "ok", "{st}");
+    assert_eq!(web["last"]["run_id"], rid.as_str());
+    assert!(
+        web["next_run"].as_str().unwrap().contains("03:00:00") || web["next_run"].is_string(),
+        "{st}"
+    );
+    let un = jobs.iter().find(|j| j["name"] == "unreachable").unwrap();
+    assert_eq!(un["last"]["status"], "failed");
+    assert!(un["next_run"].is_null(), "no schedule, no next run: {st}");
+    assert!(st["repository"]["size_bytes"].as_u64().unwrap() > 0);
+
+    // history survives in state_dir
+    let hist = fs::read_to_string(tmp.path().join("state/history.json")).unwrap();
+    assert!(hist.contains(&rid));
+
+    assert_eq!(d.sigterm(), 0);
+    d.expect("STOPPING=1", Duration::from_secs(5));
+    assert!(!sock.exists(), "the control socket is removed on exit");
+    let out = cli(&cfg, &sock, &["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "no daemon any more: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn second_daemon_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("pw"), "pw\n").unwrap();
+    let cfg = tmp.path().join("c.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "repository: {{path: {}, password_file: {}}}\nstate_dir: {}\njobs:\n  a: {{paths: [/etc/hostname]}}\n",
+            tmp.path().join("repo").display(),
+            tmp.path().join("pw").display(),
+            tmp.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let sock = tmp.path().join("s.sock");
+    let mut d = Daemon::start(&cfg, &sock, &tmp.path().join("n.sock"));
+    d.expect("READY=1", Duration::from_secs(20));
+    let out = cli(&cfg, &sock, &["daemon"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("already running"), "{}", text(&out));
+    assert_eq!(d.sigterm(), 0);
+}
