@@ -114,6 +114,9 @@ pub struct RawPostgres {
     pub database: String,
     pub user: Option<String>,
     pub container: Option<String>,
+    /// Host name or Unix socket directory (`pg_dump -h`).
+    pub host: Option<String>,
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]

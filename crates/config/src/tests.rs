@@ -184,6 +184,7 @@ jobs:
   a:
     dumps:
       - {name: pg, postgres: {database: \"my db\", user: me}}
+      - {name: pg2, postgres: {database: x, host: /run/pg, port: 5433}}
       - {name: my, mysql: {database: shop, container: db1}}
       - {name: lite, sqlite: {path: /srv/app.db}}
 ";
@@ -194,6 +195,8 @@ jobs:
         d[0].restore_command.as_deref(),
         Some("pg_restore --clean --if-exists --no-owner -U me -d 'my db'")
     );
+    assert_eq!(d[1].command, "pg_dump -Fc -h /run/pg -p 5433 x");
+    let d: Vec<_> = d.iter().filter(|x| x.name != "pg2").collect();
     assert_eq!(
         d[1].command,
         "docker exec -i db1 mysqldump --single-transaction --routines --triggers shop"

@@ -585,11 +585,15 @@ fn expand_dump(e: &mut Errors, path: &str, d: &RawDump) -> Option<Dump> {
         }
         (c.clone(), None)
     } else if let Some(pg) = &d.postgres {
-        let user = pg
-            .user
-            .as_ref()
-            .map(|u| format!(" -U {}", shell_quote(u)))
-            .unwrap_or_default();
+        // Connection options, shared by the dump and the restore command.
+        let user = [
+            pg.host.as_ref().map(|h| format!(" -h {}", shell_quote(h))),
+            pg.port.map(|p| format!(" -p {p}")),
+            pg.user.as_ref().map(|u| format!(" -U {}", shell_quote(u))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<String>();
         let db = shell_quote(&pg.database);
         (
             format!("{}pg_dump -Fc{user} {db}", exec(&pg.container)),

@@ -224,7 +224,10 @@ mod tests {
         fs::write(root.join("a/z.tmp"), "x").unwrap();
         fs::write(root.join("a/y"), "yy").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
-        let src = LocalSource::new(&[root.clone()], Excludes::new(&["*.tmp"]).unwrap());
+        let src = LocalSource::new(
+            std::slice::from_ref(&root),
+            Excludes::new(&["*.tmp"]).unwrap(),
+        );
         let ctx = WalkContext::new(Arc::new(NoParent), Problems::new());
         let got: Vec<String> = src
             .entries(ctx)

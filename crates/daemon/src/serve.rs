@@ -36,6 +36,10 @@ pub const CHECK: &str = "@check";
 /// suspend are noticed within this.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
+/// How often the daemon's own heartbeat check is pinged (`healthchecks.heartbeat`), so a dead
+/// Pi alerts too; set the check's period to a few times this.
+const HEARTBEAT: Duration = Duration::from_secs(300);
+
 pub async fn serve(cfg: Config, sim: bool) -> Exit {
     let sd = Systemd::from_env();
     if sim || cfg.disk.is_none() {
@@ -95,6 +99,9 @@ struct Daemon<D: DiskManager> {
     sim: bool,
     /// The last `STATUS=` sent, so an unchanged status is not sent again.
     last_status: String,
+    /// Results of volume preparation started by hot-plug events.
+    ready_tx: mpsc::Sender<Result<PathBuf, burrow_core::disk::DiskError>>,
+    ready_rx: Option<mpsc::Receiver<Result<PathBuf, burrow_core::disk::DiskError>>>,
 }
 
 fn ping_urls(cfg: &Config) -> std::collections::HashMap<String, String> {
@@ -160,6 +167,7 @@ impl<D: DiskManager> Daemon<D> {
             tracing::error!("{e}");
         }
         let (cancel, _) = watch::channel(false);
+        let (ready_tx, ready_rx) = mpsc::channel(4);
         let mut daemon = Daemon {
             cfg: Arc::new(cfg),
             disk,
@@ -178,6 +186,8 @@ impl<D: DiskManager> Daemon<D> {
             started: now,
             sim,
             last_status: String::new(),
+            ready_tx,
+            ready_rx: Some(ready_rx),
         };
         daemon.run().await
     }
@@ -211,6 +221,17 @@ impl<D: DiskManager> Daemon<D> {
                     if ev_tx.send(ev).await.is_err() {
                         break;
                     }
+                }
+            })
+        });
+        let mut ready_rx = self.ready_rx.take().expect("run() is called once");
+        let heartbeat = self.cfg.healthchecks.heartbeat.clone().map(|url| {
+            let monitor = self.monitor.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(HEARTBEAT);
+                loop {
+                    every.tick().await;
+                    monitor.ping_plain(url.expose()).await;
                 }
             })
         });
@@ -251,6 +272,7 @@ impl<D: DiskManager> Daemon<D> {
                 _ = watchdog.tick() => self.sd.watchdog(),
                 Some((req, tx)) = ctl_rx.recv() => self.request(req, tx),
                 Some(ev) = ev_rx.recv() => self.disk_event(ev).await,
+                Some(res) = ready_rx.recv() => self.disk_ready(res),
                 report = async { (&mut self.current.as_mut().unwrap().handle).await }, if running => {
                     self.finish(report).await;
                 }
@@ -281,6 +303,9 @@ impl<D: DiskManager> Daemon<D> {
         acceptor.abort();
         if let Some(e) = events {
             e.abort();
+        }
+        if let Some(h) = heartbeat {
+            h.abort();
         }
         let _ = std::fs::remove_file(&sock);
         tracing::info!("stopped");
@@ -401,9 +426,12 @@ impl<D: DiskManager> Daemon<D> {
                     lock: true,
                     power_off: dcfg.is_some_and(|d| d.power_off_after_run),
                 };
-                if let Err(e) = disk.release(what).await {
-                    tracing::warn!("releasing the backup disk failed: {e}");
-                }
+                let disk = disk.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = disk.release(what).await {
+                        tracing::warn!("releasing the backup disk failed: {e}");
+                    }
+                });
                 self.pending_lock = false;
             }
         }
@@ -512,25 +540,46 @@ impl<D: DiskManager> Daemon<D> {
         })
     }
 
+    /// The backup volume came up (or did not) after a hot-plug event.
+    fn disk_ready(&mut self, result: Result<PathBuf, burrow_core::disk::DiskError>) {
+        match result {
+            Ok(mount_point) => {
+                tracing::info!("backup volume ready at {}", mount_point.display());
+                for job in std::mem::take(&mut self.awaiting_disk) {
+                    tracing::info!(
+                        "{} was skipped for the disk; running it now",
+                        display_name(&job)
+                    );
+                    self.queue.push(&job);
+                }
+            }
+            Err(e) => tracing::info!("backup volume not ready: {e}"),
+        }
+    }
+
     async fn disk_event(&mut self, ev: DiskEvent) {
         tracing::info!("disk event: {ev:?}");
         let Some(disk) = self.disk.clone() else {
             return;
         };
         match ev {
-            DiskEvent::KeyAdded | DiskEvent::DiskAdded => match disk.ensure_ready().await {
-                Ok(v) => {
-                    tracing::info!("backup volume ready at {}", v.mount_point.display());
-                    for job in std::mem::take(&mut self.awaiting_disk) {
-                        tracing::info!(
-                            "{} was skipped for the disk; running it now",
-                            display_name(&job)
-                        );
-                        self.queue.push(&job);
+            DiskEvent::KeyAdded | DiskEvent::DiskAdded => {
+                // Unlocking and mounting can take minutes (a disk spinning up): done in a task
+                // so the loop keeps answering and feeding the watchdog. UDisks2 may publish a
+                // device a moment after udev announced it, hence a few tries.
+                let tx = self.ready_tx.clone();
+                tokio::spawn(async move {
+                    let mut result = disk.ensure_ready().await;
+                    for _ in 0..4 {
+                        if result.is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        result = disk.ensure_ready().await;
                     }
-                }
-                Err(e) => tracing::info!("backup volume not ready yet: {e}"),
-            },
+                    let _ = tx.send(result.map(|v| v.mount_point)).await;
+                });
+            }
             DiskEvent::KeyRemoved => {
                 if self
                     .cfg
@@ -549,12 +598,14 @@ impl<D: DiskManager> Daemon<D> {
                             lock: true,
                             power_off: false,
                         };
-                        match disk.release(what).await {
-                            Ok(()) => tracing::info!(
-                                "key stick removed: backup disk unmounted and locked"
-                            ),
-                            Err(e) => tracing::warn!("locking the backup disk failed: {e}"),
-                        }
+                        tokio::spawn(async move {
+                            match disk.release(what).await {
+                                Ok(()) => tracing::info!(
+                                    "key stick removed: backup disk unmounted and locked"
+                                ),
+                                Err(e) => tracing::warn!("locking the backup disk failed: {e}"),
+                            }
+                        });
                     }
                 }
             }

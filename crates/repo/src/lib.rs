@@ -14,6 +14,7 @@
 mod adapter;
 mod node;
 mod parent;
+mod pinned;
 mod restore;
 
 use std::path::{Path, PathBuf};
@@ -22,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use burrow_core::Problems;
 use burrow_core::source::{Entry, NoParent, ParentIndex, WalkContext};
-use rustic_backend::LocalBackend;
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
     BackupOptions, CheckOptions, ConfigOptions, Credentials, ForgetGroups, Grouped, KeepOptions,
@@ -157,7 +157,7 @@ pub struct Repo {
 }
 
 fn backends(path: &Path) -> Result<RepositoryBackends, RepoError> {
-    let be = LocalBackend::new(path.to_string_lossy(), [])?;
+    let be = pinned::Pinned::new(path)?;
     Ok(RepositoryBackends::new(Arc::new(be), None))
 }
 

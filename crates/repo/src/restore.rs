@@ -49,6 +49,32 @@ fn safe_entries(items: Vec<(PathBuf, Node)>, refused: &mut Vec<String>) -> Vec<(
     out
 }
 
+/// True when writing `rel` below `target` would go through a symlink that already exists in
+/// the target (left by an earlier restore or planted there): such a write could land
+/// anywhere. A symlink entry may replace an existing symlink at its own path.
+fn through_existing_symlink(
+    target: &Path,
+    rel: &Path,
+    node: &Node,
+    safe: &mut HashSet<PathBuf>,
+) -> bool {
+    let is_link = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    let mut cur = target.to_path_buf();
+    if let Some(parent) = rel.parent() {
+        for c in parent.components() {
+            cur.push(c);
+            if safe.contains(&cur) {
+                continue;
+            }
+            if is_link(&cur) {
+                return true;
+            }
+            safe.insert(cur.clone());
+        }
+    }
+    !matches!(node.node_type, NodeType::Symlink { .. }) && is_link(&target.join(rel))
+}
+
 pub fn restore(
     repo: Repository<OpenStatus>,
     snap: &SnapshotFile,
@@ -79,7 +105,9 @@ pub fn restore(
         )
     } else {
         let name = PathBuf::from(node.name().into_owned());
-        if safe_entries(vec![(name.clone(), node.clone())], &mut refused).is_empty() {
+        if safe_entries(vec![(name.clone(), node.clone())], &mut refused).is_empty()
+            || through_existing_symlink(target, &name, &node, &mut HashSet::new())
+        {
             return Err(RepoError::Restore(format!(
                 "refusing to restore {name:?}: unsafe name"
             )));
@@ -185,5 +213,40 @@ mod tests {
             [PathBuf::from("a"), PathBuf::from("a/f"), PathBuf::from("l")]
         );
         assert_eq!(refused, ["../etc/passwd", "/abs", "l/passwd", "a/f"]);
+    }
+
+    #[test]
+    fn existing_symlinks_in_the_target_are_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("l")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("f"), tmp.path().join("leaf")).unwrap();
+        let mut safe = HashSet::new();
+        let file = n("f", NodeType::File);
+        assert!(through_existing_symlink(
+            tmp.path(),
+            Path::new("l/f"),
+            &file,
+            &mut safe
+        ));
+        assert!(through_existing_symlink(
+            tmp.path(),
+            Path::new("leaf"),
+            &file,
+            &mut safe
+        ));
+        let link = n("leaf", NodeType::from_link(Path::new("x")));
+        assert!(!through_existing_symlink(
+            tmp.path(),
+            Path::new("leaf"),
+            &link,
+            &mut safe
+        ));
+        assert!(!through_existing_symlink(
+            tmp.path(),
+            Path::new("d/f"),
+            &file,
+            &mut safe
+        ));
     }
 }

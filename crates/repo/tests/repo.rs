@@ -206,7 +206,7 @@ fn unreadable_file_makes_a_partial_snapshot_and_forget_keeps_the_newest_complete
 
     // a run whose extra entries (as dumps are) include one that cannot be read
     let problems = Problems::new();
-    let source = LocalSource::new(&[src.clone()], Excludes::none());
+    let source = LocalSource::new(std::slice::from_ref(&src), Excludes::none());
     let out = repo
         .backup(BackupRequest {
             job: "j",
@@ -314,7 +314,7 @@ fn stock_restic_reads_what_burrow_wrote() {
     let repo = init(&repo_path, &Password::from_file(&pwfile).unwrap()).unwrap();
     backup(&repo, "files", &src);
     let dump = vec![b'x'; 123_457];
-    let source = LocalSource::new(&[src.clone()], Excludes::none());
+    let source = LocalSource::new(std::slice::from_ref(&src), Excludes::none());
     repo.backup(BackupRequest {
         job: "files",
         host: "testhost",

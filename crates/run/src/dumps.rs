@@ -13,6 +13,7 @@ use burrow_core::Problems;
 use burrow_core::local::FileContent;
 use burrow_core::source::{Entry, EntryKind, Meta, Time};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
 
 use crate::host::Host;
 use crate::log::RunLog;
@@ -86,7 +87,18 @@ impl Spooled {
     }
 }
 
+/// Resolves when `cancel` turns true (burrow is stopping).
+async fn cancelled(mut cancel: watch::Receiver<bool>) {
+    while !*cancel.borrow() {
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Runs every dump; failures are logged and recorded in `problems`, the others spooled.
+/// The caller holds the repository lock, so spool directories of other runs are leftovers of
+/// a crash and are removed first.
 pub async fn spool(
     host: &Host,
     dumps: &[Dump],
@@ -94,7 +106,17 @@ pub async fn spool(
     run_id: &str,
     problems: &Problems,
     log: &RunLog,
+    cancel: &watch::Receiver<bool>,
 ) -> Result<Spooled, String> {
+    if let Ok(entries) = std::fs::read_dir(spool_root) {
+        for e in entries.flatten() {
+            log.info(format!(
+                "removing the dump spool of an interrupted run: {}",
+                e.path().display()
+            ));
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     let dir = spool_root.join(run_id);
     std::fs::create_dir_all(&dir)
         .map_err(|e| format!("cannot create the dump spool {}: {e}", dir.display()))?;
@@ -115,7 +137,10 @@ pub async fn spool(
             let mut f = tokio::fs::File::create(&file_path)
                 .await
                 .map_err(|e| format!("cannot create {}: {e}", file_path.display()))?;
-            let out = host.exec_to_writer(&d.command, &mut f).await?;
+            let out = tokio::select! {
+                out = host.exec_to_writer(&d.command, &mut f) => out?,
+                _ = cancelled(cancel.clone()) => return Err("interrupted: burrow is stopping".to_owned()),
+            };
             f.flush().await.map_err(|e| e.to_string())?;
             f.sync_all().await.map_err(|e| e.to_string())?;
             let stderr = out.stderr_text();

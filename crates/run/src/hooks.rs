@@ -200,7 +200,7 @@ mod tests {
         let dm = DeadMan::arm(
             &Host::Local,
             &log.run_id,
-            Duration::from_secs(60),
+            Duration::from_secs(2),
             &["true".into()],
             &log,
         )

@@ -399,6 +399,7 @@ async fn pull(
                 &run.ctl.run_id,
                 problems,
                 log,
+                &run.ctl.cancel,
             )
             .await?,
         )
