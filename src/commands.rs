@@ -8,6 +8,7 @@ use std::time::Duration;
 use burrow_config::Config;
 use burrow_core::Exit;
 use burrow_core::disk::DiskManager;
+use burrow_core::monitor::Monitor;
 use burrow_core::{RunStatus, RunSummary};
 use burrow_disk::{SimDisk, UDisks2Manager};
 use burrow_repo::{Password, Repo};
@@ -387,33 +388,68 @@ async fn run(cfg: &Config, job: &str, json: bool) -> Exit {
         Ok(None) => {}
         Err(e) => eprintln!("burrow: warning: {e}; running without the daemon"),
     }
-    let (_tx, rx) = tokio::sync::watch::channel(false);
+    // SIGTERM or Ctrl-C stops the pull safely; the after commands still run.
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("burrow: stopping safely (after commands still run)...");
+            let _ = tx.send(true);
+        }
+    });
     let ctl = RunControl::new(rx);
+    let monitor = match burrow_notify::Healthchecks::new(burrow_daemon::serve::ping_urls(cfg)) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            return Exit::Usage;
+        }
+    };
+    monitor.start(job, &ctl.run_id).await;
+    let run_id = ctl.run_id.clone();
     let progress =
         (!json && std::io::stderr().is_terminal()).then(|| spinner(ctl.bytes_read.clone()));
-    let summary = match burrow_run::disk_settings(cfg) {
-        None => run_job::<SimDisk>(cfg, None, job, ctl).await.summary,
+    let (summary, log_tail) = match burrow_run::disk_settings(cfg) {
+        None => {
+            let r = run_job::<SimDisk>(cfg, None, job, ctl).await;
+            (r.summary, r.log)
+        }
         Some(s) => match UDisks2Manager::connect(s).await {
             Ok(d) => {
-                let r = run_job(cfg, Some(&d), job, ctl).await.summary;
+                let r = run_job(cfg, Some(&d), job, ctl).await;
                 release_after_run(cfg, &d).await;
-                r
+                (r.summary, r.log)
             }
-            Err(e) => burrow_run::summary_without_run(
-                job,
-                if e.is_skip() {
+            Err(e) => {
+                let status = if e.is_skip() {
                     RunStatus::Skipped
                 } else {
                     RunStatus::Failed
-                },
-                e.to_string(),
-            ),
+                };
+                (
+                    burrow_run::summary_without_run(job, status, e.to_string()),
+                    e.to_string(),
+                )
+            }
         },
     };
     if let Some((pb, task)) = progress {
         task.abort();
         pb.finish_and_clear();
     }
+    let outcome = burrow_core::monitor::Outcome {
+        status: summary.status,
+        exit_code: summary.status.exit().code(),
+        log: log_tail,
+    };
+    monitor.finish(job, &run_id, &outcome).await;
     report(&summary, json)
 }
 

@@ -449,3 +449,100 @@ fn server_vanishing_mid_run_fails_cleanly_and_the_next_run_works() {
         assert!(out.status.success(), "restic check: {}", text(&out));
     }
 }
+
+/// Starts `burrow run JOB` in the background, as systemd or a user's shell would.
+fn spawn_run(cfg: &Path, job: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .arg("--config")
+        .arg(cfg)
+        .args(["run", job, "--json"])
+        .env("BURROW_SOCKET", cfg.with_extension("sock"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_file(p: &Path, what: &str) {
+    let t0 = Instant::now();
+    while !p.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{what} never happened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_mid_pull_stops_safely_and_after_still_runs() {
+    let Some(s) = setup() else { return };
+    fs::write(s.src.join("a"), "small").unwrap();
+    // A sparse file far larger than what can be pulled before the signal arrives.
+    let huge = fs::File::create(s.src.join("huge.img")).unwrap();
+    huge.set_len(50 << 30).unwrap();
+    let (a, b) = (s.tmp.path().join("A"), s.tmp.path().join("B"));
+    let job = format!(
+        "  j:\n    server: vps\n    paths: [{src}]\n    before: [\"touch {a}\"]\n    after: [\"touch {b}\"]\n",
+        src = s.src.display(),
+        a = a.display(),
+        b = b.display()
+    );
+    let cfg = s.config("t", None, &s.sshd.host_key_line, "", &job);
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    let child = spawn_run(&cfg, "j");
+    wait_for_file(&a, "the before command");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!b.exists(), "the pull must still be running");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let sum = json(&out);
+    assert!(
+        sum["reason"].as_str().unwrap().contains("interrupted"),
+        "{sum}"
+    );
+    assert!(b.exists(), "after must run after SIGTERM");
+    let snaps = json(&burrow(&cfg, &["snapshots", "--json"]));
+    assert_eq!(
+        snaps.as_array().unwrap().len(),
+        0,
+        "an interrupted snapshot must not be kept"
+    );
+    let repo = s.tmp.path().join("repo");
+    if let Some(out) = restic(&repo, &s.tmp.path().join("pw"), &["check"]) {
+        assert!(out.status.success(), "restic check: {}", text(&out));
+    }
+}
+
+#[test]
+fn after_runs_when_the_pull_fails() {
+    let Some(s) = setup() else { return };
+    fs::write(s.src.join("f"), "x").unwrap();
+    let (a, b) = (s.tmp.path().join("A"), s.tmp.path().join("B"));
+    let job = format!(
+        "  j:\n    server: vps\n    paths: [{src}]\n    before: [\"touch {a}\"]\n    after: [\"touch {b}\"]\n",
+        src = s.src.display(),
+        a = a.display(),
+        b = b.display()
+    );
+    // The SFTP server refuses to start (as `sudo -n` without a sudoers rule does): the pull
+    // fails while the SSH connection is fine.
+    let refuse = "    sftp_command: \"sh -c 'echo sudo: a password is required >&2; exit 1'\"\n";
+    let cfg = s.config("p", None, &s.sshd.host_key_line, refuse, &job);
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    let out = burrow(&cfg, &["run", "j", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = json(&out)["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("a password is required"),
+        "the server's stderr must be shown: {reason}"
+    );
+    assert!(
+        a.exists() && b.exists(),
+        "after must run when the pull failed"
+    );
+}

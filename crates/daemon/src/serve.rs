@@ -104,7 +104,8 @@ struct Daemon<D: DiskManager> {
     ready_rx: Option<mpsc::Receiver<Result<PathBuf, burrow_core::disk::DiskError>>>,
 }
 
-fn ping_urls(cfg: &Config) -> std::collections::HashMap<String, String> {
+/// Each job's ping URL (and the check's), for the healthchecks client.
+pub fn ping_urls(cfg: &Config) -> std::collections::HashMap<String, String> {
     let mut m: std::collections::HashMap<String, String> = cfg
         .jobs
         .values()

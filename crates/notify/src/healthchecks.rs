@@ -225,11 +225,23 @@ impl Monitor for Healthchecks {
         let Some(base) = self.urls.get(job) else {
             return;
         };
-        let code = finish_code(outcome);
-        let suffix = (code != 0).then(|| code.to_string());
+        let suffix = finish_suffix(outcome);
         let url = ping_url(base, suffix.as_deref(), run_id);
         self.send(job, outcome.status.as_str(), url, Some(&outcome.log))
             .await;
+    }
+}
+
+/// The ping after a run: the plain URL for success, `/fail` for a run skipped because the
+/// disk or key is absent (no backup was attempted; the body says why), `/<exit code>`
+/// otherwise.
+fn finish_suffix(outcome: &Outcome) -> Option<String> {
+    match outcome.status {
+        RunStatus::Skipped => Some("fail".to_owned()),
+        _ => match finish_code(outcome) {
+            0 => None,
+            code => Some(code.to_string()),
+        },
     }
 }
 
@@ -391,6 +403,15 @@ mod tests {
         assert_eq!(finish_code(&o(RunStatus::Skipped, 75)), 75);
         assert_eq!(finish_code(&o(RunStatus::Failed, 0)), 1);
         assert_eq!(finish_code(&o(RunStatus::Skipped, 0)), 75);
+        assert_eq!(finish_suffix(&o(RunStatus::Ok, 0)), None);
+        assert_eq!(
+            finish_suffix(&o(RunStatus::Partial, 3)).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            finish_suffix(&o(RunStatus::Skipped, 75)).as_deref(),
+            Some("fail")
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ async fn failures_send_their_exit_code() {
         [
             format!("/ping/{CHECK}/1"),
             format!("/ping/{CHECK}/3"),
-            format!("/ping/{CHECK}/75"),
+            format!("/ping/{CHECK}/fail"),
             format!("/ping/{CHECK}/fail"),
         ]
     );

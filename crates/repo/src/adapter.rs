@@ -4,7 +4,8 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use burrow_core::Problems;
 use burrow_core::source::{Content, Entry};
@@ -19,13 +20,17 @@ type Walk = Box<dyn Iterator<Item = Entry> + Send>;
 pub struct Adapter {
     walk: Mutex<Option<Walk>>,
     problems: Problems,
+    cancel: Arc<AtomicBool>,
 }
 
 impl Adapter {
-    pub fn new(walk: Walk, problems: Problems) -> Self {
+    /// `cancel` also stops files being read (a large file would otherwise be read to its end
+    /// before a shutdown could complete).
+    pub fn new(walk: Walk, problems: Problems, cancel: Arc<AtomicBool>) -> Self {
         Adapter {
             walk: Mutex::new(Some(walk)),
             problems,
+            cancel,
         }
     }
 }
@@ -34,6 +39,7 @@ pub struct Opener {
     path: PathBuf,
     content: Box<dyn Content>,
     problems: Problems,
+    cancel: Arc<AtomicBool>,
 }
 
 impl ReadSourceOpen for Opener {
@@ -45,6 +51,7 @@ impl ReadSourceOpen for Opener {
                 inner,
                 path: self.path,
                 problems: self.problems,
+                cancel: self.cancel,
             }),
             Err(e) => {
                 self.problems.push(&self.path, format!("cannot read: {e}"));
@@ -61,10 +68,15 @@ pub struct Reader {
     inner: Box<dyn Read + Send>,
     path: PathBuf,
     problems: Problems,
+    cancel: Arc<AtomicBool>,
 }
 
 impl Read for Reader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            // Not ErrorKind::Interrupted: std's read loops retry on that.
+            return Err(std::io::Error::other("burrow is stopping"));
+        }
         self.inner.read(buf).inspect_err(|e| {
             self.problems.push(&self.path, format!("read failed: {e}"));
         })
@@ -74,6 +86,7 @@ impl Read for Reader {
 pub struct Iter {
     walk: Walk,
     problems: Problems,
+    cancel: Arc<AtomicBool>,
 }
 
 impl Iterator for Iter {
@@ -91,6 +104,7 @@ impl Iterator for Iter {
                 path: entry.path.clone(),
                 content,
                 problems: self.problems.clone(),
+                cancel: self.cancel.clone(),
             });
             return Some(Ok(ReadSourceEntry {
                 path: entry.path,
@@ -119,6 +133,7 @@ impl ReadSource for Adapter {
         Iter {
             walk,
             problems: self.problems.clone(),
+            cancel: self.cancel.clone(),
         }
     }
 }

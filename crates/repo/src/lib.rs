@@ -314,7 +314,7 @@ impl Repo {
         } else {
             burrow_core::source::merge_walks(walk, Box::new(req.extra.into_iter()))
         };
-        let src = adapter::Adapter::new(walk, req.problems.clone());
+        let src = adapter::Adapter::new(walk, req.problems.clone(), req.cancel.clone());
 
         let snap_opts = SnapshotOptions::default()
             .host(req.host.to_owned())
