@@ -541,3 +541,58 @@ fn daemon_mounts_the_disk_when_the_key_stick_is_plugged_in() {
     drop(key);
     drop(disk);
 }
+
+#[test]
+fn disk_removed_mid_run_fails_cleanly_and_the_next_run_works() {
+    let Some(_serial) = setup() else { return };
+    let fx = Fixture::new();
+    let disk = fx.attach_disk();
+    let _key = fx.attach_key();
+    let mp = fx.init(&disk);
+    fx.burrow(&["run", JOB, "--json"]).expect(0);
+
+    // Enough incompressible data that the pull is still writing packs when the disk goes.
+    let big = fx.dir.path().join("src/big.bin");
+    let st = Command::new("dd")
+        .args(["if=/dev/urandom", "bs=1M", "count=600", "status=none"])
+        .arg(format!("of={}", big.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let child = fx
+        .command(&["run", JOB, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    disk.detach();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "$ burrow run {JOB} (disk removed mid-run) -> {:?}\n{text}",
+        out.status.code()
+    );
+    assert_eq!(out.status.code(), Some(1), "the run must fail:\n{text}");
+    // Nothing may have been written where the volume used to be.
+    assert!(
+        !mp.exists() || files_below(&mp).is_empty(),
+        "written to the root filesystem after the disk left: {:?}",
+        files_below(&mp)
+    );
+
+    // Plugged in again: the repository is intact and the next run works.
+    std::fs::remove_file(&big).unwrap();
+    let _disk = fx.attach_disk();
+    fx.burrow(&["run", JOB, "--json"]).expect(0);
+    assert_eq!(
+        fx.snapshots().len(),
+        2,
+        "the interrupted run left no snapshot"
+    );
+    fx.burrow(&["snapshots", JOB]).expect(0);
+}

@@ -276,6 +276,12 @@ async fn run_inner<D: DiskManager>(
     } else {
         match pull(run, &host, &place, repo, &problems).await {
             Ok((o, r)) => outcome = Some((o, r)),
+            Err(e) if place.volume.is_some() && !place.repo_path.exists() => {
+                failure = Some(format!(
+                    "the backup disk went away during the run (nothing was written elsewhere; \
+                     earlier snapshots are intact): {e}"
+                ))
+            }
             Err(e) => failure = Some(e),
         }
     }
