@@ -4,8 +4,9 @@
 #
 #   bench/run.sh [small|large]        (default small; run as root on Debian)
 #
-# Environment: DELAY_MS (default 25) for the proxy phase, KEEP=1 to keep bench/out/run-PROFILE
-# (repositories, copies, logs) after the run; it is always kept when a phase fails.
+# Environment: DELAY_MS (default 25) for the proxy phase; KEEP=1 keeps bench/out/run-PROFILE
+# (repositories, copies, logs) after the run (always kept when a phase fails); BURROW_BIN=PATH
+# measures that binary instead of building the working tree.
 set -euo pipefail
 
 PROFILE=${1:-small}
@@ -50,9 +51,13 @@ fi
 PY=$(command -v python3)
 
 # --- build -------------------------------------------------------------------------------
-say "cargo build --release"
-(cd "$ROOT" && cargo build --release)
-BURROW=${CARGO_TARGET_DIR:-$ROOT/target}/release/burrow
+if [ -n "${BURROW_BIN:-}" ]; then
+    BURROW=$BURROW_BIN
+else
+    say "cargo build --release"
+    (cd "$ROOT" && cargo build --release)
+    BURROW=${CARGO_TARGET_DIR:-$ROOT/target}/release/burrow
+fi
 [ -x "$BURROW" ] || die "no binary at $BURROW"
 
 # --- tree --------------------------------------------------------------------------------
@@ -233,7 +238,7 @@ run_restic() { # PHASE
     echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB RAM, Linux $(uname -r), Debian $(cat /etc/debian_version 2>/dev/null || echo '?')"
     echo "tree: profile $PROFILE, $NFILES files, $NDIRS directories, $NBYTES bytes ($(du -sh --apparent-size "$SRC" | cut -f1)); change set: every 100th file appended to and touched (1%)"
     echo "network: loopback; sshd $(ssh -V 2>&1 | cut -d, -f1), SFTP via sftp-server; delay proxy +$DELAY_MS ms each way (python asyncio)"
-    echo "burrow: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?') (release build; repository without a local cache)"
+    echo "burrow: ${BURROW_BIN:+$BURROW_BIN, }working tree at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?') (release build; repository without a local cache)"
     echo "rsync: $(rsync --version | head -n1 | sed 's/  */ /g'), \`rsync -a\` pull over ssh (delta transfer on, no compression)"
     echo "restic: $(restic version | cut -d' ' -f1-2), local \`restic backup\` (no pull mode), default cache in a fresh --cache-dir, repository version REPOVER"
     echo "page cache dropped before each phase: $DROP"

@@ -86,4 +86,67 @@ pub enum Command {
         #[arg(long)]
         path: Option<PathBuf>,
     },
+    /// Helpers for installing burrow: the SSH key, the server's host key, the key stick.
+    #[command(subcommand)]
+    Setup(Setup),
+    /// Write the man pages or shell completions (rendered from this command line).
+    #[command(subcommand)]
+    Generate(Generate),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Setup {
+    /// Create the ed25519 key burrow logs in with, and print the lines for the server:
+    /// authorized_keys and a sudoers rule derived from the config.
+    Key {
+        /// The private key to create (mode 0600; the public key goes to FILE.pub).
+        #[arg(long, default_value = "/etc/burrow/id_ed25519")]
+        file: PathBuf,
+        /// Do not create a key: print the server lines for the existing FILE.
+        #[arg(long)]
+        existing: bool,
+    },
+    /// Fetch a server's host key (without trusting it) and print it with its fingerprint, to
+    /// compare with the server before pinning it as `host_key:`.
+    Trust {
+        /// The server's name in the config (`servers.NAME`).
+        server: String,
+        /// Also write the key as `servers.SERVER.host_key` into the config file.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Write a random LUKS key file (and, with --password, a repository password file) on a
+    /// mounted USB stick, and print the cryptsetup command and config lines.
+    KeyStick {
+        /// Where the stick is mounted.
+        mountpoint: PathBuf,
+        /// Size of the key file.
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=8_388_608))]
+        bytes: u32,
+        /// Also write a random repository password file, `burrow-password`.
+        #[arg(long)]
+        password: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// The man pages: burrow.1 to stdout, or one page per subcommand into DIR.
+    Man {
+        /// Write burrow.1, burrow-run.1, ... into this directory (created if missing).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// A completion script for SHELL, to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }

@@ -15,7 +15,7 @@ use burrow_repo::{Password, Repo};
 use burrow_run::place::{self, PlaceError, RepoLock};
 use burrow_run::{RunControl, run_job};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, Generate};
 
 pub async fn dispatch(cli: Cli) -> Exit {
     let quiet_run =
@@ -23,8 +23,16 @@ pub async fn dispatch(cli: Cli) -> Exit {
     let default_level = if quiet_run { "warn" } else { "info" };
     crate::logging::init(cli.log_level.as_deref(), default_level);
 
-    if let Command::Quickstart { dir, path } = &cli.command {
-        return crate::quickstart::run(dir, path.as_deref()).await;
+    match &cli.command {
+        Command::Quickstart { dir, path } => {
+            return crate::quickstart::run(dir, path.as_deref()).await;
+        }
+        Command::Generate(Generate::Man { dir }) => return crate::generate::man(dir.as_deref()),
+        Command::Generate(Generate::Completions { shell }) => {
+            return crate::generate::completions(*shell);
+        }
+        Command::Setup(what) => return crate::setup::run(&cli.config, what).await,
+        _ => {}
     }
     let cfg = match burrow_config::load(&cli.config) {
         Ok(c) => c,
@@ -63,7 +71,9 @@ pub async fn dispatch(cli: Cli) -> Exit {
         }
         Command::Daemon { sim } => burrow_daemon::serve::serve(cfg, sim).await,
         Command::Status { json } => status(&cfg, json).await,
-        Command::Quickstart { .. } => unreachable!("handled above"),
+        Command::Quickstart { .. } | Command::Generate(_) | Command::Setup(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -4,8 +4,10 @@
 
 mod cli;
 mod commands;
+mod generate;
 mod logging;
 mod quickstart;
+mod setup;
 
 use std::process::ExitCode;
 

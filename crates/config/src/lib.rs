@@ -6,8 +6,11 @@
 //! before 03:00 rather than at 03:00.
 
 mod locate;
+mod outline;
 mod raw;
 mod validate;
+
+pub use outline::{EditRefused, JobOutline, Outline, ServerOutline, outline, set_host_key};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -233,7 +236,13 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
 /// As [`parse`]; with `check_files` false, the files the config names (identity, password,
 /// known_hosts) are not opened. For checking a config written for another machine.
 pub fn parse_with(text: &str, file: &Path, check_files: bool) -> Result<Config, ConfigError> {
-    let raw: raw::RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
+    let raw = parse_raw(text, file)?;
+    validate::validate(raw, file, text, check_files)
+}
+
+/// The syntax phase alone.
+fn parse_raw(text: &str, file: &Path) -> Result<raw::RawConfig, ConfigError> {
+    serde_yaml_ng::from_str(text).map_err(|e| {
         let (line, col) = e
             .location()
             .map(|l| (l.line(), l.column()))
@@ -244,8 +253,7 @@ pub fn parse_with(text: &str, file: &Path, check_files: bool) -> Result<Config, 
             col,
             message: strip_location(&e.to_string()),
         }
-    })?;
-    validate::validate(raw, file, text, check_files)
+    })
 }
 
 /// serde_yaml_ng appends " at line L column C" to its messages; we print the location first.

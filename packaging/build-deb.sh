@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the Debian package: release binary, man pages and shell completions rendered by the
+# binary itself (`burrow generate`), then cargo-deb with the [package.metadata.deb] section of
+# Cargo.toml. Prints the path of the .deb on the last line.
+#
+#   bash packaging/build-deb.sh            # for this machine's architecture
+#   CARGO_DEB_ARGS="--target aarch64-unknown-linux-gnu" bash packaging/build-deb.sh
+#                                          # cross build (needs the target's linker)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo "== installing cargo-deb" >&2
+    cargo install cargo-deb --locked
+fi
+
+echo "== release build" >&2
+# shellcheck disable=SC2086
+cargo build --release --locked ${CARGO_DEB_ARGS:-}
+
+# The binary just built, wherever the target dir is.
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bin="$target_dir/release/burrow"
+case "${CARGO_DEB_ARGS:-}" in
+*--target*)
+    triple=$(sed -n 's/.*--target[ =]\([^ ]*\).*/\1/p' <<<"$CARGO_DEB_ARGS")
+    bin="$target_dir/$triple/release/burrow"
+    # The man pages and completions are the same on every architecture: render them with a
+    # build for this machine.
+    cargo build --release --locked
+    gen="$target_dir/release/burrow"
+    ;;
+*) gen="$bin" ;;
+esac
+test -x "$bin"
+
+echo "== man pages and completions" >&2
+rm -rf target/man target/completions
+mkdir -p target/man target/completions
+"$gen" generate man --dir target/man >/dev/null
+gzip -9n target/man/*.1
+"$gen" generate completions bash >target/completions/burrow.bash
+"$gen" generate completions zsh >target/completions/_burrow
+"$gen" generate completions fish >target/completions/burrow.fish
+
+echo "== cargo deb" >&2
+# shellcheck disable=SC2086
+deb=$(cargo deb --no-build --locked ${CARGO_DEB_ARGS:-} | tail -n 1)
+test -f "$deb"
+echo "$deb"
