@@ -1,29 +1,12 @@
 //! The `burrow` binary as scripts and people use it: exit codes, located config errors, a
 //! local job end to end, JSON summaries, restore.
 
+mod common;
+
+use common::{burrow, json, text};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn burrow(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env("BURROW_SOCKET", cfg.with_extension("sock"))
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::process::Command;
 
 struct Env {
     tmp: tempfile::TempDir,
@@ -116,10 +99,6 @@ fn missing_config_and_bad_usage_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out).contains("75  skipped"), "{}", text(&out));
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(o)))
 }
 
 #[test]

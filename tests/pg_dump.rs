@@ -2,9 +2,12 @@
 //! PostgreSQL cluster: a live database dumped while it is written to restores consistent, and
 //! a failing dump next to good ones gives a partial snapshot without it.
 
+mod common;
+
+use common::{burrow, json, text};
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,30 +16,6 @@ use std::time::{Duration, Instant};
 
 use burrow_testkit::postgres::Postgres;
 use burrow_testkit::sshd::Sshd;
-
-fn burrow(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env("BURROW_SOCKET", cfg.with_extension("sock"))
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(o)))
-}
 
 /// A YAML scalar holding `s` exactly (a JSON string is a YAML double-quoted scalar).
 fn q(s: &str) -> String {

@@ -2,32 +2,15 @@
 //! `trust` reports exactly the server's fingerprint and pins it without touching the rest of
 //! the file; `key-stick` writes only onto a mounted filesystem and never overwrites a key.
 
+mod common;
+
+use common::{burrow, text};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use burrow_testkit::sshd::Sshd;
-
-fn burrow(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env("BURROW_SOCKET", cfg.with_extension("sock"))
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o777

@@ -1,37 +1,17 @@
 //! burrow against a private sshd on 127.0.0.1: pull over SFTP, stock restic reads the result,
 //! host keys are enforced, hooks and dumps behave, a vanished server fails the run cleanly.
 
+mod common;
+
+use common::{burrow, json, restic, text};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use burrow_testkit::proxy::{Proxy, ProxyOptions};
 use burrow_testkit::sshd::Sshd;
-
-fn burrow(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env("BURROW_SOCKET", cfg.with_extension("sock"))
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(o)))
-}
 
 /// ~1,000 files in nested directories, a few larger ones, odd names, a symlink out.
 fn make_tree(root: &Path) {
@@ -111,24 +91,6 @@ servers:
             self.src.display()
         )
     }
-}
-
-fn restic(repo: &Path, pw: &Path, args: &[&str]) -> Option<Output> {
-    if Command::new("restic").arg("version").output().is_err() {
-        burrow_testkit::missing("restic", "apt-get install restic");
-        return None;
-    }
-    Some(
-        Command::new("restic")
-            .arg("-r")
-            .arg(repo)
-            .arg("--password-file")
-            .arg(pw)
-            .arg("--no-cache")
-            .args(args)
-            .output()
-            .unwrap(),
-    )
 }
 
 fn assert_same_tree(a: &Path, b: &Path) {
