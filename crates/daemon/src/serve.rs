@@ -167,6 +167,18 @@ impl<D: DiskManager> Daemon<D> {
         if let Err(e) = store.save_state(&state) {
             tracing::error!("{e}");
         }
+        // A job whose last run was skipped for the disk is still owed a run, also after a
+        // restart of the daemon.
+        let awaiting_disk: BTreeSet<String> = state
+            .jobs
+            .iter()
+            .filter(|(_, j)| {
+                j.last_run
+                    .as_ref()
+                    .is_some_and(|r| r.status == RunStatus::Skipped)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         let (cancel, _) = watch::channel(false);
         let (ready_tx, ready_rx) = mpsc::channel(4);
         let mut daemon = Daemon {
@@ -181,7 +193,7 @@ impl<D: DiskManager> Daemon<D> {
             queue: RunQueue::new(),
             waiters: BTreeMap::new(),
             current: None,
-            awaiting_disk: BTreeSet::new(),
+            awaiting_disk,
             pending_lock: false,
             cancel,
             started: now,
@@ -249,6 +261,9 @@ impl<D: DiskManager> Daemon<D> {
             sock.display()
         );
         self.sd.ready();
+        if !self.awaiting_disk.is_empty() {
+            self.prepare_volume();
+        }
         loop {
             let now = Utc::now();
             self.queue_due(now);
@@ -541,6 +556,28 @@ impl<D: DiskManager> Daemon<D> {
         })
     }
 
+    /// Unlocks and mounts the backup volume in a task (it can take minutes while a disk spins
+    /// up), so the loop keeps answering and feeding the watchdog; the result arrives as
+    /// [`Daemon::disk_ready`]. UDisks2 may publish a device a moment after udev announced it,
+    /// hence a few tries.
+    fn prepare_volume(&self) {
+        let Some(disk) = self.disk.clone() else {
+            return;
+        };
+        let tx = self.ready_tx.clone();
+        tokio::spawn(async move {
+            let mut result = disk.ensure_ready().await;
+            for _ in 0..4 {
+                if result.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                result = disk.ensure_ready().await;
+            }
+            let _ = tx.send(result.map(|v| v.mount_point)).await;
+        });
+    }
+
     /// The backup volume came up (or did not) after a hot-plug event.
     fn disk_ready(&mut self, result: Result<PathBuf, burrow_core::disk::DiskError>) {
         match result {
@@ -564,23 +601,7 @@ impl<D: DiskManager> Daemon<D> {
             return;
         };
         match ev {
-            DiskEvent::KeyAdded | DiskEvent::DiskAdded => {
-                // Unlocking and mounting can take minutes (a disk spinning up): done in a task
-                // so the loop keeps answering and feeding the watchdog. UDisks2 may publish a
-                // device a moment after udev announced it, hence a few tries.
-                let tx = self.ready_tx.clone();
-                tokio::spawn(async move {
-                    let mut result = disk.ensure_ready().await;
-                    for _ in 0..4 {
-                        if result.is_ok() {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        result = disk.ensure_ready().await;
-                    }
-                    let _ = tx.send(result.map(|v| v.mount_point)).await;
-                });
-            }
+            DiskEvent::KeyAdded | DiskEvent::DiskAdded => self.prepare_volume(),
             DiskEvent::KeyRemoved => {
                 if self
                     .cfg
