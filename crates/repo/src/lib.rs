@@ -190,7 +190,9 @@ impl Repo {
     /// A second handle on the same repository: rustic_core's typestate conversions
     /// (`to_indexed*`) consume the handle, and an open handle cannot be cloned.
     fn reopen(&self) -> Result<Repository<OpenStatus>, RepoError> {
-        Ok(unopened(&self.path)?.open(&Credentials::password(&self.password.0))?)
+        // With the master key of the open handle: no second key derivation (scrypt costs
+        // about half a second and 128 MiB on a Pi).
+        Ok(unopened(&self.path)?.open(&Credentials::Masterkey(self.repo.key()))?)
     }
 
     pub fn open(path: &Path, password: &Password) -> Result<Repo, RepoError> {

@@ -277,6 +277,7 @@ fn many_small_files_arrive_intact_with_prefetch() {
         PrefetchLimits {
             listings: 2,
             small_files: 3,
+            small_bytes: 100,
             large_files: 1,
             chunk: 64,
             large_file_chunks: 1,

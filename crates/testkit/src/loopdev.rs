@@ -137,6 +137,17 @@ fn is_root() -> bool {
 /// Creates a 16 MiB ext4 image `dir/NAME.burrow-test.img` with filesystem `uuid`, holding
 /// `files` (path below the root, contents, mode).
 pub fn ext4_image(dir: &Path, name: &str, uuid: &str, files: &[(&str, &[u8], u32)]) -> PathBuf {
+    ext4_image_sized(dir, name, uuid, files, 16 << 20)
+}
+
+/// As [`ext4_image`], `size` bytes large (a sparse file: it only costs what is written).
+pub fn ext4_image_sized(
+    dir: &Path,
+    name: &str,
+    uuid: &str,
+    files: &[(&str, &[u8], u32)],
+    size: u64,
+) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let root = dir.join(format!("{name}.root"));
     fs::create_dir_all(&root).unwrap();
@@ -147,7 +158,7 @@ pub fn ext4_image(dir: &Path, name: &str, uuid: &str, files: &[(&str, &[u8], u32
         fs::set_permissions(&f, fs::Permissions::from_mode(*mode)).unwrap();
     }
     let img = dir.join(format!("{name}{IMAGE_TAG}"));
-    File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    File::create(&img).unwrap().set_len(size).unwrap();
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-U", uuid, "-d"])
         .arg(&root)
@@ -238,6 +249,14 @@ impl LoopDev {
             self.device.display(),
             text(&out)
         );
+    }
+
+    /// Pulls the device out while it may be in use: forced (or lazy) unmount, then detach;
+    /// waits until UDisks2 no longer shows the filesystem.
+    pub fn yank(mut self) {
+        cleanup(&self.device);
+        self.attached = false;
+        wait_gone(&self.device, &self.uuid);
     }
 
     /// Unmounts and detaches the device (the image "is unplugged"), and waits until UDisks2
