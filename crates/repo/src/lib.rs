@@ -152,7 +152,6 @@ pub struct BackupOutcome {
 
 pub struct Repo {
     path: PathBuf,
-    password: Password,
     repo: Repository<OpenStatus>,
 }
 
@@ -181,7 +180,6 @@ pub fn init(path: &Path, password: &Password) -> Result<Repo, RepoError> {
     )?;
     Ok(Repo {
         path: path.to_owned(),
-        password: password.clone(),
         repo,
     })
 }
@@ -220,7 +218,6 @@ impl Repo {
             })?;
         Ok(Repo {
             path: path.to_owned(),
-            password: password.clone(),
             repo,
         })
     }
