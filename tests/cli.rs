@@ -143,6 +143,10 @@ fn local_job_end_to_end() {
 
     let second = json(&burrow(&e.cfg, &["run", "files", "--json"]));
     assert_eq!(second["bytes_read"], 0, "{second}");
+    assert_eq!(
+        second["bytes_added"], 0,
+        "nothing changed, nothing added: {second}"
+    );
     assert_eq!(second["files_unmodified"], 2);
 
     fs::write(e.src.join("a"), "changed\n").unwrap();

@@ -163,6 +163,10 @@ fn pull_over_sftp_and_stock_restic_reads_it() {
         "nothing changed, nothing read: {second}"
     );
     assert_eq!(second["files_unmodified"], first["files_new"]);
+    assert_eq!(
+        second["bytes_added"], 0,
+        "nothing changed, nothing added: {second}"
+    );
 
     // the same tree through an sftp-server started on an exec channel
     let out = burrow(&cfg, &["run", "exec", "--json"]);

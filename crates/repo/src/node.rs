@@ -57,7 +57,10 @@ pub fn to_node(entry: &Entry) -> Option<Node> {
     let meta = Metadata {
         mode: Some(go_mode(&entry.kind, m.mode)),
         mtime: ts(m.mtime),
-        atime: ts(m.atime),
+        // Not stored: reading a file for the backup moves its atime, so every snapshot's trees
+        // would differ and a no-change run would add new tree blobs (borg leaves atime out by
+        // default for the same reason).
+        atime: None,
         ctime: ts(m.ctime),
         uid: m.uid,
         gid: m.gid,

@@ -13,7 +13,7 @@ mod source;
 
 pub use error::SshError;
 pub use hostkey::HostKeyPolicy;
-pub use prefetch::PrefetchLimits;
+pub use prefetch::{MAX_OPEN_HANDLES, PrefetchLimits};
 pub use russh_sftp::client::SftpSession;
 pub use session::{ExecOutput, OUTPUT_TAIL, Session, SshTarget};
 pub use source::SftpSource;

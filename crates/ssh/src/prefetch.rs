@@ -27,7 +27,7 @@ pub struct PrefetchLimits {
     pub listings: usize,
     /// Files of at most `chunk` bytes fetched (and buffered whole) ahead of the archiver.
     /// Each costs two round trips (open, read), so on a distant link this count is what
-    /// bounds the rate: 512 in flight at 50 ms is ~5,000 files/s.
+    /// bounds the rate: 96 in flight at 50 ms is ~1,000 files/s.
     pub small_files: usize,
     /// Bytes of small files buffered at most (their sizes are known from the listing).
     pub small_bytes: u64,
@@ -39,14 +39,36 @@ pub struct PrefetchLimits {
     pub large_file_chunks: usize,
 }
 
+/// Open handles (directories being listed plus files being read) that stay below OpenSSH's
+/// handle number 128 with room for the archiver's on-demand opens (see the docs of
+/// [`PrefetchLimits::default`]).
+pub const MAX_OPEN_HANDLES: usize = 120;
+
+impl PrefetchLimits {
+    /// These limits, with small files reduced so that every handle stays below
+    /// [`MAX_OPEN_HANDLES`].
+    pub fn clamped(mut self) -> Self {
+        let others = self.listings.max(1) + self.large_files.max(1) + 2;
+        self.small_files = self
+            .small_files
+            .min(MAX_OPEN_HANDLES.saturating_sub(others).max(1));
+        self
+    }
+}
+
 impl Default for PrefetchLimits {
-    /// 64 listings in flight, up to 512 small files but at most 24 MiB of them, and 4 large
+    /// 16 listings in flight, up to 96 small files but at most 24 MiB of them, and 4 large
     /// files × (1 MiB buffered + up to 4 MiB of russh-sftp read-ahead) (21 MiB): under 48 MiB
     /// in flight, plus files the archiver opens on demand (one per archiver thread at most).
+    ///
+    /// Why not more: russh-sftp 3 decodes SFTP handles as UTF-8 text, and OpenSSH's
+    /// sftp-server numbers its handles; a handle number of 128 or more is not valid UTF-8 on
+    /// its own, comes back mangled and the server answers "Failure". So fewer than 128
+    /// handles (files plus directories) may be open at once; see [`MAX_OPEN_HANDLES`].
     fn default() -> Self {
         PrefetchLimits {
-            listings: 64,
-            small_files: 512,
+            listings: 16,
+            small_files: 96,
             small_bytes: 24 << 20,
             large_files: 4,
             chunk: 256 * 1024,
@@ -402,5 +424,22 @@ impl Read for ChunkReader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_keep_handles_below_what_survives_russh_sftp() {
+        let d = PrefetchLimits::default();
+        assert!(d.listings + d.small_files + d.large_files + 2 <= MAX_OPEN_HANDLES);
+        let wide = PrefetchLimits {
+            small_files: 1000,
+            ..PrefetchLimits::default()
+        }
+        .clamped();
+        assert!(wide.listings + wide.small_files + wide.large_files + 2 <= MAX_OPEN_HANDLES);
     }
 }

@@ -81,7 +81,7 @@ impl SftpSource {
 
     /// Replaces the default concurrency and memory limits.
     pub fn with_limits(mut self, limits: PrefetchLimits) -> Self {
-        self.limits = limits;
+        self.limits = limits.clamped();
         self
     }
 }
