@@ -198,7 +198,15 @@ measure() {
     drop_caches
     LOAD1=$(cut -d' ' -f1 /proc/loadavg)
     echo "$phase / $tool: $*" >"$base.cmd"
-    /usr/bin/time -f '%e %M %U %S' -o "$base.time" "$@" >"$base.out" 2>"$base.err" || rc=$?
+    /usr/bin/time -f '%e %M %U %S' -o "$base.time" "$@" >"$base.out" 2>"$base.err" &
+    local tpid=$! spid=
+    if [ "$tool" = burrow ]; then
+        # peak RSS with and without the repository key's scrypt buffer (see rss_sampler.py)
+        "$PY" "$HERE/rss_sampler.py" "$tpid" "$base.rss" &
+        spid=$!
+    fi
+    wait "$tpid" || rc=$?
+    if [ -n "$spid" ]; then wait "$spid" || true; fi
     if [ "$rc" != 0 ]; then
         echo "bench: $phase / $tool failed with exit $rc:" >&2
         tail -n 20 "$base.err" >&2
@@ -221,7 +229,7 @@ run_burrow() { # PHASE CONFIG
         FAILED+=("$1/burrow: status $status")
     }
     BYTES_READ=$read
-    record "$1" burrow "$added" "bytes_read=$read status=$status"
+    record "$1" burrow "$added" "bytes_read=$read status=$status rss_without_kdf_kib=$(cut -d' ' -f2 "$LOG/$1.burrow.rss")"
 }
 run_rsync() { # PHASE PORT DEST
     measure "$1" rsync rsync -a --stats -e "$(SSH_CMD "$2")" "$USER_NAME@127.0.0.1:$SRC/" "$3/"
