@@ -199,13 +199,9 @@ impl UDisks2Manager {
     }
 
     async fn unlock(&self, luks: &BlockInfo, key: &KeyBytes) -> Result<BlockInfo, DiskError> {
-        let proxy = EncryptedProxy::builder(&self.conn)
-            .path(luks.path.as_str())
-            .map_err(|e| dbus_error("addressing the LUKS container", e))?
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(|e| dbus_error("addressing the LUKS container", e))?;
+        let proxy = self
+            .proxy::<EncryptedProxy>(luks.path.as_str(), "addressing the LUKS container")
+            .await?;
         let mut opts = no_interaction();
         opts.insert("keyfile_contents", Value::from(key.0.clone()));
         tracing::info!(device = %luks.device.display(), "unlocking the backup disk");
@@ -245,13 +241,9 @@ impl UDisks2Manager {
 
     async fn mount(&self, block: &BlockInfo, options: &str) -> Result<PathBuf, DiskError> {
         let doing = format!("mounting {}", block.device.display());
-        let proxy = FilesystemProxy::builder(&self.conn)
-            .path(block.path.as_str())
-            .map_err(|e| dbus_error(&doing, e))?
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(|e| dbus_error(&doing, e))?;
+        let proxy = self
+            .proxy::<FilesystemProxy>(block.path.as_str(), &doing)
+            .await?;
         let mut opts = no_interaction();
         opts.insert("options", Value::from(options));
         match proxy.mount(opts).await {
@@ -269,15 +261,26 @@ impl UDisks2Manager {
         }
     }
 
-    async fn unmount(&self, block: &BlockInfo) -> Result<(), DiskError> {
-        let doing = format!("unmounting {}", block.device.display());
-        let proxy = FilesystemProxy::builder(&self.conn)
-            .path(block.path.as_str())
-            .map_err(|e| dbus_error(&doing, e))?
+    /// A proxy for the UDisks2 object at `path`, without a property cache (the state is read
+    /// fresh every time). `doing` names the step in the error.
+    async fn proxy<'a, P>(&'a self, path: &'a str, doing: &str) -> Result<P, DiskError>
+    where
+        P: From<zbus::Proxy<'a>> + zbus::proxy::Defaults,
+    {
+        zbus::proxy::Builder::<P>::new(&self.conn)
+            .path(path)
+            .map_err(|e| dbus_error(doing, e))?
             .cache_properties(CacheProperties::No)
             .build()
             .await
-            .map_err(|e| dbus_error(&doing, e))?;
+            .map_err(|e| dbus_error(doing, e))
+    }
+
+    async fn unmount(&self, block: &BlockInfo) -> Result<(), DiskError> {
+        let doing = format!("unmounting {}", block.device.display());
+        let proxy = self
+            .proxy::<FilesystemProxy>(block.path.as_str(), &doing)
+            .await?;
         match proxy.unmount(no_interaction()).await {
             Ok(()) => {
                 tracing::info!(device = %block.device.display(), "unmounted");
@@ -296,13 +299,9 @@ impl UDisks2Manager {
 
     async fn lock(&self, luks: &BlockInfo) -> Result<(), DiskError> {
         let doing = format!("locking {}", luks.device.display());
-        let proxy = EncryptedProxy::builder(&self.conn)
-            .path(luks.path.as_str())
-            .map_err(|e| dbus_error(&doing, e))?
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(|e| dbus_error(&doing, e))?;
+        let proxy = self
+            .proxy::<EncryptedProxy>(luks.path.as_str(), &doing)
+            .await?;
         match proxy.lock(no_interaction()).await {
             Ok(()) => {
                 tracing::info!(device = %luks.device.display(), "locked");
@@ -329,13 +328,7 @@ impl UDisks2Manager {
             return Ok(());
         }
         let doing = format!("powering off the drive of {}", disk.device.display());
-        let proxy = DriveProxy::builder(&self.conn)
-            .path(drive.as_str())
-            .map_err(|e| dbus_error(&doing, e))?
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(|e| dbus_error(&doing, e))?;
+        let proxy = self.proxy::<DriveProxy>(drive.as_str(), &doing).await?;
         proxy
             .power_off(no_interaction())
             .await
