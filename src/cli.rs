@@ -65,6 +65,10 @@ pub enum Command {
         #[arg(long, requires = "dump", conflicts_with = "target")]
         to_server: bool,
     },
+    /// Accept an anomaly of JOB (its newest snapshot looked nothing like the one before: no
+    /// files, most files gone or changed): the change was real, so retention of the job
+    /// resumes at its next run.
+    Accept { job: String },
     /// Run as a service: schedules, hot-plug, monitoring (systemd Type=notify).
     Daemon {
         /// Simulated disks and no hardware access: for demos and tests.

@@ -69,10 +69,36 @@ pub async fn dispatch(cli: Cli) -> Exit {
             };
             with_disk(&cfg, async |d| restore(&cfg, d, req).await).await
         }
+        Command::Accept { job } => accept(&cfg, &job),
         Command::Daemon { sim } => burrow_daemon::serve::serve(cfg, sim).await,
         Command::Status { json } => status(&cfg, json).await,
         Command::Quickstart { .. } | Command::Generate(_) | Command::Setup(_) => {
             unreachable!("handled above")
+        }
+    }
+}
+
+fn accept(cfg: &Config, job: &str) -> Exit {
+    if cfg.job(job).is_none() {
+        eprintln!("burrow: no job named {job:?} in {}", cfg.file.display());
+        return Exit::Usage;
+    }
+    match burrow_run::anomaly::PauseFile::new(&cfg.state_dir).resume(job) {
+        Ok(Some(p)) => {
+            println!(
+                "{job}: anomaly of snapshot {} accepted ({}); retention resumes at the next run",
+                &p.snapshot[..p.snapshot.len().min(8)],
+                p.reason
+            );
+            Exit::Ok
+        }
+        Ok(None) => {
+            println!("{job}: retention is not paused; nothing to accept");
+            Exit::Ok
+        }
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            Exit::Failed
         }
     }
 }
@@ -522,7 +548,7 @@ pub fn report(s: &RunSummary, json: bool) -> Exit {
         return s.status.exit();
     }
     match s.status {
-        RunStatus::Ok | RunStatus::Partial => {
+        RunStatus::Ok | RunStatus::Partial | RunStatus::Anomaly => {
             println!(
                 "{}: {} — snapshot {}",
                 s.job,
@@ -551,7 +577,11 @@ pub fn report(s: &RunSummary, json: bool) -> Exit {
         }
     }
     for e in &s.errors {
-        println!("  not backed up: {}: {}", e.path, e.message);
+        if e.path == "anomaly" {
+            println!("  anomaly: {}", e.message);
+        } else {
+            println!("  not backed up: {}: {}", e.path, e.message);
+        }
     }
     s.status.exit()
 }

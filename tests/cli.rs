@@ -266,3 +266,88 @@ fn quickstart_runs_and_lists_a_snapshot() {
     let snaps = burrow(&dir.join("config.yaml"), &["snapshots"]);
     assert!(text(&snaps).contains("1 snapshot(s)"), "{}", text(&snaps));
 }
+
+#[test]
+fn emptied_source_is_an_anomaly_and_keeps_the_good_snapshot() {
+    let e = env_with("    retention: {keep_last: 1}\n");
+    burrow(&e.cfg, &["init"]);
+    for i in 0..30 {
+        fs::write(e.src.join(format!("f{i:02}")), format!("file {i}\n")).unwrap();
+    }
+    let good = burrow(&e.cfg, &["run", "files", "--json"]);
+    assert_eq!(good.status.code(), Some(0), "{}", text(&good));
+    let good_id = json(&good)["snapshot_id"].as_str().unwrap().to_owned();
+
+    // The server was wiped: the directory is still there, every file is gone.
+    fs::remove_dir_all(&e.src).unwrap();
+    fs::create_dir_all(&e.src).unwrap();
+    let out = burrow(&e.cfg, &["run", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let s = json(&out);
+    assert_eq!(s["status"], "anomaly");
+    assert_eq!(s["errors"][0]["path"], "anomaly", "{s}");
+    let snaps = json(&burrow(&e.cfg, &["snapshots", "files", "--json"]));
+    let snaps = snaps.as_array().unwrap();
+    // keep_last: 1 would have forgotten the good snapshot; retention is paused instead
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    assert_eq!(snaps[0]["id"], good_id.as_str());
+    let tags = snaps[1]["tags"].as_array().unwrap();
+    assert!(tags.iter().any(|t| t == "anomaly"), "{tags:?}");
+
+    // Still empty the next night: still an anomaly, still nothing forgotten.
+    let out = burrow(&e.cfg, &["run", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let snaps = json(&burrow(&e.cfg, &["snapshots", "files", "--json"]));
+    assert!(
+        snaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == good_id.as_str()),
+        "the newest good snapshot is kept: {snaps}"
+    );
+
+    // The user looks, decides the change is real, and accepts it: retention resumes, but
+    // the newest snapshot without `anomaly` is still protected.
+    let out = burrow(&e.cfg, &["accept", "files"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("accepted"), "{}", text(&out));
+    fs::write(e.src.join("new"), "back\n").unwrap();
+    let out = burrow(&e.cfg, &["run", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let newest = json(&out)["snapshot_id"].as_str().unwrap().to_owned();
+    let snaps = json(&burrow(&e.cfg, &["snapshots", "files", "--json"]));
+    let ids: Vec<&str> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [newest.as_str()], "keep_last: 1 applies again");
+    let out = burrow(&e.cfg, &["accept", "files"]);
+    assert!(text(&out).contains("not paused"), "{}", text(&out));
+}
+
+#[test]
+fn most_files_changed_is_an_anomaly() {
+    let e = env_with("");
+    burrow(&e.cfg, &["init"]);
+    for i in 0..20 {
+        fs::write(e.src.join(format!("f{i:02}")), format!("file {i}\n")).unwrap();
+    }
+    assert_eq!(burrow(&e.cfg, &["run", "files"]).status.code(), Some(0));
+    // ransomware: every file rewritten, at another size so the change is seen
+    for i in 0..20 {
+        fs::write(e.src.join(format!("f{i:02}")), format!("encrypted!! {i}\n")).unwrap();
+    }
+    let out = burrow(&e.cfg, &["run", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        json(&out)["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed"),
+        "{}",
+        text(&out)
+    );
+}

@@ -99,7 +99,33 @@ pub struct Job {
     pub after_deadline: Option<Duration>,
     pub dumps: Vec<Dump>,
     pub retention: Option<Retention>,
+    pub anomaly: Anomaly,
     pub healthcheck: Option<Ping>,
+}
+
+/// The anomaly guard of a job (`jobs.NAME.anomaly`): when a new snapshot looks nothing like
+/// its parent, it is tagged `anomaly` and retention of the job pauses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Anomaly {
+    pub enabled: bool,
+    /// Share (0..=1) of the parent's files that may be gone.
+    pub max_gone: f64,
+    /// Share (0..=1) of the parent's files that may have changed.
+    pub max_changed: f64,
+    /// The share rules apply only when the parent snapshot has at least this many files (an
+    /// empty snapshot is an anomaly whatever the size).
+    pub min_files: u64,
+}
+
+impl Default for Anomaly {
+    fn default() -> Self {
+        Anomaly {
+            enabled: true,
+            max_gone: 0.5,
+            max_changed: 0.8,
+            min_files: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -90,7 +90,24 @@ pub struct RawJob {
     #[serde(default)]
     pub dumps: Vec<RawDump>,
     pub retention: Option<RawRetention>,
+    pub anomaly: Option<RawAnomaly>,
     pub healthcheck: Option<RawPing>,
+}
+
+/// `anomaly: {max_gone: "50%", max_changed: "80%", min_files: 10}` or `anomaly: false`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawAnomaly {
+    Enabled(bool),
+    Limits(RawAnomalyLimits),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnomalyLimits {
+    pub max_gone: Option<String>,
+    pub max_changed: Option<String>,
+    pub min_files: Option<u64>,
 }
 
 fn yes() -> bool {

@@ -7,10 +7,10 @@ use std::time::Duration;
 use burrow_core::exclude::Excludes;
 use burrow_core::schedule::Schedule;
 
-use crate::raw::{RawConfig, RawDump, RawPing};
+use crate::raw::{RawAnomaly, RawConfig, RawDump, RawPing};
 use crate::{
-    Check, Config, ConfigError, DEFAULT_STATE_DIR, Disk, Dump, Healthchecks, HostKey, Invalid, Job,
-    KeyStick, Ping, Repository, Retention, Server, locate::locate, shell_quote,
+    Anomaly, Check, Config, ConfigError, DEFAULT_STATE_DIR, Disk, Dump, Healthchecks, HostKey,
+    Invalid, Job, KeyStick, Ping, Repository, Retention, Server, locate::locate, shell_quote,
 };
 
 struct Errors<'a> {
@@ -459,6 +459,7 @@ pub fn validate(
             }
             ret
         });
+        let anomaly = anomaly(e, &format!("{p}.anomaly"), j.anomaly.as_ref());
         let healthcheck = ping(
             e,
             &format!("{p}.healthcheck"),
@@ -492,6 +493,7 @@ pub fn validate(
                 after_deadline,
                 dumps,
                 retention,
+                anomaly,
                 healthcheck,
             },
         );
@@ -642,4 +644,38 @@ fn expand_dump(e: &mut Errors, path: &str, d: &RawDump) -> Option<Dump> {
         command,
         restore_command: d.restore_command.clone().or(restore),
     })
+}
+
+/// `jobs.NAME.anomaly`: `false`, or limits as percentages.
+fn anomaly(e: &mut Errors, key: &str, raw: Option<&RawAnomaly>) -> Anomaly {
+    let mut a = Anomaly::default();
+    match raw {
+        None | Some(RawAnomaly::Enabled(true)) => {}
+        Some(RawAnomaly::Enabled(false)) => a.enabled = false,
+        Some(RawAnomaly::Limits(l)) => {
+            let mut share = |k: &str, v: &Option<String>, into: &mut f64| {
+                if let Some(v) = v {
+                    match parse_percent(v) {
+                        Some(x) => *into = x,
+                        None => e.add(
+                            format!("{key}.{k}"),
+                            format!("{v:?}: expected a percentage from 0% to 100%, like \"50%\""),
+                        ),
+                    }
+                }
+            };
+            share("max_gone", &l.max_gone, &mut a.max_gone);
+            share("max_changed", &l.max_changed, &mut a.max_changed);
+            if let Some(n) = l.min_files {
+                a.min_files = n;
+            }
+        }
+    }
+    a
+}
+
+/// `"50%"` as 0.5; `None` outside 0%..=100%.
+fn parse_percent(s: &str) -> Option<f64> {
+    let v: f64 = s.trim().strip_suffix('%')?.trim().parse().ok()?;
+    (0.0..=100.0).contains(&v).then_some(v / 100.0)
 }

@@ -12,6 +12,10 @@ pub enum Exit {
     /// A snapshot was made, but some files, directories or dumps could not be read, or an
     /// `after` command failed.
     Partial = 3,
+    /// A snapshot was made, but it looks nothing like the one before it (no files, most files
+    /// gone or changed): it is tagged `anomaly` and retention of the job is paused until
+    /// `burrow accept JOB` or `burrow forget JOB`.
+    Anomaly = 5,
     /// Skipped: the backup disk or the key stick is absent, or the disk is not the configured
     /// one (EX_TEMPFAIL, as borgmatic's soft failure). Nothing was written.
     Skipped = 75,
@@ -30,6 +34,8 @@ Exit codes:
    2  usage or configuration error
    3  partial: a snapshot was made, but something was unreadable or an after command
       failed (listed in the summary)
+   5  anomaly: a snapshot was made but looks nothing like the one before it (no files,
+      most files gone or changed); retention of the job is paused until `burrow accept JOB`
   75  skipped: the backup disk or the key stick is absent, or the disk is not the one
       `burrow init` prepared (nothing was written)";
 }

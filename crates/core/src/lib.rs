@@ -7,6 +7,7 @@
 pub mod disk;
 pub mod exclude;
 pub mod exit;
+pub mod fsutil;
 pub mod local;
 pub mod monitor;
 pub mod problems;

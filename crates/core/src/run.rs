@@ -13,6 +13,9 @@ pub enum RunStatus {
     Partial,
     Failed,
     Skipped,
+    /// A snapshot was saved, but it looks nothing like the one before it (tagged `anomaly`;
+    /// retention of the job is paused until the user accepts it).
+    Anomaly,
 }
 
 impl RunStatus {
@@ -22,6 +25,7 @@ impl RunStatus {
             RunStatus::Partial => Exit::Partial,
             RunStatus::Failed => Exit::Failed,
             RunStatus::Skipped => Exit::Skipped,
+            RunStatus::Anomaly => Exit::Anomaly,
         }
     }
 
@@ -31,6 +35,7 @@ impl RunStatus {
             RunStatus::Partial => "partial",
             RunStatus::Failed => "failed",
             RunStatus::Skipped => "skipped",
+            RunStatus::Anomaly => "anomaly",
         }
     }
 }

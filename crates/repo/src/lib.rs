@@ -17,6 +17,7 @@ mod parent;
 mod pinned;
 mod restore;
 
+use pinned::SnapshotGate;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +39,9 @@ pub use rustic_core::jiff::Zoned;
 pub const TAG: &str = "burrow";
 /// The tag of a snapshot in which something could not be read.
 pub const TAG_PARTIAL: &str = "partial";
+/// The tag of a snapshot the anomaly guard found suspicious (most files gone or changed, or
+/// none at all).
+pub const TAG_ANOMALY: &str = "anomaly";
 
 pub fn job_tag(job: &str) -> String {
     format!("job={job}")
@@ -150,24 +154,90 @@ pub struct BackupOutcome {
     pub partial: bool,
 }
 
+/// An archived snapshot whose snapshot file is not written yet (see [`Repo::archive`]).
+pub struct Pending {
+    snap: SnapshotFile,
+    parent: Option<SnapshotFile>,
+    partial: bool,
+    bytes_read: u64,
+}
+
+/// File counts of a pending snapshot and of its parent, for the anomaly guard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PendingCounts {
+    pub files: u64,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    /// Files in the parent snapshot, when there is one with a summary.
+    pub parent_files: Option<u64>,
+}
+
+impl Pending {
+    /// Something could not be read (the problems of the walk), or the caller said so.
+    pub fn partial(&self) -> bool {
+        self.partial
+    }
+
+    pub fn counts(&self) -> PendingCounts {
+        let s = self.snap.summary.clone().unwrap_or_default();
+        PendingCounts {
+            files: s.total_files_processed,
+            files_new: s.files_new,
+            files_changed: s.files_changed,
+            files_unmodified: s.files_unmodified,
+            parent_files: self
+                .parent
+                .as_ref()
+                .and_then(|p| p.summary.as_ref())
+                .map(|p| p.total_files_processed),
+        }
+    }
+
+    /// Writes the snapshot file with `tags` added: the first and only snapshot file of this
+    /// run, so there is no moment at which an untagged version of it exists.
+    pub fn commit(self, repo: &Repo, tags: &[&str]) -> Result<BackupOutcome, RepoError> {
+        let mut snap = self.snap;
+        for t in tags {
+            snap.tags.add((*t).to_owned());
+        }
+        let s = snap.summary.clone().unwrap_or_default();
+        let id = repo.save_snapshot(snap)?;
+        Ok(BackupOutcome {
+            snapshot_id: id,
+            parent_id: self.parent.map(|p| p.id.to_hex().to_string()),
+            files_new: s.files_new,
+            files_changed: s.files_changed,
+            files_unmodified: s.files_unmodified,
+            dirs: s.total_dirs_processed,
+            bytes_read: self.bytes_read,
+            bytes_added: s.data_added_packed,
+            partial: tags.contains(&TAG_PARTIAL),
+        })
+    }
+}
+
 pub struct Repo {
     path: PathBuf,
     repo: Repository<OpenStatus>,
+    /// Sees every snapshot file this handle writes (see [`Pending::commit`]).
+    gate: Arc<SnapshotGate>,
 }
 
-fn backends(path: &Path) -> Result<RepositoryBackends, RepoError> {
-    let be = pinned::Pinned::new(path)?;
+fn backends(path: &Path, gate: Arc<SnapshotGate>) -> Result<RepositoryBackends, RepoError> {
+    let be = pinned::Pinned::new(path, gate)?;
     Ok(RepositoryBackends::new(Arc::new(be), None))
 }
 
-fn unopened(path: &Path) -> Result<Repository<()>, RepoError> {
+fn unopened(path: &Path, gate: Arc<SnapshotGate>) -> Result<Repository<()>, RepoError> {
     let opts = RepositoryOptions::default().no_cache(true);
-    Ok(Repository::new(&opts, &backends(path)?)?)
+    Ok(Repository::new(&opts, &backends(path, gate)?)?)
 }
 
 /// Creates a repository at `path` (the directory may exist, but must hold no repository).
 pub fn init(path: &Path, password: &Password) -> Result<Repo, RepoError> {
-    let repo = unopened(path)?;
+    let gate = Arc::new(SnapshotGate::default());
+    let repo = unopened(path, gate.clone())?;
     if repo.config_id()?.is_some() {
         return Err(RepoError::AlreadyExists {
             path: path.to_owned(),
@@ -181,6 +251,7 @@ pub fn init(path: &Path, password: &Password) -> Result<Repo, RepoError> {
     Ok(Repo {
         path: path.to_owned(),
         repo,
+        gate,
     })
 }
 
@@ -188,9 +259,13 @@ impl Repo {
     /// A second handle on the same repository: rustic_core's typestate conversions
     /// (`to_indexed*`) consume the handle, and an open handle cannot be cloned.
     fn reopen(&self) -> Result<Repository<OpenStatus>, RepoError> {
+        self.reopen_with(Arc::default())
+    }
+
+    fn reopen_with(&self, gate: Arc<SnapshotGate>) -> Result<Repository<OpenStatus>, RepoError> {
         // With the master key of the open handle: no second key derivation (scrypt costs
         // about half a second and 128 MiB on a Pi).
-        Ok(unopened(&self.path)?.open(&Credentials::Masterkey(self.repo.key()))?)
+        Ok(unopened(&self.path, gate)?.open(&Credentials::Masterkey(self.repo.key()))?)
     }
 
     pub fn open(path: &Path, password: &Password) -> Result<Repo, RepoError> {
@@ -199,7 +274,8 @@ impl Repo {
                 path: path.to_owned(),
             });
         }
-        let repo = unopened(path)?;
+        let gate = Arc::new(SnapshotGate::default());
+        let repo = unopened(path, gate.clone())?;
         if repo.config_id()?.is_none() {
             return Err(RepoError::NotInitialised {
                 path: path.to_owned(),
@@ -219,6 +295,7 @@ impl Repo {
         Ok(Repo {
             path: path.to_owned(),
             repo,
+            gate,
         })
     }
 
@@ -293,10 +370,27 @@ impl Repo {
         })
     }
 
-    /// Archives one snapshot of a job. Unreadable entries end up in `req.problems`; the
-    /// snapshot is then tagged `partial`.
+    /// Archives one snapshot of a job and saves it, tagged `partial` when something could not
+    /// be read. See [`Repo::archive`] for the two steps.
     pub fn backup(&self, req: BackupRequest<'_>) -> Result<BackupOutcome, RepoError> {
-        let indexed = self.reopen()?.to_indexed_ids()?;
+        let pending = self.archive(req)?;
+        let tags: &[&str] = if pending.partial() {
+            &[TAG_PARTIAL]
+        } else {
+            &[]
+        };
+        pending.commit(self, tags)
+    }
+
+    /// Archives one snapshot of a job without saving the snapshot file: packs, trees and index
+    /// are written, the snapshot itself is held back in the returned [`Pending`], which the
+    /// caller commits with its final tags once it knows them (or drops: then no snapshot
+    /// exists, and the data written is unreferenced until a prune). Unreadable entries end up
+    /// in `req.problems`. A walk cut short by `req.cancel` gives [`RepoError::Interrupted`].
+    pub fn archive(&self, req: BackupRequest<'_>) -> Result<Pending, RepoError> {
+        let gate = Arc::new(SnapshotGate::default());
+        gate.hold();
+        let indexed = self.reopen_with(gate)?.to_indexed_ids()?;
         let parent = self.job_snapshots(Some(req.job))?.pop();
         let parent_index: Arc<dyn ParentIndex> = match &parent {
             Some(p) => Arc::new(parent::SnapshotParent::load(&indexed, p)?),
@@ -329,55 +423,35 @@ impl Repo {
         paths.sort();
         let snap = indexed.archive(&opts, &src, snap, &paths)?;
         if req.cancel.load(Ordering::Relaxed) {
-            // The walk was cut short: this snapshot would look complete but is not.
-            self.repo.delete_snapshots(&[snap.id])?;
+            // The walk was cut short: the snapshot was held back and is dropped here.
             return Err(RepoError::Interrupted);
         }
-
-        let partial = req.partial || !req.problems.is_empty();
-        let mut id = snap.id.to_hex().to_string();
-        if partial {
-            id = self.retag_partial(snap.clone())?;
-        }
-        let s = snap.summary.clone().unwrap_or_default();
-        Ok(BackupOutcome {
-            snapshot_id: id,
-            parent_id: parent.map(|p| p.id.to_hex().to_string()),
-            files_new: s.files_new,
-            files_changed: s.files_changed,
-            files_unmodified: s.files_unmodified,
-            dirs: s.total_dirs_processed,
+        Ok(Pending {
+            partial: req.partial || !req.problems.is_empty(),
+            snap,
+            parent,
             bytes_read: req.bytes_read.load(Ordering::Relaxed),
-            bytes_added: s.data_added_packed,
-            partial,
         })
     }
 
-    /// Removes one snapshot (by full id) of `job`, e.g. one known to be incomplete.
+    /// Saves `snap` and returns the id of the file written.
+    fn save_snapshot(&self, snap: SnapshotFile) -> Result<String, RepoError> {
+        self.gate.take();
+        self.repo.save_snapshots(vec![snap])?;
+        match self.gate.take().as_slice() {
+            [id] => Ok(id.to_hex().to_string()),
+            ids => Err(RepoError::Rustic(format!(
+                "saving one snapshot wrote {} snapshot files",
+                ids.len()
+            ))),
+        }
+    }
+
+    /// Removes one snapshot (by full id) of `job`.
     pub fn delete_snapshot(&self, job: &str, id: &str) -> Result<(), RepoError> {
         let snap = self.find(job, id)?;
         self.repo.delete_snapshots(&[snap.id])?;
         Ok(())
-    }
-
-    /// Saves a copy of `snap` tagged `partial`, then removes the untagged one: at every moment
-    /// one of the two exists.
-    fn retag_partial(&self, mut snap: SnapshotFile) -> Result<String, RepoError> {
-        let old = snap.id;
-        snap.tags.add(TAG_PARTIAL.to_owned());
-        let (time, tree) = (snap.time.clone(), snap.tree);
-        self.repo.save_snapshots(vec![snap])?;
-        let new = self
-            .repo
-            .get_matching_snapshots(|s| {
-                s.time == time && s.tree == tree && s.tags.contains(TAG_PARTIAL)
-            })?
-            .into_iter()
-            .map(|s| s.id)
-            .find(|id| *id != old)
-            .ok_or_else(|| RepoError::Rustic("re-tagged snapshot not found after saving".into()))?;
-        self.repo.delete_snapshots(&[old])?;
-        Ok(new.to_hex().to_string())
     }
 
     /// Restores `snapshot` (an id prefix or `latest`) of `job` into `target`, or only
@@ -420,7 +494,7 @@ impl Repo {
         let newest_complete = snaps
             .iter()
             .rev()
-            .find(|s| !s.tags.contains(TAG_PARTIAL))
+            .find(|s| !s.tags.contains(TAG_PARTIAL) && !s.tags.contains(TAG_ANOMALY))
             .map(|s| s.id);
         let to_i32 = |v: Option<u32>| v.map(|n| n.min(i32::MAX as u32) as i32);
         let mut opts = KeepOptions::default();

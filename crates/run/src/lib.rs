@@ -11,6 +11,7 @@
 //! Every outcome ends in a [`RunSummary`] (status ok / partial / failed / skipped) and the
 //! log tail for monitoring; nothing here panics on bad input or a vanished server.
 
+pub mod anomaly;
 pub mod dumps;
 pub mod hooks;
 pub mod host;
@@ -275,7 +276,7 @@ async fn run_inner<D: DiskManager>(
         failure = Some("burrow is shutting down; nothing was pulled".into());
     } else {
         match pull(run, &host, &place, repo, &problems).await {
-            Ok((o, r)) => outcome = Some((o, r)),
+            Ok(p) => outcome = Some(p),
             Err(e) if place.volume.is_some() && !place.repo_path.exists() => {
                 failure = Some(format!(
                     "the backup disk went away during the run (nothing was written elsewhere; \
@@ -307,7 +308,7 @@ async fn run_inner<D: DiskManager>(
     }
     close(&host).await;
 
-    let Some((out, repo)) = outcome else {
+    let Some(Pulled { out, repo, anomaly }) = outcome else {
         let mut report = run.end(RunStatus::Failed, failure.unwrap_or_default());
         report.summary.errors = errors;
         return report;
@@ -321,11 +322,6 @@ async fn run_inner<D: DiskManager>(
         ));
         errors.insert(0, ErrorItem::from(&p));
     }
-    let status = if out.partial || !errors.is_empty() {
-        RunStatus::Partial
-    } else {
-        RunStatus::Ok
-    };
     log.info(format!(
         "snapshot {} saved: {} new, {} changed, {} unmodified files; {} bytes read, {} bytes added",
         &out.snapshot_id[..8],
@@ -335,25 +331,62 @@ async fn run_inner<D: DiskManager>(
         out.bytes_read,
         out.bytes_added
     ));
+    let mut status = if out.partial || !errors.is_empty() {
+        RunStatus::Partial
+    } else {
+        RunStatus::Ok
+    };
+    let pauses = anomaly::PauseFile::new(&cfg.state_dir);
+    if let Some(reason) = &anomaly {
+        status = RunStatus::Anomaly;
+        log.error(format!(
+            "anomaly: {reason}; the snapshot {} is saved and tagged `{}`; retention of job {} \
+             is paused: if the change is real run `burrow accept {}`, otherwise restore from \
+             an earlier snapshot",
+            &out.snapshot_id[..8],
+            burrow_repo::TAG_ANOMALY,
+            job.name,
+            job.name
+        ));
+        errors.insert(
+            0,
+            ErrorItem {
+                path: "anomaly".into(),
+                message: reason.clone(),
+            },
+        );
+        let paused = anomaly::Paused {
+            snapshot: out.snapshot_id.clone(),
+            since: Utc::now().to_rfc3339(),
+            reason: reason.clone(),
+        };
+        if let Err(e) = pauses.pause(&job.name, paused) {
+            log.error(format!("cannot record the retention pause: {e}"));
+        }
+    }
 
     if let Some(keep) = keep_of(job) {
-        let job_name = job.name.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<Vec<String>, RepoError> {
-            let now = burrow_repo::Zoned::now();
-            let removed = repo.forget(&job_name, &keep, &now)?;
-            if !removed.is_empty() {
-                repo.prune()?;
+        match pauses.get(&job.name) {
+            Ok(Some(p)) => {
+                if anomaly.is_none() {
+                    log.warn(format!(
+                        "retention of job {} is paused since {} (anomaly in snapshot {}: {}): \
+                         run `burrow accept {}` or `burrow forget {}`",
+                        job.name,
+                        p.since,
+                        &p.snapshot[..p.snapshot.len().min(8)],
+                        p.reason,
+                        job.name,
+                        job.name
+                    ));
+                }
             }
-            Ok(removed)
-        })
-        .await;
-        match res {
-            Ok(Ok(removed)) => log.info(format!(
-                "retention: {} snapshot(s) forgotten",
-                removed.len()
-            )),
-            Ok(Err(e)) => log.error(format!("retention failed (the new snapshot is safe): {e}")),
-            Err(e) => log.error(format!("retention task failed: {e}")),
+            paused => {
+                if let Err(e) = &paused {
+                    log.warn(format!("{e}; retention goes on"));
+                }
+                retention(job, keep, repo, log).await;
+            }
         }
     }
 
@@ -379,20 +412,43 @@ async fn run_inner<D: DiskManager>(
     }
 }
 
+/// Forget (and prune if something was forgotten). Errors are logged: the new snapshot is
+/// already saved.
+async fn retention(job: &Job, keep: Keep, repo: Repo, log: &RunLog) {
+    let job_name = job.name.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<Vec<String>, RepoError> {
+        let now = burrow_repo::Zoned::now();
+        let removed = repo.forget(&job_name, &keep, &now)?;
+        if !removed.is_empty() {
+            repo.prune()?;
+        }
+        Ok(removed)
+    })
+    .await;
+    match res {
+        Ok(Ok(removed)) => log.info(format!(
+            "retention: {} snapshot(s) forgotten",
+            removed.len()
+        )),
+        Ok(Err(e)) => log.error(format!("retention failed (the new snapshot is safe): {e}")),
+        Err(e) => log.error(format!("retention task failed: {e}")),
+    }
+}
+
 async fn close(host: &Host) {
     if let Host::Remote(s) = host {
         s.close().await;
     }
 }
 
-/// Dumps, then files, into one snapshot. Returns the repository for the retention step.
+/// Dumps, then files, into one snapshot, saved with its final tags (`partial`, `anomaly`).
 async fn pull(
     run: &Run<'_>,
     host: &Host,
     place: &place::Place,
     repo: Repo,
     problems: &Problems,
-) -> Result<(burrow_repo::BackupOutcome, Repo), String> {
+) -> Result<Pulled, String> {
     let (job, log) = (run.job, &run.log);
     let spooled = if job.dumps.is_empty() {
         None
@@ -467,7 +523,7 @@ async fn pull(
     let problems2 = problems.clone();
     let bytes_read = run.ctl.bytes_read.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let out = repo.backup(BackupRequest {
+        let out = repo.archive(BackupRequest {
             job: &job_name,
             host: &host_name,
             paths,
@@ -483,38 +539,46 @@ async fn pull(
     .await;
     watcher.abort();
     drop(spooled);
-    match result {
-        Ok((Ok(out), repo)) => {
-            if let Host::Remote(s) = host
-                && s.is_closed()
-            {
-                // Reads failed because the server went away, not because files were
-                // unreadable: this snapshot is missing data it should have, so it goes.
-                let id = out.snapshot_id.clone();
-                let job_name = job.name.clone();
-                let short = id[..8].to_owned();
-                let removed =
-                    tokio::task::spawn_blocking(move || repo.delete_snapshot(&job_name, &id))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()));
-                return Err(match removed {
-                    Ok(()) => format!(
-                        "the connection to {} was lost during the pull; the incomplete snapshot was removed",
-                        s.name()
-                    ),
-                    Err(e) => format!(
-                        "the connection to {} was lost during the pull, and removing the incomplete \
-                         snapshot {short} failed: {e}; remove it with `restic forget {short}`",
-                        s.name()
-                    ),
-                });
-            }
-            Ok((out, repo))
-        }
-        Ok((Err(e), _)) => Err(e.to_string()),
+    let (pending, repo) = match result {
+        Ok((Ok(p), repo)) => (p, repo),
+        Ok((Err(e), _)) => return Err(e.to_string()),
+        Err(e) => return Err(format!("backup task failed: {e}")),
+    };
+    if let Host::Remote(s) = host
+        && s.is_closed()
+    {
+        // Reads failed because the server went away, not because files were unreadable:
+        // this snapshot would miss data it should have, so it is never written.
+        return Err(format!(
+            "the connection to {} was lost during the pull; no snapshot was saved",
+            s.name()
+        ));
+    }
+    let anomaly = anomaly::judge(&pending.counts(), &job.anomaly);
+    let mut tags = Vec::new();
+    if pending.partial() {
+        tags.push(burrow_repo::TAG_PARTIAL);
+    }
+    if anomaly.is_some() {
+        tags.push(burrow_repo::TAG_ANOMALY);
+    }
+    let committed = tokio::task::spawn_blocking(move || {
+        let out = pending.commit(&repo, &tags);
+        (out, repo)
+    })
+    .await;
+    match committed {
+        Ok((Ok(out), repo)) => Ok(Pulled { out, repo, anomaly }),
+        Ok((Err(e), _)) => Err(format!("saving the snapshot failed: {e}")),
         Err(e) => Err(format!("backup task failed: {e}")),
     }
+}
+
+/// A saved snapshot, the repository (for the retention step) and what the anomaly guard saw.
+struct Pulled {
+    out: burrow_repo::BackupOutcome,
+    repo: Repo,
+    anomaly: Option<String>,
 }
 
 /// The repository check (`check:` in the config), reported like a job run named `check`.
