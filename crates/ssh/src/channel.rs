@@ -12,7 +12,8 @@
 //!
 //! After [`MAX_STALLS`] replaced channels the rest of the pull is given up (each remaining
 //! file and directory a problem), so a hostile server can cost a run at most about
-//! `MAX_STALLS × io_timeout`. A shutdown ends every pending request at once.
+//! `MAX_STALLS × io_timeout`. A shutdown ends every pending request at once, and stops the
+//! server process of a channel that still had requests pending.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -45,6 +46,9 @@ pub(crate) const BACKSTOP_TIMEOUT_SECS: u64 = 3600;
 /// A stopped sftp-server gets this long to go after TERM before KILL (in the exec script),
 /// and the whole stop this long at most.
 const STOP_BOUND: Duration = Duration::from_secs(15);
+
+/// A fresh channel gets at least this long to start.
+const FRESH_CHANNEL_BOUND: Duration = Duration::from_secs(30);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -149,13 +153,13 @@ impl Gen {
 
 /// Removes a request from the pending set when it ends, however it ends.
 struct Pending<'a> {
-    gen: &'a Gen,
+    chan: &'a Gen,
     seq: u64,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        lock(&self.gen.pending).remove(&self.seq);
+        lock(&self.chan.pending).remove(&self.seq);
     }
 }
 
@@ -222,10 +226,10 @@ impl Channels {
         Ok(lock(&self.current).clone())
     }
 
-    /// Runs one request on `gen`. See the module docs for when it counts as stalled.
+    /// Runs one request on `chan`. See the module docs for when it counts as stalled.
     pub(crate) async fn step<T>(
         &self,
-        gen: &Arc<Gen>,
+        chan: &Arc<Gen>,
         what: &str,
         fut: impl Future<Output = io::Result<T>>,
     ) -> Step<T> {
@@ -235,42 +239,48 @@ impl Channels {
             Cancelled,
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        lock(&gen.pending).insert(seq);
-        let pending = Pending { gen, seq };
+        lock(&chan.pending).insert(seq);
+        let pending = Pending { chan: chan.as_ref(), seq };
         let start = Instant::now();
-        let mut abandoned = gen.abandoned.subscribe();
+        let mut abandoned = chan.abandoned.subscribe();
         let mut cancel = self.cancel.clone();
         tokio::pin!(fut);
         let stop = loop {
-            let deadline = gen.activity.last().max(start) + self.io_timeout;
+            let deadline = chan.activity.last().max(start) + self.io_timeout;
             tokio::select! {
                 biased;
                 out = &mut fut => match out {
                     Ok(t) => return Step::Done(t),
                     // Failed because the channel went away under it (killed, closed).
-                    Err(_) if gen.is_abandoned() => break Stop::Retry,
+                    Err(_) if chan.is_abandoned() => break Stop::Retry,
                     Err(e) => return Step::Fail(e),
                 },
                 _ = cancelled(&mut cancel) => break Stop::Cancelled,
                 _ = abandoned.wait_for(|a| *a) => break Stop::Retry,
                 _ = tokio::time::sleep_until(deadline) => {
-                    if gen.activity.last().max(start) + self.io_timeout > Instant::now() {
+                    if chan.activity.last().max(start) + self.io_timeout > Instant::now() {
                         continue;
                     }
-                    let oldest = lock(&gen.pending).first().copied().unwrap_or(seq);
-                    let culprit = *lock(&gen.culprit).get_or_insert(oldest);
+                    let oldest = lock(&chan.pending).first().copied().unwrap_or(seq);
+                    let culprit = *lock(&chan.culprit).get_or_insert(oldest);
                     break if culprit == seq { Stop::Stalled } else { Stop::Retry };
                 }
             }
         };
         drop(pending);
+        // The request found stuck may also see its channel abandoned (or failing) first,
+        // when another request noticed the stall before it did.
+        let stop = match stop {
+            Stop::Retry if *lock(&chan.culprit) == Some(seq) => Stop::Stalled,
+            other => other,
+        };
         match stop {
             Stop::Cancelled => {
-                self.stop_on_shutdown(gen).await;
+                self.stop_on_shutdown(chan);
                 Step::Fail(stopping())
             }
             Stop::Retry => {
-                self.replace(gen).await;
+                self.replace(chan).await;
                 Step::Again
             }
             Stop::Stalled => {
@@ -279,7 +289,7 @@ impl Channels {
                     after = ?self.io_timeout,
                     "the SFTP server stopped answering; starting a fresh channel"
                 );
-                self.replace(gen).await;
+                self.replace(chan).await;
                 Step::Fail(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
@@ -298,8 +308,8 @@ impl Channels {
         Fut: Future<Output = io::Result<T>>,
     {
         loop {
-            let gen = self.current()?;
-            match self.step(&gen, what, f(gen.sftp.clone())).await {
+            let chan = self.current()?;
+            match self.step(&chan, what, f(chan.sftp.clone())).await {
                 Step::Done(t) => return Ok(t),
                 Step::Again => continue,
                 Step::Fail(e) => return Err(e),
@@ -311,7 +321,7 @@ impl Channels {
     /// and a fresh channel started, unless too many were replaced already.
     async fn replace(&self, old: &Arc<Gen>) {
         let _one = self.replacing.lock().await;
-        if !Arc::ptr_eq(&lock(&self.current), old) || lock(&self.gave_up).is_some() {
+        if !Arc::ptr_eq(&*lock(&self.current), old) || lock(&self.gave_up).is_some() {
             return;
         }
         old.abandoned.send_replace(true);
@@ -326,8 +336,9 @@ impl Channels {
             ));
             return;
         }
+        // Starting a server process may take longer than answering a request.
         let fresh = tokio::time::timeout(
-            self.io_timeout,
+            self.io_timeout.max(FRESH_CHANNEL_BOUND),
             self.session.sftp_channel(BACKSTOP_TIMEOUT_SECS),
         )
         .await;
@@ -350,31 +361,30 @@ impl Channels {
         }
     }
 
-    async fn stop_server(&self, gen: &Gen) {
-        stop_server(&self.session, gen).await;
+    async fn stop_server(&self, chan: &Gen) {
+        stop_server(&self.session, chan).await;
     }
 
-    /// On a shutdown, a channel whose requests got no answer for a while is stopped too (in
-    /// the background, so the shutdown does not wait for it), so that no blocked sftp-server
-    /// stays behind on the server.
-    async fn stop_on_shutdown(&self, gen: &Arc<Gen>) {
-        let quiet = gen.activity.last().elapsed() >= Duration::from_secs(2);
-        if !quiet || gen.abandoned.send_replace(true) {
+    /// On a shutdown, a channel with requests still pending is stopped too (in the
+    /// background, so the shutdown does not wait for it): the server may be stuck on one of
+    /// them, and closing the channel would leave it blocked there.
+    fn stop_on_shutdown(&self, chan: &Arc<Gen>) {
+        if chan.abandoned.send_replace(true) {
             return;
         }
-        let (session, gen) = (self.session.clone(), gen.clone());
-        tokio::spawn(async move { stop_server(&session, &gen).await });
+        let (session, chan) = (self.session.clone(), chan.clone());
+        tokio::spawn(async move { stop_server(&session, &chan).await });
     }
 }
 
 /// Kills the server process of an abandoned channel and closes the channel.
-async fn stop_server(session: &Session, gen: &Gen) {
-    match tokio::time::timeout(STOP_BOUND, session.stop_sftp_server(&gen.server)).await {
+async fn stop_server(session: &Session, chan: &Gen) {
+    match tokio::time::timeout(STOP_BOUND, session.stop_sftp_server(&chan.server)).await {
         Ok(Ok(what)) => info!(%what, "stopped the abandoned sftp-server"),
         Ok(Err(e)) => warn!(error = %e, "could not stop the abandoned sftp-server"),
         Err(_) => warn!("stopping the abandoned sftp-server did not finish in time"),
     }
-    let _ = gen.sftp.close().await;
+    let _ = chan.sftp.close().await;
 }
 
 fn stopping() -> io::Error {

@@ -330,17 +330,17 @@ async fn read_file(
 ) -> io::Result<bool> {
     let mut done: u64 = 0;
     'channel: loop {
-        let gen = ch.current()?;
+        let chan = ch.current()?;
         let remote = t.remote.clone();
-        let open = async { gen.sftp.open(remote).await.map_err(sftp_io_error) };
-        let mut f = match ch.step(&gen, "OPEN", open).await {
+        let open = async { chan.sftp.open(remote).await.map_err(sftp_io_error) };
+        let mut f = match ch.step(&chan, "OPEN", open).await {
             Step::Done(f) => f,
             Step::Again => continue,
             Step::Fail(e) => return Err(e),
         };
         if done > 0 {
             let seek = f.seek(io::SeekFrom::Start(done));
-            match ch.step(&gen, "a seek", seek).await {
+            match ch.step(&chan, "a seek", seek).await {
                 Step::Done(_) => {}
                 Step::Again => continue,
                 Step::Fail(e) => return Err(e),
@@ -352,7 +352,7 @@ async fn read_file(
             let mut n = 0;
             let mut again = false;
             while n < want {
-                match ch.step(&gen, "READ", f.read(&mut buf[n..])).await {
+                match ch.step(&chan, "READ", f.read(&mut buf[n..])).await {
                     Step::Done(0) => break,
                     Step::Done(k) => n += k,
                     Step::Again => {
@@ -384,7 +384,7 @@ async fn read_file(
             }
         }
         let attrs = match ch
-            .step(&gen, "FSTAT", async {
+            .step(&chan, "FSTAT", async {
                 f.metadata().await.map_err(sftp_io_error)
             })
             .await

@@ -711,12 +711,12 @@ impl Session {
                             if data.is_empty() {
                                 continue;
                             }
-                            debug!(target = %name, stderr = %String::from_utf8_lossy(data).trim(), "sftp command");
+                            debug!(target = %name, stderr = %String::from_utf8_lossy(&data).trim(), "sftp command");
                             status
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
                                 .stderr
-                                .push(data);
+                                .push(&data);
                         }
                         ChannelMsg::ExitStatus { exit_status } => {
                             status.lock().unwrap_or_else(|e| e.into_inner()).exit_status =
@@ -808,17 +808,22 @@ pub(crate) struct SftpChannel {
 /// Written by the wrapper of `sftp_command` before the command starts.
 const PID_MARK: &str = "burrow-sftp-pid ";
 
-/// Records the process id from the wrapper's first stderr line; returns the rest.
-fn take_pid<'a>(data: &'a [u8], pid: &Mutex<Option<u32>>) -> &'a [u8] {
+/// Records the process id from the wrapper's stderr line; returns the rest of `data`.
+fn take_pid(data: &[u8], pid: &Mutex<Option<u32>>) -> Vec<u8> {
     let mut slot = pid.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.is_some() || !data.starts_with(PID_MARK.as_bytes()) {
-        return data;
-    }
-    let end = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
-    *slot = std::str::from_utf8(&data[PID_MARK.len()..end])
+    let mark = PID_MARK.as_bytes();
+    let found = data.windows(mark.len()).position(|w| w == mark);
+    let (true, Some(at)) = (slot.is_none(), found) else {
+        return data.to_vec();
+    };
+    let digits = &data[at + mark.len()..];
+    let end = digits.iter().position(|&b| b == b'\n').unwrap_or(digits.len());
+    *slot = std::str::from_utf8(&digits[..end])
         .ok()
         .and_then(|s| s.trim().parse().ok());
-    &data[(end + 1).min(data.len())..]
+    let mut rest = data[..at].to_vec();
+    rest.extend_from_slice(&digits[(end + 1).min(digits.len())..]);
+    rest
 }
 
 /// Shell: the process groups of the sftp-server processes of this SSH connection. The exec
@@ -940,6 +945,18 @@ fn connect_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wrappers_pid_line_is_taken_out_of_stderr() {
+        let pid = Mutex::new(None);
+        let rest = take_pid(b"motd\nburrow-sftp-pid 4242\nsudo: oops\n", &pid);
+        assert_eq!(*pid.lock().unwrap(), Some(4242));
+        assert_eq!(rest, b"motd\nsudo: oops\n");
+        // Only the first one counts.
+        let rest = take_pid(b"burrow-sftp-pid 1\n", &pid);
+        assert_eq!(*pid.lock().unwrap(), Some(4242));
+        assert_eq!(rest, b"burrow-sftp-pid 1\n");
+    }
 
     #[test]
     fn tail_keeps_the_last_bytes() {

@@ -615,7 +615,15 @@ fn a_fifo_swapped_in_costs_one_io_timeout_and_leaves_no_server_behind() {
         assert_eq!(problems[0].path, root.join("b-fifo"));
         assert!(problems[0].message.contains("did not answer"), "{problems:?}");
         // The fresh channel's server runs until the source goes; the blocked one is gone.
-        assert_eq!(sshd.processes_named("sftp-server").len(), 1, "{command:?}");
+        let t0 = Instant::now();
+        while sshd.processes_named("sftp-server").len() != 1 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{command:?}: {:?}",
+                sshd.processes_named("sftp-server")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         drop(src);
         let t0 = Instant::now();
         while !sshd.processes_named("sftp-server").is_empty() {
