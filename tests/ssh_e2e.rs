@@ -566,7 +566,10 @@ fn a_file_truncated_while_pulled_is_left_out_and_named() {
     let child = spawn_run(&cfg, "files");
     let t0 = Instant::now();
     loop {
-        if sftp_servers(&s.sshd).iter().any(|&(_, read)| read > 20 << 20) {
+        if sftp_servers(&s.sshd)
+            .iter()
+            .any(|&(_, read)| read > 20 << 20)
+        {
             fs::OpenOptions::new()
                 .write(true)
                 .open(&big)
@@ -684,10 +687,7 @@ fn a_fifo_swapped_in_mid_pull_is_named_and_the_run_goes_on() {
     if let Some(out) = restic(&repo, &pw, &["ls", "latest"]) {
         assert!(out.status.success(), "restic ls: {}", text(&out));
         let listed = String::from_utf8_lossy(&out.stdout);
-        let files = listed
-            .lines()
-            .filter(|l| l.contains("/a/f"))
-            .count();
+        let files = listed.lines().filter(|l| l.contains("/a/f")).count();
         assert_eq!(files, 4000, "every other file is stored");
     }
 }
@@ -707,9 +707,14 @@ fn sigterm_during_a_stall_ends_the_run_promptly() {
     swap_for_fifo_mid_pull(&s, &victim);
     // Wait until the sftp-server is blocked opening the FIFO.
     let t0 = Instant::now();
-    while !s.sshd.processes_named("sftp-server").into_iter().any(|pid| {
-        fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("partner"))
-    }) {
+    while !s
+        .sshd
+        .processes_named("sftp-server")
+        .into_iter()
+        .any(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("partner"))
+        })
+    {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "the pull never reached the FIFO"

@@ -240,7 +240,10 @@ impl Channels {
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         lock(&chan.pending).insert(seq);
-        let pending = Pending { chan: chan.as_ref(), seq };
+        let pending = Pending {
+            chan: chan.as_ref(),
+            seq,
+        };
         let start = Instant::now();
         let mut abandoned = chan.abandoned.subscribe();
         let mut cancel = self.cancel.clone();

@@ -579,7 +579,9 @@ impl Session {
             ),
             Some(cmd) => {
                 let pid = Arc::new(Mutex::new(None));
-                let s = self.sftp_exec(cmd, cfg, activity.clone(), pid.clone()).await?;
+                let s = self
+                    .sftp_exec(cmd, cfg, activity.clone(), pid.clone())
+                    .await?;
                 (s, ServerProcess::Command(pid))
             }
         };
@@ -593,7 +595,10 @@ impl Session {
     /// Stops the server process of an abandoned SFTP channel over an exec channel: TERM to
     /// its process group, KILL after 2 s. Closing the channel is not enough, since a
     /// sftp-server blocked in `open()` of a FIFO never notices. Returns what was done.
-    pub(crate) async fn stop_sftp_server(&self, server: &ServerProcess) -> Result<String, SshError> {
+    pub(crate) async fn stop_sftp_server(
+        &self,
+        server: &ServerProcess,
+    ) -> Result<String, SshError> {
         let groups = match server {
             ServerProcess::Command(pid) => match *pid.lock().unwrap_or_else(|e| e.into_inner()) {
                 Some(p) => format!("echo {p}"),
@@ -817,7 +822,10 @@ fn take_pid(data: &[u8], pid: &Mutex<Option<u32>>) -> Vec<u8> {
         return data.to_vec();
     };
     let digits = &data[at + mark.len()..];
-    let end = digits.iter().position(|&b| b == b'\n').unwrap_or(digits.len());
+    let end = digits
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(digits.len());
     *slot = std::str::from_utf8(&digits[..end])
         .ok()
         .and_then(|s| s.trim().parse().ok());

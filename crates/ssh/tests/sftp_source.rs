@@ -251,9 +251,13 @@ fn vanished_and_resized_files_are_handled() {
         want.iter().map(|p| p.as_path()).collect(),
         "{problems:?}"
     );
-    let grew = problems.iter().find(|p| p.path == root.join("grows")).unwrap();
+    let grew = problems
+        .iter()
+        .find(|p| p.path == root.join("grows"))
+        .unwrap();
     assert!(
-        grew.message.contains("listed 10 bytes, 16 bytes after the read"),
+        grew.message
+            .contains("listed 10 bytes, 16 bytes after the read"),
         "{grew:?}"
     );
 }
@@ -513,7 +517,11 @@ fn a_file_truncated_while_read_fails_and_is_named() {
         .unwrap();
     let mut rest = Vec::new();
     let err = r.read_to_end(&mut rest).unwrap_err();
-    assert_eq!(head.len() + rest.len(), 13_000_000, "every byte read is handed on");
+    assert_eq!(
+        head.len() + rest.len(),
+        13_000_000,
+        "every byte read is handed on"
+    );
     assert!(
         err.to_string()
             .contains("changed while read: listed 30000000 bytes, read 13000000"),
@@ -552,8 +560,14 @@ fn a_file_that_changes_type_after_the_listing_is_a_problem() {
     assert_eq!(read_all(to_link).unwrap(), b"0123456789");
     let problems = problems.snapshot();
     let paths: Vec<&Path> = problems.iter().map(|p| p.path.as_path()).collect();
-    assert!(paths.contains(&root.join("to-dir").as_path()), "{problems:?}");
-    assert!(paths.contains(&root.join("to-link").as_path()), "{problems:?}");
+    assert!(
+        paths.contains(&root.join("to-dir").as_path()),
+        "{problems:?}"
+    );
+    assert!(
+        paths.contains(&root.join("to-link").as_path()),
+        "{problems:?}"
+    );
 }
 
 /// A file swapped for a FIFO after the listing blocks the sftp-server in open(): after the
@@ -598,7 +612,11 @@ fn a_fifo_swapped_in_costs_one_io_timeout_and_leaves_no_server_behind() {
         let took = started.elapsed();
         assert!(took < 3 * io_timeout + Duration::from_secs(10), "{took:?}");
         for (p, r) in &read {
-            let name = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+            let name = p
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if name == "b-fifo" {
                 let e = r.as_ref().unwrap_err();
                 assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
@@ -613,7 +631,10 @@ fn a_fifo_swapped_in_costs_one_io_timeout_and_leaves_no_server_behind() {
         let problems = problems.snapshot();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].path, root.join("b-fifo"));
-        assert!(problems[0].message.contains("did not answer"), "{problems:?}");
+        assert!(
+            problems[0].message.contains("did not answer"),
+            "{problems:?}"
+        );
         // The fresh channel's server runs until the source goes; the blocked one is gone.
         let t0 = Instant::now();
         while sshd.processes_named("sftp-server").len() != 1 {
