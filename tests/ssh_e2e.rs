@@ -512,3 +512,225 @@ fn after_runs_when_the_pull_fails() {
         "after must run when the pull failed"
     );
 }
+
+/// The sftp-server processes of the test's own sshd, and what each has read so far.
+fn sftp_servers(sshd: &Sshd) -> Vec<(u32, u64)> {
+    sshd.processes_named("sftp-server")
+        .into_iter()
+        .map(|pid| {
+            let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+            let rchar = io
+                .lines()
+                .find_map(|l| l.strip_prefix("rchar: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            (pid, rchar)
+        })
+        .collect()
+}
+
+/// True when a sftp-server of `sshd` has a file below `dir` open.
+fn server_has_open_below(sshd: &Sshd, dir: &Path) -> bool {
+    sshd.processes_named("sftp-server").into_iter().any(|pid| {
+        fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(dir)))
+        })
+    })
+}
+
+fn wait_until_no_sftp_server(sshd: &Sshd) {
+    let t0 = Instant::now();
+    while !sshd.processes_named("sftp-server").is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "an sftp-server stayed behind on the server: {:?}",
+            sshd.processes_named("sftp-server")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A file truncated on the server while burrow reads it: the run is partial and names it,
+/// and the snapshot holds no node whose size differs from its content (the file is left
+/// out; stock restic restores every other file byte for byte).
+#[test]
+fn a_file_truncated_while_pulled_is_left_out_and_named() {
+    let Some(s) = setup() else { return };
+    fs::write(s.src.join("a-small"), "small").unwrap();
+    let big = s.src.join("big.img");
+    fs::File::create(&big).unwrap().set_len(300 << 20).unwrap();
+    let cfg = s.config("tr", None, &s.sshd.host_key_line, "", &s.files_job());
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+
+    let child = spawn_run(&cfg, "files");
+    let t0 = Instant::now();
+    loop {
+        if sftp_servers(&s.sshd)
+            .iter()
+            .any(|&(_, read)| read > 20 << 20)
+        {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&big)
+                .unwrap()
+                .set_len(13_578_240)
+                .unwrap();
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the pull never got going"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let sum = json(&out);
+    assert_eq!(sum["status"], "partial", "{sum}");
+    let errors = sum["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| {
+            e["path"].as_str() == Some(big.to_str().unwrap())
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("changed while read: listed 314572800 bytes, read")
+        }),
+        "{sum}"
+    );
+
+    let repo = s.tmp.path().join("repo");
+    let pw = s.tmp.path().join("pw");
+    let restored = s.tmp.path().join("restic-restore");
+    let Some(out) = restic(
+        &repo,
+        &pw,
+        &["restore", "latest", "--target", restored.to_str().unwrap()],
+    ) else {
+        return;
+    };
+    assert!(out.status.success(), "restic restore: {}", text(&out));
+    let inside = restored.join(s.src.strip_prefix("/").unwrap());
+    assert!(
+        !inside.join("big.img").exists(),
+        "a file that changed while read must not be stored with its listed size"
+    );
+    assert_eq!(fs::read(inside.join("a-small")).unwrap(), b"small");
+    let out = restic(&repo, &pw, &["check", "--read-data"]).unwrap();
+    assert!(out.status.success(), "restic check: {}", text(&out));
+}
+
+/// Many small files, and after them a file that is swapped for a FIFO once the listing is
+/// done: the sftp-server blocks in open(); after io_timeout the file is named, the pull goes
+/// on over a fresh channel, every other file is stored, and no sftp-server stays behind.
+fn fifo_swap_setup(s: &Setup, io_timeout: &str, jobs: &str) -> (PathBuf, PathBuf) {
+    let many = s.src.join("a");
+    fs::create_dir_all(&many).unwrap();
+    for i in 0..4000 {
+        fs::write(many.join(format!("f{i:05}")), format!("file {i}")).unwrap();
+    }
+    let victim = s.src.join("z-victim");
+    fs::write(&victim, "a regular file when listed").unwrap();
+    let cfg = s.config(
+        "fifo",
+        None,
+        &s.sshd.host_key_line,
+        &format!("    io_timeout: {io_timeout}\n"),
+        jobs,
+    );
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    (cfg, victim)
+}
+
+/// Waits until the pull reads files of `a/` (so the root was listed), then swaps the victim.
+fn swap_for_fifo_mid_pull(s: &Setup, victim: &Path) {
+    let t0 = Instant::now();
+    while !server_has_open_below(&s.sshd, &s.src.join("a")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the pull never got going"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    fs::remove_file(victim).unwrap();
+    let st = Command::new("mkfifo").arg(victim).status().unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_fifo_swapped_in_mid_pull_is_named_and_the_run_goes_on() {
+    let Some(s) = setup() else { return };
+    let (cfg, victim) = fifo_swap_setup(&s, "2s", &s.files_job());
+    let child = spawn_run(&cfg, "files");
+    swap_for_fifo_mid_pull(&s, &victim);
+    let swapped = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = swapped.elapsed();
+    assert!(took < Duration::from_secs(3 * 2 + 30), "{took:?}");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let sum = json(&out);
+    let errors = sum["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{sum}");
+    assert_eq!(errors[0]["path"].as_str(), victim.to_str(), "{sum}");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer"),
+        "{sum}"
+    );
+    wait_until_no_sftp_server(&s.sshd);
+
+    let repo = s.tmp.path().join("repo");
+    let pw = s.tmp.path().join("pw");
+    if let Some(out) = restic(&repo, &pw, &["ls", "latest"]) {
+        assert!(out.status.success(), "restic ls: {}", text(&out));
+        let listed = String::from_utf8_lossy(&out.stdout);
+        let files = listed.lines().filter(|l| l.contains("/a/f")).count();
+        assert_eq!(files, 4000, "every other file is stored");
+    }
+}
+
+#[test]
+fn sigterm_during_a_stall_ends_the_run_promptly() {
+    let Some(s) = setup() else { return };
+    let (a, b) = (s.tmp.path().join("A"), s.tmp.path().join("B"));
+    let job = format!(
+        "  files:\n    server: vps\n    paths: [{src}]\n    before: [\"touch {a}\"]\n    after: [\"touch {b}\"]\n",
+        src = s.src.display(),
+        a = a.display(),
+        b = b.display()
+    );
+    let (cfg, victim) = fifo_swap_setup(&s, "10m", &job);
+    let child = spawn_run(&cfg, "files");
+    swap_for_fifo_mid_pull(&s, &victim);
+    // Wait until the sftp-server is blocked opening the FIFO.
+    let t0 = Instant::now();
+    while !s
+        .sshd
+        .processes_named("sftp-server")
+        .into_iter()
+        .any(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("partner"))
+        })
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the pull never reached the FIFO"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!b.exists(), "the pull must still be running");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let signalled = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(b.exists(), "after must run after SIGTERM");
+    wait_until_no_sftp_server(&s.sshd);
+}

@@ -80,6 +80,9 @@ pub struct Server {
     pub host_key: HostKey,
     pub sftp_command: Option<String>,
     pub connect_timeout: Duration,
+    /// An SFTP request the server leaves unanswered this long (with nothing else arriving)
+    /// makes its file a problem; the pull goes on over a fresh SFTP channel.
+    pub io_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -66,6 +66,7 @@ pub struct RawServer {
     pub known_hosts: Option<PathBuf>,
     pub sftp_command: Option<String>,
     pub connect_timeout: Option<String>,
+    pub io_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

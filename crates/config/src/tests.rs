@@ -25,6 +25,7 @@ fn example_config_is_valid() {
         "docker exec -i infra_pg pg_dump -Fc -U postgres media"
     );
     assert_eq!(cfg.servers["vps"].port, 22);
+    assert_eq!(cfg.servers["vps"].io_timeout, Duration::from_secs(30));
     assert_eq!(
         cfg.disk.as_ref().unwrap().backup_uuid,
         "9c2d4b7a-3e61-4f0e-8a5d-2b9f6c1e0d34"
@@ -139,6 +140,36 @@ jobs:
     ];
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, want_paths, "{got:#?}");
+}
+
+#[test]
+fn io_timeout_defaults_to_30s_and_must_be_a_second_or_more() {
+    let server = |extra: &str| {
+        format!(
+            "repository: {{path: repo, password_file: pw}}
+disk:
+  key: {{fs_uuid: AB-CD, key_file: file}}
+  backup: {{uuid: 1234}}
+servers:
+  s:
+    host: h
+    user: u
+    identity_file: id
+    host_key: ssh-ed25519 AAAA
+{extra}jobs:
+  j: {{server: s, paths: [/x]}}
+"
+        )
+    };
+    let cfg = parse_str(&server("")).unwrap();
+    assert_eq!(cfg.servers["s"].io_timeout, Duration::from_secs(30));
+    let cfg = parse_str(&server("    io_timeout: 2m\n")).unwrap();
+    assert_eq!(cfg.servers["s"].io_timeout, Duration::from_secs(120));
+    let errs = invalid(&server("    io_timeout: 200ms\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "servers.s.io_timeout");
+    let errs = invalid(&server("    io_timeout: soon\n"));
+    assert_eq!(errs[0].path, "servers.s.io_timeout");
 }
 
 #[test]

@@ -324,6 +324,18 @@ pub fn validate(
             s.connect_timeout.as_ref(),
             Duration::from_secs(30),
         );
+        let io_timeout = duration(
+            e,
+            &format!("{p}.io_timeout"),
+            s.io_timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+        if io_timeout < Duration::from_secs(1) {
+            e.add(
+                &format!("{p}.io_timeout"),
+                "must be at least 1s (a busy server needs time to answer)",
+            );
+        }
         if let Some(hk) = host_key {
             servers.insert(
                 name.clone(),
@@ -337,6 +349,7 @@ pub fn validate(
                     host_key: hk,
                     sftp_command: s.sftp_command.clone().filter(|c| !c.trim().is_empty()),
                     connect_timeout,
+                    io_timeout,
                 },
             );
         }

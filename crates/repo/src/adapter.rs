@@ -54,7 +54,7 @@ impl ReadSourceOpen for Opener {
                 cancel: self.cancel,
             }),
             Err(e) => {
-                self.problems.push(&self.path, format!("cannot read: {e}"));
+                push_once(&self.problems, &self.path, format!("cannot read: {e}"));
                 Err(
                     RusticError::with_source(ErrorKind::InputOutput, "cannot open `{path}`", e)
                         .attach_context("path", self.path.display().to_string()),
@@ -78,8 +78,16 @@ impl Read for Reader {
             return Err(std::io::Error::other("burrow is stopping"));
         }
         self.inner.read(buf).inspect_err(|e| {
-            self.problems.push(&self.path, format!("read failed: {e}"));
+            push_once(&self.problems, &self.path, format!("read failed: {e}"));
         })
+    }
+}
+
+/// Records a problem unless the source already recorded one for this path (the SFTP source
+/// names what it saw, e.g. a file that changed while read), so each file is named once.
+fn push_once(problems: &Problems, path: &std::path::Path, message: String) {
+    if !problems.snapshot().iter().any(|p| p.path == path) {
+        problems.push(path, message);
     }
 }
 

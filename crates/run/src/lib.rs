@@ -470,16 +470,23 @@ async fn pull(
     let source: Box<dyn Source> = match host {
         Host::Local => Box::new(LocalSource::new(&job.paths, excludes)),
         Host::Remote(s) if !job.paths.is_empty() => {
-            let sftp = s
-                .sftp()
+            let io_timeout = job
+                .server
+                .as_ref()
+                .and_then(|name| run.cfg.servers.get(name))
+                .map_or(burrow_ssh::DEFAULT_IO_TIMEOUT, |server| server.io_timeout);
+            Box::new(
+                SftpSource::start(
+                    s,
+                    io_timeout,
+                    run.ctl.cancel.clone(),
+                    tokio::runtime::Handle::current(),
+                    &job.paths,
+                    excludes,
+                )
                 .await
-                .map_err(|e| format!("cannot start SFTP: {e}"))?;
-            Box::new(SftpSource::new(
-                sftp,
-                tokio::runtime::Handle::current(),
-                &job.paths,
-                excludes,
-            ))
+                .map_err(|e| format!("cannot start SFTP: {e}"))?,
+            )
         }
         Host::Remote(_) => Box::new(LocalSource::new(&[], Excludes::none())),
     };

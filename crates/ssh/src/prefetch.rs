@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use burrow_core::problems::Problems;
 use burrow_core::source::{Content, CountingReader};
 use bytes::Bytes;
-use russh_sftp::client::SftpSession;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
+
+use crate::channel::{Channels, Step, sftp_io_error};
 
 /// Concurrency and memory limits of an [`crate::SftpSource`] walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +112,7 @@ struct Sched {
 }
 
 struct Shared {
-    sftp: Arc<SftpSession>,
+    ch: Arc<Channels>,
     runtime: tokio::runtime::Handle,
     limits: PrefetchLimits,
     counter: Arc<AtomicU64>,
@@ -152,7 +153,7 @@ pub(crate) struct Prefetcher {
 
 impl Prefetcher {
     pub(crate) fn new(
-        sftp: Arc<SftpSession>,
+        ch: Arc<Channels>,
         runtime: tokio::runtime::Handle,
         limits: PrefetchLimits,
         counter: Arc<AtomicU64>,
@@ -160,7 +161,7 @@ impl Prefetcher {
     ) -> Self {
         Prefetcher {
             shared: Arc::new(Shared {
-                sftp,
+                ch,
                 runtime,
                 limits,
                 counter,
@@ -229,10 +230,14 @@ impl Shared {
             let _ = tx.try_send(Ok(None));
         } else {
             self.runtime.spawn(fetch(
-                self.sftp.clone(),
-                job.remote.clone(),
-                job.size,
+                self.ch.clone(),
+                Target {
+                    path: job.path.clone(),
+                    remote: job.remote.clone(),
+                    size: job.size,
+                },
                 self.limits.chunk,
+                self.problems.clone(),
                 tx,
             ));
         }
@@ -277,65 +282,138 @@ fn pump(shared: &Arc<Shared>) {
     }
 }
 
-/// Reads up to `size` bytes (the size the listing showed) in chunks. A file that grew since
-/// is stored as it was listed; one that shrank ends early.
-async fn fetch(
-    sftp: Arc<SftpSession>,
+/// The file a fetch reads.
+struct Target {
+    path: PathBuf,
     remote: String,
+    /// As the listing showed it.
     size: u64,
-    chunk: usize,
-    tx: mpsc::Sender<Chunk>,
-) {
-    let mut f = match sftp.open(remote).await {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = tx.send(Err(sftp_io_error(e))).await;
-            return;
-        }
-    };
-    let mut left = size;
-    while left > 0 {
-        let want = left.min(chunk as u64) as usize;
-        let mut buf = vec![0u8; want];
-        let mut n = 0;
-        while n < want {
-            match f.read(&mut buf[n..]).await {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            }
-        }
-        if n == 0 {
-            break;
-        }
-        buf.truncate(n);
-        left -= n as u64;
-        if tx.send(Ok(Some(Bytes::from(buf)))).await.is_err() {
-            // The archiver dropped the content.
-            return;
-        }
-        if n < want {
-            break;
-        }
-    }
-    let _ = tx.send(Ok(None)).await;
 }
 
-fn sftp_io_error(e: russh_sftp::client::error::Error) -> io::Error {
-    use russh_sftp::client::error::Error as E;
-    use russh_sftp::protocol::StatusCode;
-    let kind = match &e {
-        E::Status(s) if s.status_code == StatusCode::NoSuchFile => io::ErrorKind::NotFound,
-        E::Status(s) if s.status_code == StatusCode::PermissionDenied => {
-            io::ErrorKind::PermissionDenied
+/// Reads the `size` bytes the listing showed, in chunks, then checks the open handle with
+/// FSTAT (what the file is now):
+/// - fewer bytes than listed (the file shrank or was replaced while read): an error, so the
+///   archiver leaves the file out of this snapshot rather than store a node whose size
+///   differs from its content;
+/// - not a regular file (a directory swapped in, or a symlink to one): an error as well;
+/// - a different size now, after all listed bytes were read (it grew, or changed after the
+///   read): the listed bytes are stored and the file is named as a problem.
+///
+/// Every request runs under [`Channels::step`]; when a channel is abandoned mid-file, the
+/// file is opened again on the fresh one and read on from where it was.
+async fn fetch(
+    ch: Arc<Channels>,
+    t: Target,
+    chunk: usize,
+    problems: Problems,
+    tx: mpsc::Sender<Chunk>,
+) {
+    match read_file(&ch, &t, chunk, &problems, &tx).await {
+        Ok(true) => {
+            let _ = tx.send(Ok(None)).await;
         }
-        E::Timeout => io::ErrorKind::TimedOut,
-        _ => io::ErrorKind::Other,
-    };
-    io::Error::new(kind, e.to_string())
+        // The archiver dropped the content.
+        Ok(false) => {}
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+        }
+    }
+}
+
+/// False when the consumer went away.
+async fn read_file(
+    ch: &Channels,
+    t: &Target,
+    chunk: usize,
+    problems: &Problems,
+    tx: &mpsc::Sender<Chunk>,
+) -> io::Result<bool> {
+    let mut done: u64 = 0;
+    'channel: loop {
+        let chan = ch.current()?;
+        let remote = t.remote.clone();
+        let open = async { chan.sftp.open(remote).await.map_err(sftp_io_error) };
+        let mut f = match ch.step(&chan, "OPEN", open).await {
+            Step::Done(f) => f,
+            Step::Again => continue,
+            Step::Fail(e) => return Err(e),
+        };
+        if done > 0 {
+            let seek = f.seek(io::SeekFrom::Start(done));
+            match ch.step(&chan, "a seek", seek).await {
+                Step::Done(_) => {}
+                Step::Again => continue,
+                Step::Fail(e) => return Err(e),
+            }
+        }
+        while done < t.size {
+            let want = (t.size - done).min(chunk as u64) as usize;
+            let mut buf = vec![0u8; want];
+            let mut n = 0;
+            let mut again = false;
+            while n < want {
+                match ch.step(&chan, "READ", f.read(&mut buf[n..])).await {
+                    Step::Done(0) => break,
+                    Step::Done(k) => n += k,
+                    Step::Again => {
+                        again = true;
+                        break;
+                    }
+                    Step::Fail(e) => return Err(e),
+                }
+            }
+            let short = n < want && !again;
+            if n > 0 {
+                buf.truncate(n);
+                done += n as u64;
+                if tx.send(Ok(Some(Bytes::from(buf)))).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            if again {
+                continue 'channel;
+            }
+            if short {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "changed while read: listed {} bytes, read {done}; left out of this snapshot",
+                        t.size
+                    ),
+                ));
+            }
+        }
+        let attrs = match ch
+            .step(&chan, "FSTAT", async {
+                f.metadata().await.map_err(sftp_io_error)
+            })
+            .await
+        {
+            Step::Done(a) => a,
+            // Everything was read; only the check is missing: check on a fresh handle.
+            Step::Again => continue,
+            Step::Fail(e) => return Err(e),
+        };
+        let kind = attrs.permissions.unwrap_or(0) & crate::source::S_IFMT;
+        if attrs.permissions.is_some() && kind != crate::source::S_IFREG {
+            return Err(io::Error::other(format!(
+                "changed type while read: listed as a regular file, the opened file is {}; left out of this snapshot",
+                crate::source::type_name(kind)
+            )));
+        }
+        if let Some(now) = attrs.size
+            && now != t.size
+        {
+            problems.push(
+                &t.path,
+                format!(
+                    "changed while read: listed {} bytes, {now} bytes after the read; the {} listed bytes are stored",
+                    t.size, t.size
+                ),
+            );
+        }
+        return Ok(true);
+    }
 }
 
 struct SftpContent {

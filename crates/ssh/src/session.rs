@@ -12,6 +12,7 @@ use russh_sftp::client::SftpSession;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
+use crate::channel::{Activity, Watched};
 use crate::error::{SshError, is_network_error};
 use crate::hostkey::{HostKeyCheck, HostKeyPolicy, Verdict};
 
@@ -557,20 +558,81 @@ impl Session {
     /// Starts an SFTP session: the `sftp` subsystem, or `sftp_command` on an exec channel
     /// when the target sets one.
     pub async fn sftp(&self) -> Result<Arc<SftpSession>, SshError> {
+        Ok(self.sftp_channel(SFTP_REQUEST_TIMEOUT_SECS).await?.sftp)
+    }
+
+    /// An SFTP session with what is needed to tell that it stalled and to stop its server
+    /// process (see `crate::channel`).
+    pub(crate) async fn sftp_channel(
+        &self,
+        request_timeout_secs: u64,
+    ) -> Result<SftpChannel, SshError> {
         let cfg = russh_sftp::client::Config {
-            request_timeout_secs: SFTP_REQUEST_TIMEOUT_SECS,
+            request_timeout_secs,
             ..Default::default()
         };
-        let session = match &self.inner.sftp_command {
-            None => self.sftp_subsystem(cfg).await?,
-            Some(cmd) => self.sftp_exec(cmd, cfg).await?,
+        let activity = Activity::new();
+        let (sftp, server) = match &self.inner.sftp_command {
+            None => (
+                self.sftp_subsystem(cfg, activity.clone()).await?,
+                ServerProcess::Subsystem,
+            ),
+            Some(cmd) => {
+                let pid = Arc::new(Mutex::new(None));
+                let s = self
+                    .sftp_exec(cmd, cfg, activity.clone(), pid.clone())
+                    .await?;
+                (s, ServerProcess::Command(pid))
+            }
         };
-        Ok(Arc::new(session))
+        Ok(SftpChannel {
+            sftp: Arc::new(sftp),
+            activity,
+            server,
+        })
+    }
+
+    /// Stops the server process of an abandoned SFTP channel over an exec channel: TERM to
+    /// its process group, KILL after 2 s. Closing the channel is not enough, since a
+    /// sftp-server blocked in `open()` of a FIFO never notices. Returns what was done.
+    pub(crate) async fn stop_sftp_server(
+        &self,
+        server: &ServerProcess,
+    ) -> Result<String, SshError> {
+        let groups = match server {
+            ServerProcess::Command(pid) => match *pid.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(p) => format!("echo {p}"),
+                None => return Ok("the sftp command never told its process id".to_owned()),
+            },
+            ServerProcess::Subsystem => SUBSYSTEM_SERVERS.to_owned(),
+        };
+        let script = format!("groups=$({groups}); {STOP_GROUPS}");
+        let out = self
+            .exec(
+                &format!("exec /bin/sh -c {}", sh_quote(&script)),
+                Duration::from_secs(10),
+            )
+            .await?;
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.success() {
+            Ok(said)
+        } else {
+            Err(SshError::Channel {
+                target: self.inner.name.clone(),
+                reason: format!(
+                    "stopping the sftp-server failed ({}): {} {}",
+                    out.status_text(),
+                    said,
+                    out.stderr_text()
+                ),
+            })
+        }
     }
 
     async fn sftp_subsystem(
         &self,
         cfg: russh_sftp::client::Config,
+        activity: Arc<Activity>,
     ) -> Result<SftpSession, SshError> {
         let start_error = |detail: String, temporary: bool| SshError::SftpStart {
             target: self.inner.name.clone(),
@@ -606,7 +668,7 @@ impl Session {
                 Some(_) => {}
             }
         }
-        SftpSession::new_with_config(ch.into_stream(), cfg)
+        SftpSession::new_with_config(Watched::new(ch.into_stream(), activity), cfg)
             .await
             .map_err(|e| start_error(e.to_string(), true))
     }
@@ -614,12 +676,21 @@ impl Session {
     /// SFTP over a command's stdin/stdout. The channel is pumped through an in-memory pipe so
     /// that stderr and the exit status stay visible: when the command dies before the
     /// handshake (sudo asking for a password), the error carries its words at once.
+    ///
+    /// The command runs under `/bin/sh`, which first writes its process id (that of the
+    /// process group the command runs in) to stderr, so that the server can be stopped later.
     async fn sftp_exec(
         &self,
         cmd: &str,
         cfg: russh_sftp::client::Config,
+        activity: Arc<Activity>,
+        pid: Arc<Mutex<Option<u32>>>,
     ) -> Result<SftpSession, SshError> {
-        let (mut r, w) = self.start(cmd).await?;
+        let wrapped = format!(
+            "exec /bin/sh -c {}",
+            sh_quote(&format!("echo \"{PID_MARK}$$\" >&2; {cmd}"))
+        );
+        let (mut r, w) = self.start(&wrapped).await?;
         let (client_end, server_end) = tokio::io::duplex(256 * 1024);
         let (from_client, mut to_client) = tokio::io::split(server_end);
         let status = Arc::new(Mutex::new(Status::default()));
@@ -641,6 +712,10 @@ impl Session {
                             let _ = to_client.shutdown().await;
                         }
                         ChannelMsg::ExtendedData { data, ext: 1 } => {
+                            let data = take_pid(&data, &pid);
+                            if data.is_empty() {
+                                continue;
+                            }
                             debug!(target = %name, stderr = %String::from_utf8_lossy(&data).trim(), "sftp command");
                             status
                                 .lock()
@@ -695,7 +770,7 @@ impl Session {
             }
         };
 
-        let init = SftpSession::new_with_config(client_end, cfg);
+        let init = SftpSession::new_with_config(Watched::new(client_end, activity), cfg);
         tokio::pin!(init);
         tokio::select! {
             res = &mut init => match res {
@@ -718,6 +793,81 @@ impl Session {
             .disconnect(Disconnect::ByApplication, "", "en")
             .await;
     }
+}
+
+/// How an SFTP channel's server process is found when it has to be stopped.
+pub(crate) enum ServerProcess {
+    /// `sftp_command`: the process group it told on stderr.
+    Command(Arc<Mutex<Option<u32>>>),
+    /// The `sftp` subsystem: every sftp-server process of this SSH connection.
+    Subsystem,
+}
+
+/// An SFTP session, when bytes last arrived on it, and its server process.
+pub(crate) struct SftpChannel {
+    pub(crate) sftp: Arc<SftpSession>,
+    pub(crate) activity: Arc<Activity>,
+    pub(crate) server: ServerProcess,
+}
+
+/// Written by the wrapper of `sftp_command` before the command starts.
+const PID_MARK: &str = "burrow-sftp-pid ";
+
+/// Records the process id from the wrapper's stderr line; returns the rest of `data`.
+fn take_pid(data: &[u8], pid: &Mutex<Option<u32>>) -> Vec<u8> {
+    let mut slot = pid.lock().unwrap_or_else(|e| e.into_inner());
+    let mark = PID_MARK.as_bytes();
+    let found = data.windows(mark.len()).position(|w| w == mark);
+    let (true, Some(at)) = (slot.is_none(), found) else {
+        return data.to_vec();
+    };
+    let digits = &data[at + mark.len()..];
+    let end = digits
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(digits.len());
+    *slot = std::str::from_utf8(&digits[..end])
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let mut rest = data[..at].to_vec();
+    rest.extend_from_slice(&digits[(end + 1).min(digits.len())..]);
+    rest
+}
+
+/// Shell: the process groups of the sftp-server processes of this SSH connection. The exec
+/// shell's parent is the connection's sshd process, which is also the parent of the
+/// subsystem's sftp-server (or of the shell that runs it). Reads Linux's /proc.
+const SUBSYSTEM_SERVERS: &str = r#"conn=$PPID
+for d in /proc/[0-9]*; do
+  read -r l 2>/dev/null <"$d/stat" || continue
+  c=${l#*\(}; c=${c%\)*}
+  [ "$c" = sftp-server ] || continue
+  set -- ${l##*\) }
+  pp=$2; pg=$3
+  if [ "$pp" != "$conn" ]; then
+    read -r l 2>/dev/null <"/proc/$pp/stat" || continue
+    set -- ${l##*\) }
+    [ "$2" = "$conn" ] || continue
+  fi
+  echo "$pg"
+done"#;
+
+/// Shell: TERM to each process group in `$groups`, KILL to those left after 2 s.
+const STOP_GROUPS: &str = r#"[ -n "$groups" ] || { echo "no sftp-server found"; exit 0; }
+for g in $groups; do kill -s TERM -- "-$g" 2>/dev/null || kill -s TERM "$g" 2>/dev/null; done
+i=0
+while [ $i -lt 20 ]; do
+  left=
+  for g in $groups; do kill -s 0 -- "-$g" 2>/dev/null && left="$left $g"; done
+  [ -n "$left" ] || { echo "stopped" $groups; exit 0; }
+  sleep 0.1; i=$((i+1))
+done
+for g in $left; do kill -s KILL -- "-$g" 2>/dev/null; done
+echo "killed" $left"#;
+
+/// Quotes `s` for a POSIX shell.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Remembers why reading the input failed, to tell it apart from a closed channel.
@@ -803,6 +953,18 @@ fn connect_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wrappers_pid_line_is_taken_out_of_stderr() {
+        let pid = Mutex::new(None);
+        let rest = take_pid(b"motd\nburrow-sftp-pid 4242\nsudo: oops\n", &pid);
+        assert_eq!(*pid.lock().unwrap(), Some(4242));
+        assert_eq!(rest, b"motd\nsudo: oops\n");
+        // Only the first one counts.
+        let rest = take_pid(b"burrow-sftp-pid 1\n", &pid);
+        assert_eq!(*pid.lock().unwrap(), Some(4242));
+        assert_eq!(rest, b"burrow-sftp-pid 1\n");
+    }
 
     #[test]
     fn tail_keeps_the_last_bytes() {

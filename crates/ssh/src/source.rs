@@ -12,19 +12,21 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use burrow_core::exclude::Excludes;
 use burrow_core::problems::Problems;
 use burrow_core::source::{Entry, EntryKind, Meta, Source, Time, WalkContext, normalize_roots};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::FileAttributes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
+use crate::channel::{Channels, sftp_io_error};
 use crate::prefetch::{PrefetchLimits, Prefetcher};
+use crate::{Session, SshError};
 
 /// Entries the walk may run ahead of the archiver (metadata only; content is bounded by
 /// [`PrefetchLimits`]).
@@ -33,19 +35,33 @@ const ENTRY_LOOKAHEAD: usize = 1024;
 /// Symlink targets resolved at once per directory.
 const READLINK_CONCURRENCY: usize = 16;
 
-const S_IFMT: u32 = 0o170000;
+pub(crate) const S_IFMT: u32 = 0o170000;
 const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
+pub(crate) const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
 const S_IFIFO: u32 = 0o010000;
 const S_IFSOCK: u32 = 0o140000;
 const S_IFCHR: u32 = 0o020000;
 const S_IFBLK: u32 = 0o060000;
 
+/// A file type (`mode & S_IFMT`) in words, for messages.
+pub(crate) fn type_name(kind: u32) -> String {
+    match kind {
+        S_IFDIR => "a directory".to_owned(),
+        S_IFREG => "a regular file".to_owned(),
+        S_IFLNK => "a symlink".to_owned(),
+        S_IFIFO => "a FIFO".to_owned(),
+        S_IFSOCK => "a socket".to_owned(),
+        S_IFCHR => "a character device".to_owned(),
+        S_IFBLK => "a block device".to_owned(),
+        other => format!("of unknown type {other:o}"),
+    }
+}
+
 /// Files on a server, read over SFTP. See the module docs.
 #[derive(Clone)]
 pub struct SftpSource {
-    sftp: Arc<SftpSession>,
+    ch: Arc<Channels>,
     runtime: tokio::runtime::Handle,
     roots: Vec<PathBuf>,
     excludes: Excludes,
@@ -62,21 +78,29 @@ impl std::fmt::Debug for SftpSource {
 }
 
 impl SftpSource {
-    /// `runtime` runs the walk and the transfers; `entries()` and the contents' readers must
-    /// be used from threads outside it (they block).
-    pub fn new(
-        sftp: Arc<SftpSession>,
+    /// Starts an SFTP channel on `session`. `runtime` runs the walk and the transfers;
+    /// `entries()` and the contents' readers must be used from threads outside it (they
+    /// block).
+    ///
+    /// A request that gets no answer for `io_timeout` (while nothing else arrives either)
+    /// makes its file or directory a problem, and the walk goes on over a fresh channel (see
+    /// `crate::channel`). When `cancel` turns true, every pending request ends at once.
+    pub async fn start(
+        session: &Session,
+        io_timeout: Duration,
+        cancel: watch::Receiver<bool>,
         runtime: tokio::runtime::Handle,
         roots: &[PathBuf],
         excludes: Excludes,
-    ) -> Self {
-        SftpSource {
-            sftp,
+    ) -> Result<Self, SshError> {
+        let ch = Channels::start(session.clone(), io_timeout, cancel).await?;
+        Ok(SftpSource {
+            ch,
             runtime,
             roots: normalize_roots(roots),
             excludes,
             limits: PrefetchLimits::default(),
-        }
+        })
     }
 
     /// Replaces the default concurrency and memory limits.
@@ -91,11 +115,11 @@ impl Source for SftpSource {
     fn entries(&self, ctx: WalkContext) -> Box<dyn Iterator<Item = Entry> + Send> {
         let (tx, rx) = mpsc::channel(ENTRY_LOOKAHEAD);
         let walker = Walker {
-            sftp: self.sftp.clone(),
+            ch: self.ch.clone(),
             excludes: Arc::new(self.excludes.clone()),
             limits: self.limits,
             prefetch: Prefetcher::new(
-                self.sftp.clone(),
+                self.ch.clone(),
                 self.runtime.clone(),
                 self.limits,
                 ctx.bytes_read.clone(),
@@ -228,7 +252,7 @@ impl Lookahead {
 }
 
 struct Walker {
-    sftp: Arc<SftpSession>,
+    ch: Arc<Channels>,
     excludes: Arc<Excludes>,
     limits: PrefetchLimits,
     prefetch: Prefetcher,
@@ -257,7 +281,13 @@ impl Walker {
                 );
                 continue;
             };
-            let attrs = match self.sftp.symlink_metadata(r).await {
+            let attrs = match self
+                .ch
+                .run("LSTAT", |s| async move {
+                    s.symlink_metadata(r).await.map_err(sftp_io_error)
+                })
+                .await
+            {
                 Ok(a) => a,
                 Err(e) => {
                     self.ctx.problems.push(&root, format!("cannot stat: {e}"));
@@ -270,7 +300,13 @@ impl Walker {
                 link: None,
             };
             if child.file_type() == S_IFLNK {
-                child.link = Some(self.sftp.read_link(r).await.map_err(|e| e.to_string()));
+                let link = self
+                    .ch
+                    .run("READLINK", |s| async move {
+                        s.read_link(r).await.map_err(sftp_io_error)
+                    })
+                    .await;
+                child.link = Some(link.map_err(|e| e.to_string()));
             }
             if !self.emit(root, child, &tx).await {
                 return;
@@ -409,7 +445,7 @@ impl Walker {
 
     fn spawn_listing(&mut self, path: PathBuf) {
         let handle = tokio::spawn(list_dir(
-            self.sftp.clone(),
+            self.ch.clone(),
             path.clone(),
             self.excludes.clone(),
             self.ctx.problems.clone(),
@@ -489,13 +525,18 @@ impl Walker {
 /// Lists a directory: excluded names are dropped, names the server's reply could not carry
 /// are recorded and dropped, symlink targets are read, and the result is sorted by name.
 async fn list_dir(
-    sftp: Arc<SftpSession>,
+    ch: Arc<Channels>,
     dir: PathBuf,
     excludes: Arc<Excludes>,
     problems: Problems,
 ) -> Listing {
     let d = remote(&dir).ok_or("path is not valid UTF-8")?;
-    let rd = sftp.read_dir(d).await.map_err(|e| e.to_string())?;
+    let rd = ch
+        .run("a directory listing", |s| async move {
+            s.read_dir(d).await.map_err(sftp_io_error)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
     let mut children = Vec::new();
     for de in rd {
         let name = de.file_name();
@@ -506,8 +547,11 @@ async fn list_dir(
         // russh-sftp decodes names lossily; such a name cannot be opened again. A name that
         // really contains U+FFFD still stats fine.
         if name.contains('\u{FFFD}')
-            && sftp
-                .symlink_metadata(remote(&path).unwrap_or_default())
+            && ch
+                .run("LSTAT", |s| {
+                    let p = remote(&path).unwrap_or_default().to_owned();
+                    async move { s.symlink_metadata(p).await.map_err(sftp_io_error) }
+                })
                 .await
                 .is_err()
         {
@@ -531,11 +575,19 @@ async fn list_dir(
     if !links.is_empty() {
         let resolved: Vec<(usize, Result<String, String>)> = futures::stream::iter(links)
             .map(|i| {
-                let sftp = sftp.clone();
+                let ch = ch.clone();
                 let p = remote(&dir.join(&children[i].name))
                     .unwrap_or_default()
                     .to_owned();
-                async move { (i, sftp.read_link(p).await.map_err(|e| e.to_string())) }
+                async move {
+                    let link = ch
+                        .run("READLINK", |s| {
+                            let p = p.clone();
+                            async move { s.read_link(p).await.map_err(sftp_io_error) }
+                        })
+                        .await;
+                    (i, link.map_err(|e| e.to_string()))
+                }
             })
             .buffer_unordered(READLINK_CONCURRENCY)
             .collect()

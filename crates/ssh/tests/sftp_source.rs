@@ -18,7 +18,7 @@ use burrow_core::exclude::Excludes;
 use burrow_core::local::LocalSource;
 use burrow_core::problems::Problems;
 use burrow_core::source::{Entry, EntryKind, NoParent, ParentIndex, Source, Time, WalkContext};
-use burrow_ssh::{PrefetchLimits, Session, SftpSource};
+use burrow_ssh::{DEFAULT_IO_TIMEOUT, PrefetchLimits, Session, SftpSource, SshTarget};
 use burrow_testkit::sshd::Sshd;
 use common::{LatencyProxy, target};
 use tokio::runtime::Runtime;
@@ -32,11 +32,24 @@ fn runtime() -> Runtime {
 }
 
 fn sftp_source(rt: &Runtime, sshd: &Sshd, roots: &[PathBuf], excludes: Excludes) -> SftpSource {
-    let sftp = rt.block_on(async {
-        let s = Session::connect(&target(sshd)).await.unwrap();
-        s.sftp().await.unwrap()
-    });
-    SftpSource::new(sftp, rt.handle().clone(), roots, excludes)
+    source_over(rt, &target(sshd), DEFAULT_IO_TIMEOUT, roots, excludes)
+}
+
+fn source_over(
+    rt: &Runtime,
+    t: &SshTarget,
+    io_timeout: Duration,
+    roots: &[PathBuf],
+    excludes: Excludes,
+) -> SftpSource {
+    rt.block_on(async {
+        let s = Session::connect(t).await.unwrap();
+        // A cancel signal that never comes.
+        let cancel = tokio::sync::watch::channel(false).1;
+        SftpSource::start(&s, io_timeout, cancel, rt.handle().clone(), roots, excludes)
+            .await
+            .unwrap()
+    })
 }
 
 fn read_all(e: Entry) -> std::io::Result<Vec<u8>> {
@@ -220,13 +233,33 @@ fn vanished_and_resized_files_are_handled() {
     let shrinks = entries.pop().unwrap();
     let grows = entries.pop().unwrap();
     let gone = entries.pop().unwrap();
-    assert_eq!(read_all(shrinks).unwrap(), b"0123");
+    // Fewer bytes than listed: an error, so the archiver leaves the file out.
+    let err = read_all(shrinks).unwrap_err();
+    assert!(err.to_string().contains("listed 10 bytes, read 4"), "{err}");
+    // More: the listed bytes are stored (the node's size is theirs), and the file is named.
     assert_eq!(read_all(grows).unwrap(), b"0123456789");
     let err = read_all(gone).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
     let problems = problems.snapshot();
-    assert_eq!(problems.len(), 1, "{problems:?}");
-    assert_eq!(problems[0].path, root.join("gone"));
+    let paths: HashSet<&Path> = problems.iter().map(|p| p.path.as_path()).collect();
+    let want: HashSet<PathBuf> = ["gone", "grows", "shrinks"]
+        .iter()
+        .map(|n| root.join(n))
+        .collect();
+    assert_eq!(
+        paths,
+        want.iter().map(|p| p.as_path()).collect(),
+        "{problems:?}"
+    );
+    let grew = problems
+        .iter()
+        .find(|p| p.path == root.join("grows"))
+        .unwrap();
+    assert!(
+        grew.message
+            .contains("listed 10 bytes, 16 bytes after the read"),
+        "{grew:?}"
+    );
 }
 
 #[test]
@@ -422,13 +455,10 @@ fn latency_is_hidden_by_listing_and_fetching_ahead() {
     let proxy = LatencyProxy::start(sshd.port, Duration::from_millis(25));
     let mut t = target(&sshd);
     t.port = proxy.port;
-    let sftp = rt.block_on(async {
-        let s = Session::connect(&t).await.unwrap();
-        s.sftp().await.unwrap()
-    });
-    let src = SftpSource::new(
-        sftp,
-        rt.handle().clone(),
+    let src = source_over(
+        &rt,
+        &t,
+        DEFAULT_IO_TIMEOUT,
         std::slice::from_ref(&root),
         Excludes::none(),
     );
@@ -456,4 +486,174 @@ fn latency_is_hidden_by_listing_and_fetching_ahead() {
         "no-change walk took {no_change:?}"
     );
     assert!(full < Duration::from_secs(10), "full read took {full:?}");
+}
+
+/// A 30 MB file truncated to 13 MB while its content is being read: the reader fails (the
+/// archiver then leaves the file out), and the problem says what was seen.
+#[test]
+fn a_file_truncated_while_read_fails_and_is_named() {
+    let Some(sshd) = Sshd::start() else { return };
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("t");
+    fs::create_dir_all(&root).unwrap();
+    let f = root.join("big");
+    let data: Vec<u8> = (0..30_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(&f, &data).unwrap();
+    let problems = Problems::new();
+    let ctx = WalkContext::new(Arc::new(Everything), problems.clone());
+    let src = sftp_source(&rt, &sshd, std::slice::from_ref(&root), Excludes::none());
+    let e = src.entries(ctx).find(|e| e.path == f).unwrap();
+    assert_eq!(e.meta.size, 30_000_000);
+    let mut r = e.content.unwrap().open().unwrap();
+    let mut head = vec![0u8; 256 * 1024];
+    r.read_exact(&mut head).unwrap();
+    // The fetch is held back by the reader (a few MiB ahead at most).
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(13_000_000)
+        .unwrap();
+    let mut rest = Vec::new();
+    let err = r.read_to_end(&mut rest).unwrap_err();
+    assert_eq!(
+        head.len() + rest.len(),
+        13_000_000,
+        "every byte read is handed on"
+    );
+    assert!(
+        err.to_string()
+            .contains("changed while read: listed 30000000 bytes, read 13000000"),
+        "{err}"
+    );
+    let problems = problems.snapshot();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].path, f);
+}
+
+/// Between listing and reading, one file becomes a directory and one a symlink to a larger
+/// file: both are named; the first is not read at all.
+#[test]
+fn a_file_that_changes_type_after_the_listing_is_a_problem() {
+    let Some(sshd) = Sshd::start() else { return };
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("t");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("to-dir"), "0123456789").unwrap();
+    fs::write(root.join("to-link"), "0123456789").unwrap();
+    fs::write(tmp.path().join("larger"), "0123456789abcdef").unwrap();
+    let problems = Problems::new();
+    let ctx = WalkContext::new(Arc::new(Everything), problems.clone());
+    let src = sftp_source(&rt, &sshd, std::slice::from_ref(&root), Excludes::none());
+    let mut entries: Vec<Entry> = src.entries(ctx).collect();
+    fs::remove_file(root.join("to-dir")).unwrap();
+    fs::create_dir(root.join("to-dir")).unwrap();
+    fs::remove_file(root.join("to-link")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("larger"), root.join("to-link")).unwrap();
+
+    let to_link = entries.pop().unwrap();
+    let to_dir = entries.pop().unwrap();
+    assert!(read_all(to_dir).is_err());
+    // Never more than the listed size.
+    assert_eq!(read_all(to_link).unwrap(), b"0123456789");
+    let problems = problems.snapshot();
+    let paths: Vec<&Path> = problems.iter().map(|p| p.path.as_path()).collect();
+    assert!(
+        paths.contains(&root.join("to-dir").as_path()),
+        "{problems:?}"
+    );
+    assert!(
+        paths.contains(&root.join("to-link").as_path()),
+        "{problems:?}"
+    );
+}
+
+/// A file swapped for a FIFO after the listing blocks the sftp-server in open(): after the
+/// io_timeout that file is a problem, the rest is read over a fresh channel, and the blocked
+/// server process is gone. Both ways of starting SFTP: the subsystem and `sftp_command`.
+#[test]
+fn a_fifo_swapped_in_costs_one_io_timeout_and_leaves_no_server_behind() {
+    let Some(sshd) = Sshd::start() else { return };
+    for command in [None, Some("/usr/lib/openssh/sftp-server")] {
+        let rt = runtime();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("t");
+        fs::create_dir_all(root.join("d")).unwrap();
+        for n in ["a", "b-fifo", "c", "d/x"] {
+            fs::write(root.join(n), format!("content of {n}")).unwrap();
+        }
+        let mut t = target(&sshd);
+        t.sftp_command = command.map(str::to_owned);
+        let problems = Problems::new();
+        let ctx = WalkContext::new(Arc::new(Everything), problems.clone());
+        let io_timeout = Duration::from_secs(2);
+        let src = source_over(
+            &rt,
+            &t,
+            io_timeout,
+            std::slice::from_ref(&root),
+            Excludes::none(),
+        );
+        let entries: Vec<Entry> = src.entries(ctx).collect();
+        assert_eq!(entries.len(), 6);
+        fs::remove_file(root.join("b-fifo")).unwrap();
+        mkfifo(&root.join("b-fifo"));
+
+        let started = Instant::now();
+        let mut read = Vec::new();
+        for e in entries {
+            if e.kind == EntryKind::File {
+                let p = e.path.clone();
+                read.push((p, read_all(e)));
+            }
+        }
+        let took = started.elapsed();
+        assert!(took < 3 * io_timeout + Duration::from_secs(10), "{took:?}");
+        for (p, r) in &read {
+            let name = p
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if name == "b-fifo" {
+                let e = r.as_ref().unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+            } else {
+                assert_eq!(
+                    r.as_ref().unwrap(),
+                    format!("content of {name}").as_bytes(),
+                    "{command:?}"
+                );
+            }
+        }
+        let problems = problems.snapshot();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, root.join("b-fifo"));
+        assert!(
+            problems[0].message.contains("did not answer"),
+            "{problems:?}"
+        );
+        // The fresh channel's server runs until the source goes; the blocked one is gone.
+        let t0 = Instant::now();
+        while sshd.processes_named("sftp-server").len() != 1 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{command:?}: {:?}",
+                sshd.processes_named("sftp-server")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(src);
+        let t0 = Instant::now();
+        while !sshd.processes_named("sftp-server").is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "an sftp-server stayed behind ({command:?}): {:?}",
+                sshd.processes_named("sftp-server")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

@@ -198,6 +198,20 @@ impl Sshd {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Processes under this server (its connections' sessions and their commands) whose
+    /// command name is `comm`, e.g. `sftp-server`.
+    pub fn processes_named(&self, comm: &str) -> Vec<u32> {
+        let Some(child) = self.child.as_ref() else {
+            return Vec::new();
+        };
+        descendants(child.id())
+            .into_iter()
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .collect()
+    }
+
     /// The server's log so far (for assertion messages).
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
