@@ -12,6 +12,9 @@ pub enum Exit {
     /// A snapshot was made, but some files, directories or dumps could not be read, or an
     /// `after` command failed.
     Partial = 3,
+    /// A complete snapshot was saved, but retention (forget or prune) or another step after
+    /// the snapshot failed; the summary says which.
+    Warning = 4,
     /// Skipped: the backup disk or the key stick is absent, or the disk is not the configured
     /// one (EX_TEMPFAIL, as borgmatic's soft failure). Nothing was written.
     Skipped = 75,
@@ -30,6 +33,8 @@ Exit codes:
    2  usage or configuration error
    3  partial: a snapshot was made, but something was unreadable or an after command
       failed (listed in the summary)
+   4  warning: a complete snapshot was saved, but retention (forget/prune) failed
+      (the summary says why)
   75  skipped: the backup disk or the key stick is absent, or the disk is not the one
       `burrow init` prepared (nothing was written)";
 }

@@ -10,6 +10,7 @@ pub mod exit;
 pub mod local;
 pub mod monitor;
 pub mod problems;
+pub mod retention;
 pub mod run;
 pub mod schedule;
 pub mod source;

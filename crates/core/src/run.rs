@@ -11,6 +11,8 @@ use crate::problems::Problem;
 pub enum RunStatus {
     Ok,
     Partial,
+    /// The snapshot is saved and complete, but retention or another step after it failed.
+    Warning,
     Failed,
     Skipped,
 }
@@ -20,6 +22,7 @@ impl RunStatus {
         match self {
             RunStatus::Ok => Exit::Ok,
             RunStatus::Partial => Exit::Partial,
+            RunStatus::Warning => Exit::Warning,
             RunStatus::Failed => Exit::Failed,
             RunStatus::Skipped => Exit::Skipped,
         }
@@ -29,6 +32,7 @@ impl RunStatus {
         match self {
             RunStatus::Ok => "ok",
             RunStatus::Partial => "partial",
+            RunStatus::Warning => "warning",
             RunStatus::Failed => "failed",
             RunStatus::Skipped => "skipped",
         }
@@ -55,7 +59,8 @@ pub struct RunSummary {
     pub duration_s: f64,
     /// Unreadable files, failed dumps, failed hooks.
     pub errors: Vec<ErrorItem>,
-    /// Why the run failed or was skipped, when it did not produce a snapshot.
+    /// Why the run failed or was skipped, when it did not produce a snapshot; for a `warning`,
+    /// which step after the snapshot failed.
     pub reason: Option<String>,
 }
 
