@@ -431,7 +431,7 @@ impl Repo {
         let ids: Vec<_> = self
             .job_snapshots(Some(job))?
             .into_iter()
-            .filter(|s| gone.contains(s.id.to_hex().as_str()))
+            .filter(|s| gone.contains(s.id.to_hex().to_string().as_str()))
             .map(|s| s.id)
             .collect();
         if ids.len() != gone.len() {
