@@ -342,7 +342,12 @@ async fn forget<D: DiskManager>(
         return Exit::Ok;
     }
     for d in &plan.keep {
-        println!("keep    {}  {}  {}", &d.id[..8], d.time, d.reasons.join(", "));
+        println!(
+            "keep    {}  {}  {}",
+            &d.id[..8],
+            d.time,
+            d.reasons.join(", ")
+        );
     }
     for d in &plan.remove {
         println!("remove  {}  {}", &d.id[..8], d.time);

@@ -225,6 +225,9 @@ fn retention_of_zeros_is_refused() {
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].path, "jobs.a.retention");
     assert!(errs[0].message.contains("above 0"), "{errs:?}");
-    let ok = parse_str(&format!("{base}    retention: {{keep_last: 0, keep_daily: 7}}\n")).unwrap();
+    let ok = parse_str(&format!(
+        "{base}    retention: {{keep_last: 0, keep_daily: 7}}\n"
+    ))
+    .unwrap();
     assert_eq!(ok.jobs["a"].retention.unwrap().keep_daily, Some(7));
 }

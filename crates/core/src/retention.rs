@@ -205,7 +205,14 @@ mod tests {
         v.iter().map(|d| d.id.as_str()).collect()
     }
 
-    fn policy(last: u32, hourly: u32, daily: u32, weekly: u32, monthly: u32, yearly: u32) -> Policy {
+    fn policy(
+        last: u32,
+        hourly: u32,
+        daily: u32,
+        weekly: u32,
+        monthly: u32,
+        yearly: u32,
+    ) -> Policy {
         let o = |n: u32| (n > 0).then_some(n);
         Policy {
             last: o(last),

@@ -28,13 +28,13 @@ use burrow_core::retention::{self, Snap};
 use burrow_core::source::{Entry, NoParent, ParentIndex, WalkContext};
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus,
-    ParentOptions, PruneOptions, ReadSubsetOption, Repository, RepositoryBackends,
-    RepositoryOptions, RusticError, SnapshotOptions,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions,
+    PruneOptions, ReadSubsetOption, Repository, RepositoryBackends, RepositoryOptions, RusticError,
+    SnapshotOptions,
 };
 use serde::Serialize;
 
-pub use burrow_core::retention::{Plan, PolicyError, Policy as Keep};
+pub use burrow_core::retention::{Plan, Policy as Keep, PolicyError};
 pub use restore::RestoreOutcome;
 pub use rustic_core::jiff::Zoned;
 
@@ -486,8 +486,9 @@ fn snap_of(s: &SnapshotFile) -> Snap {
     let ts = s.time.timestamp();
     let offset = chrono::FixedOffset::east_opt(s.time.offset().seconds())
         .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("0 is a valid offset"));
-    let utc = chrono::DateTime::from_timestamp(ts.as_second(), ts.subsec_nanosecond().max(0) as u32)
-        .unwrap_or_default();
+    let utc =
+        chrono::DateTime::from_timestamp(ts.as_second(), ts.subsec_nanosecond().max(0) as u32)
+            .unwrap_or_default();
     Snap {
         id: s.id.to_hex().to_string(),
         time: utc.with_timezone(&offset),

@@ -264,7 +264,11 @@ fn unreadable_file_makes_a_partial_snapshot_and_forget_keeps_the_newest_complete
     // (dry run) and after it is applied
     let (newest, _) = backup(&repo, "j", &src);
     let planned = repo.forget_plan("j", &last1).unwrap();
-    assert_eq!(repo.snapshots(Some("j")).unwrap().len(), 3, "a plan changes nothing");
+    assert_eq!(
+        repo.snapshots(Some("j")).unwrap().len(),
+        3,
+        "a plan changes nothing"
+    );
     let applied = repo.forget("j", &last1).unwrap();
     assert_eq!(planned, applied);
     assert_eq!(applied.remove.len(), 2);

@@ -66,7 +66,11 @@ fn times(seed: u64) -> Vec<DateTime<FixedOffset>> {
         let per_day = 1 + rng.below(3);
         for _ in 0..per_day {
             let t = day
-                .and_hms_opt(rng.below(24) as u32, rng.below(60) as u32, rng.below(60) as u32)
+                .and_hms_opt(
+                    rng.below(24) as u32,
+                    rng.below(60) as u32,
+                    rng.below(60) as u32,
+                )
                 .unwrap();
             out.extend(berlin(t));
         }
@@ -387,7 +391,10 @@ fn forget_plan_equals_restic_forget_dry_run() {
         let b_remove: BTreeSet<String> = plan.remove.iter().map(|d| d.id.clone()).collect();
         let r_remove_unprotected: BTreeSet<String> =
             r_remove.difference(&protected).cloned().collect();
-        assert_eq!(b_keep, r_keep, "{k:?}: kept (with reasons) differs from restic");
+        assert_eq!(
+            b_keep, r_keep,
+            "{k:?}: kept (with reasons) differs from restic"
+        );
         assert_eq!(
             b_remove, r_remove_unprotected,
             "{k:?}: removed differs from restic"
