@@ -69,6 +69,20 @@ pub enum Command {
     /// files, most files gone or changed): the change was real, so retention of the job
     /// resumes at its next run.
     Accept { job: String },
+    /// Apply the job's `retention` now: list the snapshots it keeps (with restic's reasons) and
+    /// removes, exactly as `restic forget --keep-*` would, except that the newest complete
+    /// snapshot is always kept; then remove them. Their data stays until `burrow prune`.
+    Forget {
+        job: String,
+        /// Only show the plan; change nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// Print the plan as one JSON object: {"keep": [...], "remove": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the data that no snapshot references any more (after `burrow forget`).
+    Prune,
     /// Run as a service: schedules, hot-plug, monitoring (systemd Type=notify).
     Daemon {
         /// Simulated disks and no hardware access: for demos and tests.

@@ -70,6 +70,10 @@ pub async fn dispatch(cli: Cli) -> Exit {
             with_disk(&cfg, async |d| restore(&cfg, d, req).await).await
         }
         Command::Accept { job } => accept(&cfg, &job),
+        Command::Forget { job, dry_run, json } => {
+            with_disk(&cfg, async |d| forget(&cfg, d, &job, dry_run, json).await).await
+        }
+        Command::Prune => with_disk(&cfg, async |d| prune(&cfg, d).await).await,
         Command::Daemon { sim } => burrow_daemon::serve::serve(cfg, sim).await,
         Command::Status { json } => status(&cfg, json).await,
         Command::Quickstart { .. } | Command::Generate(_) | Command::Setup(_) => {
@@ -215,8 +219,8 @@ async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
     }
 }
 
-/// Opens the repository read-only for listing and restoring (no lock needed: nothing is
-/// written to it).
+/// Opens the repository on its verified volume (the marker is checked). Listing and restoring
+/// need no lock (nothing is written); `forget` and `prune` hold [`RepoLock`] around it.
 async fn open_repo<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Result<Repo, Exit> {
     let place = place::locate(cfg, disk).await.map_err(|e| {
         eprintln!("burrow: {e}");
@@ -298,6 +302,143 @@ async fn snapshots<D: DiskManager>(
     }
     println!("{} snapshot(s)", list.len());
     Exit::Ok
+}
+
+/// `burrow forget JOB`: the job's retention plan, applied unless `dry_run`.
+async fn forget<D: DiskManager>(
+    cfg: &Config,
+    disk: Option<&D>,
+    job: &str,
+    dry_run: bool,
+    json: bool,
+) -> Exit {
+    let Some(j) = cfg.job(job) else {
+        eprintln!("burrow: no job named {job:?} in {}", cfg.file.display());
+        return Exit::Usage;
+    };
+    let Some(keep) = burrow_run::keep_of(j) else {
+        eprintln!(
+            "burrow: job {job} has no retention policy, so every snapshot is kept: add e.g. `retention: {{keep_daily: 7}}` to jobs.{job} in {}",
+            cfg.file.display()
+        );
+        return Exit::Usage;
+    };
+    // Writing takes the local lock (one burrow process writes at a time); a dry run only reads.
+    let _lock = if dry_run {
+        None
+    } else {
+        match RepoLock::acquire(&cfg.state_dir) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("burrow: {e}");
+                return Exit::Failed;
+            }
+        }
+    };
+    let repo = match open_repo(cfg, disk).await {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let job_name = job.to_owned();
+    let res = tokio::task::spawn_blocking(move || {
+        if dry_run {
+            repo.forget_plan(&job_name, &keep)
+        } else {
+            // EXCLUSIVE REPOSITORY LOCK: taken here, before the snapshots are read for the plan.
+            repo.forget(&job_name, &keep)
+        }
+    })
+    .await;
+    let plan = match res {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            eprintln!("burrow: {e}");
+            return Exit::Failed;
+        }
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            return Exit::Failed;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).unwrap_or_default()
+        );
+        return Exit::Ok;
+    }
+    for d in &plan.keep {
+        println!(
+            "keep    {}  {}  {}",
+            &d.id[..8],
+            d.time,
+            d.reasons.join(", ")
+        );
+    }
+    for d in &plan.remove {
+        println!("remove  {}  {}", &d.id[..8], d.time);
+    }
+    let n = plan.remove.len();
+    if !dry_run {
+        // Forgetting by hand is the user's look at the job: a paused retention resumes.
+        match burrow_run::anomaly::PauseFile::new(&cfg.state_dir).resume(job) {
+            Ok(Some(p)) => println!(
+                "job {job}: retention was paused by the anomaly of snapshot {} ({}); it resumes",
+                &p.snapshot[..p.snapshot.len().min(8)],
+                p.reason
+            ),
+            Ok(None) => {}
+            Err(e) => eprintln!("burrow: {e}"),
+        }
+    }
+    if dry_run {
+        println!(
+            "job {job}: {} kept, {n} would be removed (dry run: nothing changed)",
+            plan.keep.len()
+        );
+    } else if n == 0 {
+        println!("job {job}: {} kept, nothing to remove", plan.keep.len());
+    } else {
+        println!(
+            "job {job}: {} kept, {n} removed; `burrow prune` frees their data",
+            plan.keep.len()
+        );
+    }
+    Exit::Ok
+}
+
+/// `burrow prune`: removes the data no snapshot references.
+async fn prune<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
+    let _lock = match RepoLock::acquire(&cfg.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            return Exit::Failed;
+        }
+    };
+    let repo = match open_repo(cfg, disk).await {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let path = repo.path().to_owned();
+    // EXCLUSIVE REPOSITORY LOCK: taken here, around the prune.
+    match tokio::task::spawn_blocking(move || repo.prune()).await {
+        Ok(Ok(())) => {
+            println!(
+                "pruned {}: data no snapshot references is removed",
+                path.display()
+            );
+            Exit::Ok
+        }
+        Ok(Err(e)) => {
+            eprintln!("burrow: prune failed: {e}");
+            Exit::Failed
+        }
+        Err(e) => {
+            eprintln!("burrow: prune failed: {e}");
+            Exit::Failed
+        }
+    }
 }
 
 pub struct RestoreArgs<'a> {
@@ -548,7 +689,7 @@ pub fn report(s: &RunSummary, json: bool) -> Exit {
         return s.status.exit();
     }
     match s.status {
-        RunStatus::Ok | RunStatus::Partial | RunStatus::Anomaly => {
+        RunStatus::Ok | RunStatus::Partial | RunStatus::Warning | RunStatus::Anomaly => {
             println!(
                 "{}: {} — snapshot {}",
                 s.job,
@@ -582,6 +723,11 @@ pub fn report(s: &RunSummary, json: bool) -> Exit {
         } else {
             println!("  not backed up: {}: {}", e.path, e.message);
         }
+    }
+    if s.snapshot_id.is_some()
+        && let Some(r) = &s.reason
+    {
+        println!("  {r}");
     }
     s.status.exit()
 }

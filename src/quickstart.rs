@@ -97,7 +97,7 @@ pub async fn run(dir: &Path, path: Option<&Path>) -> Exit {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let report = run_job::<SimDisk>(&cfg, None, "quickstart", RunControl::new(rx)).await;
     let exit = crate::commands::report(&report.summary, false);
-    if matches!(exit, Exit::Ok | Exit::Partial) {
+    if matches!(exit, Exit::Ok | Exit::Partial | Exit::Warning) {
         let c = cfg_path.display();
         println!("\nnext:");
         println!("  burrow --config {c} snapshots");

@@ -23,7 +23,7 @@ fn stdout(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
-const SUBCOMMANDS: [&str; 10] = [
+const SUBCOMMANDS: [&str; 12] = [
     "check-config",
     "init",
     "run",
@@ -31,6 +31,8 @@ const SUBCOMMANDS: [&str; 10] = [
     "restore",
     "daemon",
     "status",
+    "forget",
+    "prune",
     "quickstart",
     "setup",
     "generate",
@@ -50,7 +52,7 @@ fn man_page_has_every_subcommand_and_the_exit_codes() {
         );
     }
     assert!(page.contains("EXIT STATUS"), "{page}");
-    for code in ["0", "1", "2", "3", "75"] {
+    for code in ["0", "1", "2", "3", "4", "75"] {
         assert!(
             page.contains(&format!(".B {code}\n")),
             "exit code {code} missing"

@@ -246,3 +246,19 @@ fn shell_quote_round_trips_through_sh() {
         assert_eq!(String::from_utf8(out.stdout).unwrap(), s);
     }
 }
+
+#[test]
+fn retention_of_zeros_is_refused() {
+    let base = "repository: {path: /r, password_file: /dev/null}\njobs:\n  a:\n    paths: [/x]\n";
+    let errs = invalid(&format!(
+        "{base}    retention: {{keep_last: 0, keep_daily: 0}}\n"
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "jobs.a.retention");
+    assert!(errs[0].message.contains("above 0"), "{errs:?}");
+    let ok = parse_str(&format!(
+        "{base}    retention: {{keep_last: 0, keep_daily: 7}}\n"
+    ))
+    .unwrap();
+    assert_eq!(ok.jobs["a"].retention.unwrap().keep_daily, Some(7));
+}

@@ -464,10 +464,19 @@ pub fn validate(
                 keep_monthly: r.keep_monthly,
                 keep_yearly: r.keep_yearly,
             };
-            if ret == Retention::default() {
+            let rules = [
+                ret.keep_last,
+                ret.keep_hourly,
+                ret.keep_daily,
+                ret.keep_weekly,
+                ret.keep_monthly,
+                ret.keep_yearly,
+            ];
+            // 0 switches a rule off, as in restic: a policy of zeros keeps nothing by rule
+            if rules.iter().all(|n| n.unwrap_or(0) == 0) {
                 e.add(
                     format!("{p}.retention"),
-                    "set at least one keep_* (or remove retention to keep every snapshot)",
+                    "set at least one keep_* above 0 (or remove retention to keep every snapshot)",
                 );
             }
             ret

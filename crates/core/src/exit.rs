@@ -12,6 +12,9 @@ pub enum Exit {
     /// A snapshot was made, but some files, directories or dumps could not be read, or an
     /// `after` command failed.
     Partial = 3,
+    /// A complete snapshot was saved, but retention (forget or prune) or another step after
+    /// the snapshot failed; the summary says which.
+    Warning = 4,
     /// A snapshot was made, but it looks nothing like the one before it (no files, most files
     /// gone or changed): it is tagged `anomaly` and retention of the job is paused until
     /// `burrow accept JOB` or `burrow forget JOB`.
@@ -34,6 +37,8 @@ Exit codes:
    2  usage or configuration error
    3  partial: a snapshot was made, but something was unreadable or an after command
       failed (listed in the summary)
+   4  warning: a complete snapshot was saved, but retention (forget/prune) failed
+      (the summary says why)
    5  anomaly: a snapshot was made but looks nothing like the one before it (no files,
       most files gone or changed); retention of the job is paused until `burrow accept JOB`
   75  skipped: the backup disk or the key stick is absent, or the disk is not the one

@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod local;
 pub mod monitor;
 pub mod problems;
+pub mod retention;
 pub mod run;
 pub mod schedule;
 pub mod source;

@@ -11,6 +11,8 @@ use crate::problems::Problem;
 pub enum RunStatus {
     Ok,
     Partial,
+    /// The snapshot is saved and complete, but retention or another step after it failed.
+    Warning,
     Failed,
     Skipped,
     /// A snapshot was saved, but it looks nothing like the one before it (tagged `anomaly`;
@@ -23,6 +25,7 @@ impl RunStatus {
         match self {
             RunStatus::Ok => Exit::Ok,
             RunStatus::Partial => Exit::Partial,
+            RunStatus::Warning => Exit::Warning,
             RunStatus::Failed => Exit::Failed,
             RunStatus::Skipped => Exit::Skipped,
             RunStatus::Anomaly => Exit::Anomaly,
@@ -33,6 +36,7 @@ impl RunStatus {
         match self {
             RunStatus::Ok => "ok",
             RunStatus::Partial => "partial",
+            RunStatus::Warning => "warning",
             RunStatus::Failed => "failed",
             RunStatus::Skipped => "skipped",
             RunStatus::Anomaly => "anomaly",
@@ -60,7 +64,8 @@ pub struct RunSummary {
     pub duration_s: f64,
     /// Unreadable files, failed dumps, failed hooks.
     pub errors: Vec<ErrorItem>,
-    /// Why the run failed or was skipped, when it did not produce a snapshot.
+    /// Why the run failed or was skipped, when it did not produce a snapshot; for a `warning`,
+    /// which step after the snapshot failed.
     pub reason: Option<String>,
 }
 

@@ -234,7 +234,7 @@ impl Monitor for Healthchecks {
 
 /// The ping after a run: the plain URL for success, `/fail` for a run skipped because the
 /// disk or key is absent (no backup was attempted; the body says why), `/<exit code>`
-/// otherwise.
+/// otherwise (partial `/3` and warning `/4` included: healthchecks counts them as failures).
 fn finish_suffix(outcome: &Outcome) -> Option<String> {
     match outcome.status {
         RunStatus::Skipped => Some("fail".to_owned()),
@@ -403,6 +403,13 @@ mod tests {
         assert_eq!(finish_code(&o(RunStatus::Skipped, 75)), 75);
         assert_eq!(finish_code(&o(RunStatus::Failed, 0)), 1);
         assert_eq!(finish_code(&o(RunStatus::Skipped, 0)), 75);
+        // a failed retention after a complete snapshot is a failure for healthchecks (/4)
+        assert_eq!(finish_code(&o(RunStatus::Warning, 4)), 4);
+        assert_eq!(finish_code(&o(RunStatus::Warning, 0)), 4);
+        assert_eq!(
+            finish_suffix(&o(RunStatus::Warning, 4)).as_deref(),
+            Some("4")
+        );
         assert_eq!(finish_suffix(&o(RunStatus::Ok, 0)), None);
         assert_eq!(
             finish_suffix(&o(RunStatus::Partial, 3)).as_deref(),

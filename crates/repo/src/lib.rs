@@ -6,7 +6,8 @@
 //! - the snapshot of a job carries the tags `burrow` and `job=<name>`, so stock `restic
 //!   snapshots --tag job=<name>` finds it; a snapshot with unreadable entries is re-tagged
 //!   `partial` (written before the untagged one is removed);
-//! - forget never removes the newest complete snapshot of a job;
+//! - forget removes what `restic forget --keep-*` (0.14) would remove from the job's snapshots,
+//!   except the newest complete snapshot of the job ([`protected`]), which it never removes;
 //! - restore never writes outside its target directory, whatever names the repository holds.
 //!
 //! rustic_core is blocking (rayon, std threads): callers in async code use `spawn_blocking`.
@@ -18,20 +19,23 @@ mod pinned;
 mod restore;
 
 use pinned::SnapshotGate;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use burrow_core::Problems;
+use burrow_core::retention::{self, Snap};
 use burrow_core::source::{Entry, NoParent, ParentIndex, WalkContext};
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, ForgetGroups, Grouped, KeepOptions,
-    KeyOptions, OpenStatus, ParentOptions, PruneOptions, ReadSubsetOption, Repository,
-    RepositoryBackends, RepositoryOptions, RusticError, SnapshotGroupCriterion, SnapshotOptions,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions,
+    PruneOptions, ReadSubsetOption, Repository, RepositoryBackends, RepositoryOptions, RusticError,
+    SnapshotOptions,
 };
 use serde::Serialize;
 
+pub use burrow_core::retention::{Plan, Policy as Keep, PolicyError};
 pub use restore::RestoreOutcome;
 pub use rustic_core::jiff::Zoned;
 
@@ -95,6 +99,8 @@ pub enum RepoError {
     Restore(String),
     #[error("interrupted before the snapshot was complete; nothing was kept")]
     Interrupted,
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
     #[error("repository: {0}")]
     Rustic(String),
 }
@@ -479,42 +485,36 @@ impl Repo {
         restore::dump(self.reopen()?, &snap, path, w)
     }
 
-    /// Applies a retention policy to `job`'s snapshots at time `now`; returns the removed ids.
-    /// The newest complete (not `partial`) snapshot is always kept.
-    pub fn forget(
-        &self,
-        job: &str,
-        keep: &Keep,
-        now: &rustic_core::jiff::Zoned,
-    ) -> Result<Vec<String>, RepoError> {
-        let snaps = self.job_snapshots(Some(job))?;
-        if snaps.is_empty() {
-            return Ok(Vec::new());
+    /// The retention plan for `job`: restic 0.14's `forget --keep-*` decision over the job's
+    /// snapshots ([`burrow_core::retention::apply_policy`]), then burrow's one deviation: the
+    /// snapshots named by [`protected`] are kept whatever the policy says. Nothing is changed.
+    pub fn forget_plan(&self, job: &str, keep: &Keep) -> Result<Plan, RepoError> {
+        let snaps: Vec<Snap> = self.job_snapshots(Some(job))?.iter().map(snap_of).collect();
+        let plan = retention::apply_policy(&snaps, keep)?;
+        Ok(retention::protect(plan, &protected(&snaps)))
+    }
+
+    /// Computes [`Repo::forget_plan`] and removes the snapshots in its `remove` list; returns
+    /// the plan applied. Data of the removed snapshots stays until [`Repo::prune`].
+    pub fn forget(&self, job: &str, keep: &Keep) -> Result<Plan, RepoError> {
+        let plan = self.forget_plan(job, keep)?;
+        if plan.remove.is_empty() {
+            return Ok(plan);
         }
-        let newest_complete = snaps
-            .iter()
-            .rev()
-            .find(|s| !s.tags.contains(TAG_PARTIAL) && !s.tags.contains(TAG_ANOMALY))
-            .map(|s| s.id);
-        let to_i32 = |v: Option<u32>| v.map(|n| n.min(i32::MAX as u32) as i32);
-        let mut opts = KeepOptions::default();
-        opts.keep_last = to_i32(keep.last);
-        opts.keep_hourly = to_i32(keep.hourly);
-        opts.keep_daily = to_i32(keep.daily);
-        opts.keep_weekly = to_i32(keep.weekly);
-        opts.keep_monthly = to_i32(keep.monthly);
-        opts.keep_yearly = to_i32(keep.yearly);
-        let grouped = Grouped::from_items(snaps, SnapshotGroupCriterion::new());
-        let groups = ForgetGroups::from_grouped_snapshots_with_retention(grouped, &opts, now)?;
-        let ids: Vec<_> = groups
-            .into_forget_ids()
+        let gone: BTreeSet<&str> = plan.remove.iter().map(|d| d.id.as_str()).collect();
+        let ids: Vec<_> = self
+            .job_snapshots(Some(job))?
             .into_iter()
-            .filter(|id| Some(*id) != newest_complete)
+            .filter(|s| gone.contains(s.id.to_hex().to_string().as_str()))
+            .map(|s| s.id)
             .collect();
-        if !ids.is_empty() {
-            self.repo.delete_snapshots(&ids)?;
+        if ids.len() != gone.len() {
+            return Err(RepoError::Rustic(format!(
+                "the snapshots of job {job} changed while retention was planned; nothing was forgotten, run it again"
+            )));
         }
-        Ok(ids.iter().map(|i| i.to_hex().to_string()).collect())
+        self.repo.delete_snapshots(&ids)?;
+        Ok(plan)
     }
 
     /// Removes data no snapshot references any more. burrow is the only writer (it holds the
@@ -544,13 +544,28 @@ impl Repo {
     }
 }
 
-/// A retention policy (restic's `--keep-*`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Keep {
-    pub last: Option<u32>,
-    pub hourly: Option<u32>,
-    pub daily: Option<u32>,
-    pub weekly: Option<u32>,
-    pub monthly: Option<u32>,
-    pub yearly: Option<u32>,
+/// The snapshots of a job that retention never removes, whatever the policy: burrow's one
+/// deviation from restic's `forget`. Today the newest complete (not `partial`) snapshot.
+pub fn protected(snaps: &[Snap]) -> BTreeSet<String> {
+    snaps
+        .iter()
+        .filter(|s| !s.tags.iter().any(|t| t == TAG_PARTIAL || t == TAG_ANOMALY))
+        .max_by(|a, b| a.time.cmp(&b.time).then_with(|| b.id.cmp(&a.id)))
+        .map(|s| BTreeSet::from([s.id.clone()]))
+        .unwrap_or_default()
+}
+
+/// A snapshot as the retention policy sees it: id, time in the offset it was stored with, tags.
+fn snap_of(s: &SnapshotFile) -> Snap {
+    let ts = s.time.timestamp();
+    let offset = chrono::FixedOffset::east_opt(s.time.offset().seconds())
+        .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("0 is a valid offset"));
+    let utc =
+        chrono::DateTime::from_timestamp(ts.as_second(), ts.subsec_nanosecond().max(0) as u32)
+            .unwrap_or_default();
+    Snap {
+        id: s.id.to_hex().to_string(),
+        time: utc.with_timezone(&offset),
+        tags: s.tags.iter().cloned().collect(),
+    }
 }

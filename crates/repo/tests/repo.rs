@@ -241,18 +241,17 @@ fn unreadable_file_makes_a_partial_snapshot_and_forget_keeps_the_newest_complete
     assert_eq!(buf, b"0123456789");
 
     // keep_last 1 would keep only the partial one; the newest complete one must survive
-    let now = rustic_core::jiff::Zoned::now();
-    let removed = repo
-        .forget(
-            "j",
-            &Keep {
-                last: Some(1),
-                ..Keep::default()
-            },
-            &now,
-        )
-        .unwrap();
-    assert!(removed.is_empty(), "{removed:?}");
+    let last1 = Keep {
+        last: Some(1),
+        ..Keep::default()
+    };
+    let plan = repo.forget("j", &last1).unwrap();
+    assert!(plan.remove.is_empty(), "{plan:?}");
+    assert_eq!(plan.keep.len(), 2, "{plan:?}");
+    assert_eq!(plan.keep[0].id, out.snapshot_id);
+    assert_eq!(plan.keep[0].reasons, ["last snapshot"]);
+    assert_eq!(plan.keep[1].id, good.snapshot_id);
+    assert_eq!(plan.keep[1].reasons, [burrow_core::retention::PROTECTED]);
     let ids: Vec<String> = repo
         .snapshots(Some("j"))
         .unwrap()
@@ -261,19 +260,22 @@ fn unreadable_file_makes_a_partial_snapshot_and_forget_keeps_the_newest_complete
         .collect();
     assert_eq!(ids, [good.snapshot_id.clone(), out.snapshot_id.clone()]);
 
-    // a newer complete snapshot makes the old ones forgettable
+    // a newer complete snapshot makes the old ones forgettable; the plan is the same before
+    // (dry run) and after it is applied
     let (newest, _) = backup(&repo, "j", &src);
-    let removed = repo
-        .forget(
-            "j",
-            &Keep {
-                last: Some(1),
-                ..Keep::default()
-            },
-            &now,
-        )
-        .unwrap();
-    assert_eq!(removed.len(), 2);
+    let planned = repo.forget_plan("j", &last1).unwrap();
+    assert_eq!(
+        repo.snapshots(Some("j")).unwrap().len(),
+        3,
+        "a plan changes nothing"
+    );
+    let applied = repo.forget("j", &last1).unwrap();
+    assert_eq!(planned, applied);
+    assert_eq!(applied.remove.len(), 2);
+    assert_eq!(
+        applied.keep[0].reasons,
+        ["last snapshot", burrow_core::retention::PROTECTED]
+    );
     let ids: Vec<String> = repo
         .snapshots(Some("j"))
         .unwrap()
@@ -281,6 +283,10 @@ fn unreadable_file_makes_a_partial_snapshot_and_forget_keeps_the_newest_complete
         .map(|s| s.id)
         .collect();
     assert_eq!(ids, [newest.snapshot_id]);
+    assert!(matches!(
+        repo.forget("j", &Keep::default()),
+        Err(RepoError::Policy(_))
+    ));
     repo.prune().unwrap();
     repo.check(Some("all")).unwrap();
 }

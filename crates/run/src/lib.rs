@@ -8,7 +8,8 @@
 //!                                      ▲─────────────────────────────────────────────────┘
 //! ```
 //!
-//! Every outcome ends in a [`RunSummary`] (status ok / partial / failed / skipped) and the
+//! Every outcome ends in a [`RunSummary`] (status ok / partial / warning / failed / skipped:
+//! warning when the snapshot is complete but retention failed) and the
 //! log tail for monitoring; nothing here panics on bad input or a vanished server.
 
 pub mod anomaly;
@@ -117,7 +118,8 @@ pub fn local_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-fn keep_of(job: &Job) -> Option<Keep> {
+/// The job's `retention` as a policy; `None` when the job keeps every snapshot.
+pub fn keep_of(job: &Job) -> Option<Keep> {
     job.retention.map(|r| Keep {
         last: r.keep_last,
         hourly: r.keep_hourly,
@@ -365,6 +367,7 @@ async fn run_inner<D: DiskManager>(
         }
     }
 
+    let mut reason = None;
     if let Some(keep) = keep_of(job) {
         match pauses.get(&job.name) {
             Ok(Some(p)) => {
@@ -385,7 +388,13 @@ async fn run_inner<D: DiskManager>(
                 if let Err(e) = &paused {
                     log.warn(format!("{e}; retention goes on"));
                 }
-                retention(job, keep, repo, log).await;
+                if let Some(msg) = retention(job, keep, repo, log).await {
+                    log.error(&msg);
+                    if status == RunStatus::Ok {
+                        status = RunStatus::Warning;
+                    }
+                    reason = Some(msg);
+                }
             }
         }
     }
@@ -406,32 +415,34 @@ async fn run_inner<D: DiskManager>(
             bytes_added: out.bytes_added,
             duration_s: run.t0.elapsed().as_secs_f64(),
             errors,
-            reason: None,
+            reason,
         },
         log: log.tail(),
     }
 }
 
-/// Forget (and prune if something was forgotten). Errors are logged: the new snapshot is
-/// already saved.
-async fn retention(job: &Job, keep: Keep, repo: Repo, log: &RunLog) {
+/// Forget (and prune if something was forgotten). A failure is returned as the message for
+/// the run's summary: the new snapshot is already saved.
+async fn retention(job: &Job, keep: Keep, repo: Repo, log: &RunLog) -> Option<String> {
     let job_name = job.name.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<Vec<String>, RepoError> {
-        let now = burrow_repo::Zoned::now();
-        let removed = repo.forget(&job_name, &keep, &now)?;
-        if !removed.is_empty() {
+    let res = tokio::task::spawn_blocking(move || -> Result<usize, RepoError> {
+        // EXCLUSIVE REPOSITORY LOCK: forget and prune run under it; it is taken here.
+        let plan = repo.forget(&job_name, &keep)?;
+        if !plan.remove.is_empty() {
             repo.prune()?;
         }
-        Ok(removed)
+        Ok(plan.remove.len())
     })
     .await;
     match res {
-        Ok(Ok(removed)) => log.info(format!(
-            "retention: {} snapshot(s) forgotten",
-            removed.len()
+        Ok(Ok(removed)) => {
+            log.info(format!("retention: {removed} snapshot(s) forgotten"));
+            None
+        }
+        Ok(Err(e)) => Some(format!("retention failed (the new snapshot is safe): {e}")),
+        Err(e) => Some(format!(
+            "retention task failed (the new snapshot is safe): {e}"
         )),
-        Ok(Err(e)) => log.error(format!("retention failed (the new snapshot is safe): {e}")),
-        Err(e) => log.error(format!("retention task failed: {e}")),
     }
 }
 
