@@ -360,6 +360,18 @@ async fn forget<D: DiskManager>(
             return Exit::Failed;
         }
     };
+    if !dry_run {
+        // Forgetting by hand is the user's look at the job: a paused retention resumes.
+        match burrow_run::anomaly::PauseFile::new(&cfg.state_dir).resume(job) {
+            Ok(Some(p)) => eprintln!(
+                "job {job}: retention was paused by the anomaly of snapshot {} ({}); it resumes",
+                &p.snapshot[..p.snapshot.len().min(8)],
+                p.reason
+            ),
+            Ok(None) => {}
+            Err(e) => eprintln!("burrow: {e}"),
+        }
+    }
     if json {
         println!(
             "{}",
@@ -379,18 +391,6 @@ async fn forget<D: DiskManager>(
         println!("remove  {}  {}", &d.id[..8], d.time);
     }
     let n = plan.remove.len();
-    if !dry_run {
-        // Forgetting by hand is the user's look at the job: a paused retention resumes.
-        match burrow_run::anomaly::PauseFile::new(&cfg.state_dir).resume(job) {
-            Ok(Some(p)) => println!(
-                "job {job}: retention was paused by the anomaly of snapshot {} ({}); it resumes",
-                &p.snapshot[..p.snapshot.len().min(8)],
-                p.reason
-            ),
-            Ok(None) => {}
-            Err(e) => eprintln!("burrow: {e}"),
-        }
-    }
     if dry_run {
         println!(
             "job {job}: {} kept, {n} would be removed (dry run: nothing changed)",
