@@ -319,7 +319,7 @@ impl Writer<'_> {
         match guarded(|| self.store.tree(&id)) {
             Ok(nodes) => nodes
                 .into_iter()
-                .map(|n| (rel.join(n.name().as_ref()), n))
+                .map(|n| (rel.join(&*n.name()), n))
                 .collect(),
             Err(e) => {
                 self.fail(
@@ -708,7 +708,7 @@ mod tests {
                 NodeType::from_link(target),
                 meta(
                     &EntryKind::Symlink {
-                        target: target.to_string_lossy().into_owned(),
+                        target: target.as_os_str().to_owned(),
                     },
                     0o777,
                 ),
