@@ -311,7 +311,11 @@ fn restore_replaces_planted_symlinks_instead_of_following_them() {
     std::os::unix::fs::symlink(&outside, target.join(&first)).unwrap();
     let out = restore_to(&e, &["latest"], &target);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(listing(&outside), [PathBuf::from("victim")], "written outside");
+    assert_eq!(
+        listing(&outside),
+        [PathBuf::from("victim")],
+        "written outside"
+    );
     assert!(fs::symlink_metadata(target.join(&first)).unwrap().is_dir());
     assert_eq!(fs::read(target.join(rel).join("a")).unwrap(), b"hello\n");
 
@@ -323,8 +327,16 @@ fn restore_replaces_planted_symlinks_instead_of_following_them() {
     let out = restore_to(&e, &["latest"], &target);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(fs::read(&victim).unwrap(), b"precious");
-    assert_eq!(listing(&outside), [PathBuf::from("victim")], "written outside");
-    assert!(fs::symlink_metadata(target.join(rel).join("a")).unwrap().is_file());
+    assert_eq!(
+        listing(&outside),
+        [PathBuf::from("victim")],
+        "written outside"
+    );
+    assert!(
+        fs::symlink_metadata(target.join(rel).join("a"))
+            .unwrap()
+            .is_file()
+    );
     assert_eq!(fs::read(target.join(rel).join("a")).unwrap(), b"hello\n");
     assert_eq!(
         fs::read(target.join(rel).join("d/e/c")).unwrap(),
@@ -355,7 +367,11 @@ fn a_symlink_then_a_file_in_the_next_snapshot_stays_in_the_target() {
     assert_eq!(second["status"], "ok", "{second}");
 
     let target = e.tmp.path().join("t");
-    let rel = e.tmp.path().join("t").join(e.src.strip_prefix("/").unwrap());
+    let rel = e
+        .tmp
+        .path()
+        .join("t")
+        .join(e.src.strip_prefix("/").unwrap());
     let out = restore_to(&e, &[first["snapshot_id"].as_str().unwrap()], &target);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(fs::read_link(rel.join("p")).unwrap(), victim);

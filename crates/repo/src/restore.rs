@@ -370,11 +370,8 @@ impl Writer<'_> {
         dir: BorrowedFd<'_>,
         node: &Node,
     ) -> Result<(OsString, Option<String>), String> {
-        let flags = OFlag::O_WRONLY
-            | OFlag::O_CREAT
-            | OFlag::O_EXCL
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_CLOEXEC;
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let (tmp, fd) = with_tmp_name(|n| openat(dir, n, flags, Mode::from_bits_truncate(0o600)))?;
         let mut file = std::fs::File::from(fd);
         let mut counted = Counting {
@@ -542,9 +539,8 @@ pub fn restore(
     subpath: Option<&Path>,
     only_file: bool,
 ) -> Result<RestoreOutcome, RepoError> {
-    let repo = guarded(|| repo.to_indexed().map_err(|e| describe(&e))).map_err(|e| {
-        RepoError::Rustic(format!("cannot read the repository index: {e}"))
-    })?;
+    let repo = guarded(|| repo.to_indexed().map_err(|e| describe(&e)))
+        .map_err(|e| RepoError::Rustic(format!("cannot read the repository index: {e}")))?;
     let not_found = |e: String| RepoError::NoSnapshot {
         what: format!(
             "path {} in snapshot {} ({e})",
@@ -585,9 +581,8 @@ pub fn dump(
     path: &Path,
     w: &mut dyn std::io::Write,
 ) -> Result<u64, RepoError> {
-    let repo = guarded(|| repo.to_indexed().map_err(|e| describe(&e))).map_err(|e| {
-        RepoError::Rustic(format!("cannot read the repository index: {e}"))
-    })?;
+    let repo = guarded(|| repo.to_indexed().map_err(|e| describe(&e)))
+        .map_err(|e| RepoError::Rustic(format!("cannot read the repository index: {e}")))?;
     let node = guarded(|| {
         repo.node_from_snapshot_and_path(snap, &in_snapshot(Some(path)))
             .map_err(|e| describe(&e))
@@ -606,9 +601,8 @@ pub fn dump(
         )));
     }
     let mut counted = Counting { inner: w, n: 0 };
-    guarded(|| RepoStore(&repo).content(&node, &mut counted)).map_err(|e| {
-        RepoError::Restore(format!("cannot read {}: {e}", path.display()))
-    })?;
+    guarded(|| RepoStore(&repo).content(&node, &mut counted))
+        .map_err(|e| RepoError::Restore(format!("cannot read {}: {e}", path.display())))?;
     Ok(counted.n)
 }
 
@@ -698,7 +692,8 @@ mod tests {
         fn dir(&mut self, name: &str, mode: u32, children: Vec<Node>) -> Node {
             let id = TreeId::from(Id::random());
             self.trees.insert(id, children);
-            let mut d = Node::new_node(OsStr::new(name), NodeType::Dir, meta(&EntryKind::Dir, mode));
+            let mut d =
+                Node::new_node(OsStr::new(name), NodeType::Dir, meta(&EntryKind::Dir, mode));
             d.subtree = Some(id);
             d
         }
@@ -769,7 +764,15 @@ mod tests {
         let refused: Vec<&str> = refused.iter().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(
             refused,
-            ["../etc/passwd", "/abs", "l/passwd", "a/f", "a/x/y", "a/.", "a/"]
+            [
+                "../etc/passwd",
+                "/abs",
+                "l/passwd",
+                "a/f",
+                "a/x/y",
+                "a/.",
+                "a/"
+            ]
         );
     }
 
@@ -811,7 +814,10 @@ mod tests {
         let d = s.dir("tmp", 0o755, vec![f, sub]);
         let out = restore_into(&s, &target, vec![d]);
         assert!(out.complete(), "{out:?}");
-        assert!(names(&outside).is_empty(), "written through the planted link");
+        assert!(
+            names(&outside).is_empty(),
+            "written through the planted link"
+        );
         let m = fs::symlink_metadata(target.join("tmp")).unwrap();
         assert!(m.is_dir(), "the link must be replaced by a real directory");
         assert_eq!(fs::read(target.join("tmp/f")).unwrap(), b"x");
@@ -901,11 +907,7 @@ mod tests {
         fs::create_dir_all(&target).unwrap();
         let victim = tmp.path().join("victim");
         fs::write(&victim, "precious").unwrap();
-        fs::set_permissions(
-            &victim,
-            std::os::unix::fs::PermissionsExt::from_mode(0o644),
-        )
-        .unwrap();
+        fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         std::os::unix::fs::symlink(&victim, target.join("db.dump")).unwrap();
         let mut s = Fake::default();
         let dump = s.file("db.dump", 0o600, "-- dump");
@@ -928,14 +930,21 @@ mod tests {
         let c = s.broken("c", "panic");
         let z = s.file("z", 0o644, "zulu");
         let missing = {
-            let mut d = Node::new_node(OsStr::new("gone"), NodeType::Dir, meta(&EntryKind::Dir, 0o755));
+            let mut d = Node::new_node(
+                OsStr::new("gone"),
+                NodeType::Dir,
+                meta(&EntryKind::Dir, 0o755),
+            );
             d.subtree = Some(TreeId::from(Id::random()));
             d
         };
         let d = s.dir("d", 0o755, vec![a, b, c, missing, z]);
         let out = restore_into(&s, &target, vec![d]);
         assert_eq!(paths(&out.failed), ["/d/b", "/d/c", "/d/gone"], "{out:?}");
-        assert!(out.failed[0].reason.contains("shorter than its index"), "{out:?}");
+        assert!(
+            out.failed[0].reason.contains("shorter than its index"),
+            "{out:?}"
+        );
         assert!(out.failed[1].reason.contains("internal error"), "{out:?}");
         assert!(out.failed[2].reason.contains("listing"), "{out:?}");
         assert!(out.refused.is_empty());
@@ -971,13 +980,21 @@ mod tests {
     fn fifos_are_made_devices_and_sockets_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("t");
-        let fifo = Node::new_node(OsStr::new("pipe"), NodeType::Fifo, meta(&EntryKind::Fifo, 0o640));
+        let fifo = Node::new_node(
+            OsStr::new("pipe"),
+            NodeType::Fifo,
+            meta(&EntryKind::Fifo, 0o640),
+        );
         let dev = Node::new_node(
             OsStr::new("sda"),
             NodeType::Dev { device: 0x800 },
             meta(&EntryKind::BlockDevice { rdev: 0x800 }, 0o666),
         );
-        let sock = Node::new_node(OsStr::new("sock"), NodeType::Socket, meta(&EntryKind::Socket, 0o777));
+        let sock = Node::new_node(
+            OsStr::new("sock"),
+            NodeType::Socket,
+            meta(&EntryKind::Socket, 0o777),
+        );
         let out = restore_into(&Fake::default(), &target, vec![fifo, dev, sock]);
         assert_eq!(paths(&out.refused), ["/sda", "/sock"], "{out:?}");
         let m = fs::symlink_metadata(target.join("pipe")).unwrap();
