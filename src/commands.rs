@@ -471,34 +471,38 @@ async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreAr
         return if args.to_server {
             restore_dump_to_server(cfg, job, dump, repo, args.snapshot).await
         } else {
-            let Some(target) = args.target else {
+            let Some(target) = args.target.map(Path::to_owned) else {
                 return Exit::Usage;
             };
-            if let Err(e) = std::fs::create_dir_all(target) {
-                eprintln!("burrow: cannot create {}: {e}", target.display());
-                return Exit::Failed;
-            }
-            let out = target.join(name);
             let (job_name, snap) = (job.name.clone(), args.snapshot.to_owned());
             let path = burrow_run::dumps::dump_path(name);
-            let out2 = out.clone();
-            let res = tokio::task::spawn_blocking(move || -> Result<u64, String> {
-                let mut f = std::fs::File::create(&out2)
-                    .map_err(|e| format!("cannot create {}: {e}", out2.display()))?;
-                repo.dump(&job_name, &snap, &path, &mut f)
-                    .map_err(|e| e.to_string())
+            let res = tokio::task::spawn_blocking(move || {
+                repo.restore_file(&job_name, &snap, &path, &target)
             })
             .await;
-            match res.map_err(|e| e.to_string()).and_then(|r| r) {
-                Ok(n) => {
-                    println!("restored dump {name} ({n} bytes) to {}", out.display());
-                    Exit::Ok
+            let out = match res {
+                Ok(Ok(out)) => out,
+                Ok(Err(e)) => {
+                    eprintln!("burrow: {e}");
+                    return Exit::Failed;
                 }
                 Err(e) => {
-                    let _ = std::fs::remove_file(&out);
                     eprintln!("burrow: {e}");
-                    Exit::Failed
+                    return Exit::Failed;
                 }
+            };
+            let dest = args.target.unwrap_or(Path::new("")).join(name);
+            if out.complete() {
+                println!(
+                    "restored dump {name} ({} bytes) to {}",
+                    out.bytes,
+                    dest.display()
+                );
+                Exit::Ok
+            } else {
+                report_not_restored(&out);
+                eprintln!("burrow: dump {name} was not restored to {}", dest.display());
+                Exit::Failed
             }
         };
     }
@@ -526,12 +530,15 @@ async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreAr
                 out.dirs,
                 human_bytes(out.bytes)
             );
-            for r in &out.refused {
-                eprintln!("refused (would leave the target): {r}");
-            }
-            if out.refused.is_empty() {
+            if out.complete() {
                 Exit::Ok
             } else {
+                report_not_restored(&out);
+                let n = out.refused.len() + out.failed.len();
+                eprintln!(
+                    "burrow: {n} entr{} not restored (listed above); everything else was",
+                    if n == 1 { "y" } else { "ies" }
+                );
                 Exit::Partial
             }
         }
@@ -760,6 +767,16 @@ async fn status(cfg: &Config, json: bool) -> Exit {
             eprintln!("burrow: {e}");
             Exit::Failed
         }
+    }
+}
+
+/// Lists what a restore did not write, one line each, with the reason.
+fn report_not_restored(out: &burrow_repo::RestoreOutcome) {
+    for r in &out.refused {
+        eprintln!("refused: {}: {}", r.path, r.reason);
+    }
+    for f in &out.failed {
+        eprintln!("failed: {}: {}", f.path, f.reason);
     }
 }
 

@@ -349,5 +349,230 @@ fn most_files_changed_is_an_anomaly() {
             .contains("changed"),
         "{}",
         text(&out)
+// ---- restore is confined to its target (docs/design.md invariant 15)
+
+fn restore_to(e: &Env, extra: &[&str], target: &Path) -> std::process::Output {
+    let mut args = vec!["restore", "files"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--target", target.to_str().unwrap()]);
+    burrow(&e.cfg, &args)
+}
+
+/// Every entry of `dir` (recursively), relative, sorted: what a restore may have put there.
+fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            v.push(p.strip_prefix(dir).unwrap().to_owned());
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn restore_replaces_planted_symlinks_instead_of_following_them() {
+    let e = env_with("");
+    burrow(&e.cfg, &["init"]);
+    let out = burrow(&e.cfg, &["run", "files"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let outside = e.tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim");
+    fs::write(&victim, "precious").unwrap();
+    let rel = e.src.strip_prefix("/").unwrap();
+    // The job's paths are below /tmp: a link named tmp in the target is the first component.
+    let first = rel.components().next().unwrap().as_os_str().to_owned();
+    let target = e.tmp.path().join("t1");
+    fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join(&first)).unwrap();
+    let out = restore_to(&e, &["latest"], &target);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        listing(&outside),
+        [PathBuf::from("victim")],
+        "written outside"
+    );
+    assert!(fs::symlink_metadata(target.join(&first)).unwrap().is_dir());
+    assert_eq!(fs::read(target.join(rel).join("a")).unwrap(), b"hello\n");
+
+    // a link where a file goes, and one where a directory goes, deeper down
+    let target = e.tmp.path().join("t2");
+    fs::create_dir_all(target.join(rel)).unwrap();
+    std::os::unix::fs::symlink(&victim, target.join(rel).join("a")).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join(rel).join("d")).unwrap();
+    let out = restore_to(&e, &["latest"], &target);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(
+        listing(&outside),
+        [PathBuf::from("victim")],
+        "written outside"
+    );
+    assert!(
+        fs::symlink_metadata(target.join(rel).join("a"))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(fs::read(target.join(rel).join("a")).unwrap(), b"hello\n");
+    assert_eq!(
+        fs::read(target.join(rel).join("d/e/c")).unwrap(),
+        vec![1u8; 50_000]
+    );
+}
+
+#[test]
+fn a_symlink_then_a_file_in_the_next_snapshot_stays_in_the_target() {
+    let e = env_with("");
+    burrow(&e.cfg, &["init"]);
+    let outside = e.tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim");
+    fs::write(&victim, "precious").unwrap();
+    // The server says p is a link to the victim and q a link to a directory outside...
+    std::os::unix::fs::symlink(&victim, e.src.join("p")).unwrap();
+    std::os::unix::fs::symlink(&outside, e.src.join("q")).unwrap();
+    let first = json(&burrow(&e.cfg, &["run", "files", "--json"]));
+    assert_eq!(first["status"], "ok", "{first}");
+    // ...and in the next run p is a file and q a directory holding a file named victim.
+    fs::remove_file(e.src.join("p")).unwrap();
+    fs::remove_file(e.src.join("q")).unwrap();
+    fs::write(e.src.join("p"), "overwritten").unwrap();
+    fs::create_dir(e.src.join("q")).unwrap();
+    fs::write(e.src.join("q/victim"), "overwritten").unwrap();
+    let second = json(&burrow(&e.cfg, &["run", "files", "--json"]));
+    assert_eq!(second["status"], "ok", "{second}");
+
+    let target = e.tmp.path().join("t");
+    let rel = e
+        .tmp
+        .path()
+        .join("t")
+        .join(e.src.strip_prefix("/").unwrap());
+    let out = restore_to(&e, &[first["snapshot_id"].as_str().unwrap()], &target);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fs::read_link(rel.join("p")).unwrap(), victim);
+    assert_eq!(fs::read_link(rel.join("q")).unwrap(), outside);
+    let out = restore_to(&e, &["latest"], &target);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(listing(&outside), [PathBuf::from("victim")]);
+    assert!(fs::symlink_metadata(rel.join("p")).unwrap().is_file());
+    assert_eq!(fs::read(rel.join("p")).unwrap(), b"overwritten");
+    assert_eq!(fs::read(rel.join("q/victim")).unwrap(), b"overwritten");
+}
+
+#[test]
+fn a_restored_dump_keeps_its_mode_and_replaces_a_planted_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = env_with("    dumps:\n      - {name: db.dump, command: \"printf secret-dump\"}\n");
+    burrow(&e.cfg, &["init"]);
+    let out = burrow(&e.cfg, &["run", "files"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let victim = e.tmp.path().join("victim");
+    fs::write(&victim, "precious").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+    let target = e.tmp.path().join("t");
+    fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&victim, target.join("db.dump")).unwrap();
+    let out = restore_to(&e, &["--dump", "db.dump"], &target);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(
+        fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
+        0o644
+    );
+    let m = fs::symlink_metadata(target.join("db.dump")).unwrap();
+    assert!(m.is_file());
+    assert_eq!(m.permissions().mode() & 0o7777, 0o600, "the stored mode");
+    assert_eq!(fs::read(target.join("db.dump")).unwrap(), b"secret-dump");
+}
+
+#[test]
+fn a_single_file_restore_logs_no_error() {
+    let e = env_with("");
+    burrow(&e.cfg, &["init"]);
+    burrow(&e.cfg, &["run", "files"]);
+    let target = e.tmp.path().join("t");
+    let path = e.src.join("a");
+    let out = restore_to(&e, &["latest", "--path", path.to_str().unwrap()], &target);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fs::read(target.join("a")).unwrap(), b"hello\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
+/// Bytes that zstd cannot shrink, so a file of them fills a pack of its own size.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for d in fs::read_dir(repo.join("data")).unwrap() {
+        for f in fs::read_dir(d.unwrap().path()).unwrap() {
+            v.push(f.unwrap().path());
+        }
+    }
+    v
+}
+
+#[test]
+fn a_truncated_pack_fails_only_its_files() {
+    let e = env_with("");
+    burrow(&e.cfg, &["init"]);
+    let kept = noise(1, 1_500_000);
+    fs::write(e.src.join("kept"), &kept).unwrap();
+    let out = burrow(&e.cfg, &["run", "files"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let repo = e.tmp.path().join("repo");
+    let before = pack_files(&repo);
+    fs::write(e.src.join("lost"), noise(2, 1_500_000)).unwrap();
+    let out = burrow(&e.cfg, &["run", "files"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // the new data pack holds the new file only (tree packs are small)
+    let pack = pack_files(&repo)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let len = fs::metadata(&pack).unwrap().len();
+    assert!(len > 1_000_000, "{} is {len} bytes", pack.display());
+    let f = fs::OpenOptions::new().write(true).open(&pack).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+
+    let target = e.tmp.path().join("t");
+    let out = restore_to(&e, &["latest"], &target);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    let lost = e.src.join("lost");
+    assert!(
+        t.contains(&format!("failed: {}: ", lost.display())),
+        "the damaged file must be named: {t}"
+    );
+    assert!(t.contains("1 entry not restored"), "{t}");
+    let rel = target.join(e.src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(rel.join("kept")).unwrap(), kept);
+    assert_eq!(fs::read(rel.join("a")).unwrap(), b"hello\n");
+    assert_eq!(fs::read(rel.join("d/e/c")).unwrap(), vec![1u8; 50_000]);
+    assert_eq!(
+        listing(&rel),
+        ["a", "d", "d/e", "d/e/c", "kept"].map(PathBuf::from),
+        "no partial or temporary file"
     );
 }

@@ -8,7 +8,8 @@
 //!   `partial` (written before the untagged one is removed);
 //! - forget removes what `restic forget --keep-*` (0.14) would remove from the job's snapshots,
 //!   except the newest complete snapshot of the job ([`protected`]), which it never removes;
-//! - restore never writes outside its target directory, whatever names the repository holds.
+//! - restore never writes outside its target directory nor through an entry already in it,
+//!   whatever the repository holds (`restore.rs`).
 //!
 //! rustic_core is blocking (rayon, std threads): callers in async code use `spawn_blocking`.
 
@@ -36,7 +37,7 @@ use rustic_core::{
 use serde::Serialize;
 
 pub use burrow_core::retention::{Plan, Policy as Keep, PolicyError};
-pub use restore::RestoreOutcome;
+pub use restore::{NotRestored, RestoreOutcome};
 pub use rustic_core::jiff::Zoned;
 
 /// The tag every burrow snapshot carries.
@@ -461,7 +462,9 @@ impl Repo {
     }
 
     /// Restores `snapshot` (an id prefix or `latest`) of `job` into `target`, or only
-    /// `subpath` of it.
+    /// `subpath` of it (a directory's contents go into `target`, a single entry to
+    /// `target/<name>`). Nothing is written outside `target`; entries that were not written
+    /// are listed in the outcome (`refused`, `failed`), the rest is restored.
     pub fn restore(
         &self,
         job: &str,
@@ -470,7 +473,21 @@ impl Repo {
         subpath: Option<&Path>,
     ) -> Result<RestoreOutcome, RepoError> {
         let snap = self.find(job, snapshot)?;
-        restore::restore(self.reopen()?, &snap, target, subpath)
+        restore::restore(self.reopen()?, &snap, target, subpath, false)
+    }
+
+    /// Restores the regular file `path` of a snapshot (a dump, `/burrow-dumps/<name>`) as
+    /// `target/<name>`, with its stored mode, through the same confined writer as
+    /// [`Repo::restore`].
+    pub fn restore_file(
+        &self,
+        job: &str,
+        snapshot: &str,
+        path: &Path,
+        target: &Path,
+    ) -> Result<RestoreOutcome, RepoError> {
+        let snap = self.find(job, snapshot)?;
+        restore::restore(self.reopen()?, &snap, target, Some(path), true)
     }
 
     /// Writes one file of a snapshot to `w` (a dump, to a file or to the server).

@@ -38,6 +38,22 @@ pub fn go_mode(kind: &EntryKind, perm: u32) -> u32 {
     }
 }
 
+/// The Unix permission bits (with setuid/setgid/sticky) of a Go FileMode: the inverse of
+/// [`go_mode`] for the bits `chmod` takes. The type bits are not part of the result.
+pub fn unix_perm(go: u32) -> u32 {
+    let mut m = go & 0o777;
+    if go & GO_SETUID != 0 {
+        m |= 0o4000;
+    }
+    if go & GO_SETGID != 0 {
+        m |= 0o2000;
+    }
+    if go & GO_STICKY != 0 {
+        m |= 0o1000;
+    }
+    m
+}
+
 fn ts(t: Option<Time>) -> Option<Timestamp> {
     t.and_then(|t| Timestamp::new(t.secs, t.nanos as i32).ok())
 }
@@ -99,5 +115,14 @@ mod tests {
             go_mode(&EntryKind::CharDevice { rdev: 0 }, 0o600),
             (1 << 26) | (1 << 21) | 0o600
         );
+    }
+
+    #[test]
+    fn unix_perm_inverts_go_mode() {
+        for perm in [0o644, 0o600, 0o4755, 0o2750, 0o1777, 0o7000, 0] {
+            for kind in [EntryKind::File, EntryKind::Dir, EntryKind::Fifo] {
+                assert_eq!(unix_perm(go_mode(&kind, perm)), perm, "{perm:o}");
+            }
+        }
     }
 }
