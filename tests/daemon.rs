@@ -284,7 +284,11 @@ fn second_daemon_on_the_same_state_dir_is_refused_even_with_another_socket() {
         ),
     )
     .unwrap();
-    let mut d = Daemon::start(&cfg, &tmp.path().join("one.sock"), &tmp.path().join("n.sock"));
+    let mut d = Daemon::start(
+        &cfg,
+        &tmp.path().join("one.sock"),
+        &tmp.path().join("n.sock"),
+    );
     d.expect("READY=1", Duration::from_secs(20));
     let other = tmp.path().join("two.sock");
     let out = cli(&cfg, &other, &["daemon"]);

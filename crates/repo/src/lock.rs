@@ -209,7 +209,9 @@ impl Locks {
     pub(crate) fn new(root: &Path, master: &MasterKey) -> Result<Locks, RepoError> {
         let (enc, k, r) = (&master.encrypt, &master.mac.k, &master.mac.r);
         if enc.len() != 32 || k.len() != 16 || r.len() != 16 {
-            return Err(RepoError::Rustic("the repository key has an unknown form".into()));
+            return Err(RepoError::Rustic(
+                "the repository key has an unknown form".into(),
+            ));
         }
         let mut key = Key::default();
         key[..32].copy_from_slice(enc);
@@ -659,7 +661,10 @@ mod tests {
         drop(l.shared().unwrap());
         assert_eq!(ids(&l), vec![id.clone()], "a shared lock leaves it alone");
         drop(l.exclusive().unwrap());
-        assert!(ids(&l).is_empty(), "the exclusive lock removed the stale one");
+        assert!(
+            ids(&l).is_empty(),
+            "the exclusive lock removed the stale one"
+        );
     }
 
     #[test]
@@ -673,7 +678,12 @@ mod tests {
         let elsewhere = foreign(true, "otherhost", Duration::from_secs(60), dead);
         assert!(!elsewhere.is_stale(Timestamp::now(), Some(&host)));
         // a running process of this host
-        let alive = foreign(true, &host, Duration::from_secs(60), i64::from(std::process::id()));
+        let alive = foreign(
+            true,
+            &host,
+            Duration::from_secs(60),
+            i64::from(std::process::id()),
+        );
         assert!(!alive.is_stale(Timestamp::now(), Some(&host)));
 
         l.write(&gone).unwrap();
@@ -691,7 +701,11 @@ mod tests {
         fs::create_dir_all(l.dir()).unwrap();
         fs::write(l.dir().join("0".repeat(64)), b"").unwrap();
         drop(l.exclusive().unwrap());
-        fs::write(l.dir().join("1".repeat(64)), b"garbage that is no lock at all").unwrap();
+        fs::write(
+            l.dir().join("1".repeat(64)),
+            b"garbage that is no lock at all",
+        )
+        .unwrap();
         let e = l.shared().unwrap_err().to_string();
         assert!(e.contains("cannot be read") && e.contains("unlock"), "{e}");
     }

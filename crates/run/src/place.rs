@@ -340,8 +340,7 @@ mod tests {
         let e = reason(DaemonLock::acquire(&state).err().unwrap());
         assert!(e.contains("is a symbolic link"), "{e}");
         // a dangling link is not created through either
-        std::os::unix::fs::symlink(tmp.path().join("new"), state.join("repository.lock"))
-            .unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("new"), state.join("repository.lock")).unwrap();
         assert!(RepoLock::acquire(&state).is_err());
         assert!(!tmp.path().join("new").exists());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
