@@ -344,7 +344,7 @@ async fn forget<D: DiskManager>(
         if dry_run {
             repo.forget_plan(&job_name, &keep)
         } else {
-            // EXCLUSIVE REPOSITORY LOCK: taken here, before the snapshots are read for the plan.
+            let _exclusive = repo.lock_exclusive()?;
             repo.forget(&job_name, &keep)
         }
     })
@@ -421,8 +421,11 @@ async fn prune<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
         Err(code) => return code,
     };
     let path = repo.path().to_owned();
-    // EXCLUSIVE REPOSITORY LOCK: taken here, around the prune.
-    match tokio::task::spawn_blocking(move || repo.prune()).await {
+    let pruned = tokio::task::spawn_blocking(move || {
+        let _exclusive = repo.lock_exclusive()?;
+        repo.prune()
+    });
+    match pruned.await {
         Ok(Ok(())) => {
             println!(
                 "pruned {}: data no snapshot references is removed",

@@ -268,3 +268,43 @@ fn second_daemon_refuses_to_start() {
     assert!(text(&out).contains("already running"), "{}", text(&out));
     assert_eq!(d.sigterm(), 0);
 }
+
+#[test]
+fn second_daemon_on_the_same_state_dir_is_refused_even_with_another_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("pw"), "pw\n").unwrap();
+    let cfg = tmp.path().join("c.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "repository: {{path: {}, password_file: {}}}\nstate_dir: {}\njobs:\n  a: {{paths: [/etc/hostname]}}\n",
+            tmp.path().join("repo").display(),
+            tmp.path().join("pw").display(),
+            tmp.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(
+        &cfg,
+        &tmp.path().join("one.sock"),
+        &tmp.path().join("n.sock"),
+    );
+    d.expect("READY=1", Duration::from_secs(20));
+    let other = tmp.path().join("two.sock");
+    let out = cli(&cfg, &other, &["daemon"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!(
+            "another burrow daemon (pid {}) is already running with state_dir",
+            d.child.id()
+        )),
+        "{t}"
+    );
+    assert!(!other.exists(), "the second daemon bound no socket");
+    assert_eq!(d.sigterm(), 0);
+    // once the first has stopped, a daemon starts again on that state_dir
+    let mut again = Daemon::start(&cfg, &other, &tmp.path().join("n2.sock"));
+    again.expect("READY=1", Duration::from_secs(20));
+    assert_eq!(again.sigterm(), 0);
+}

@@ -5,7 +5,11 @@
 pub enum Exit {
     /// Everything asked for was done.
     Ok = 0,
-    /// The command failed; nothing new was stored (earlier snapshots are untouched).
+    /// The command failed; nothing new was stored (earlier snapshots are untouched). Also:
+    /// the repository is locked (by restic, or by burrow with another `state_dir`), another
+    /// burrow process of this `state_dir` holds its lock, and `burrow daemon` finds another
+    /// daemon on the same `state_dir` or control socket (a state to wait out or stop, not a
+    /// configuration error).
     Failed = 1,
     /// Usage or configuration error: fix the command line or the config file.
     Usage = 2,

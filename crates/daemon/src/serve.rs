@@ -41,6 +41,15 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 const HEARTBEAT: Duration = Duration::from_secs(300);
 
 pub async fn serve(cfg: Config, sim: bool) -> Exit {
+    // One daemon per state_dir, held until serve returns; taken before the disk or the socket
+    // is touched. A second daemon is a failure (1), like one whose socket answers.
+    let _one = match burrow_run::place::DaemonLock::acquire(&cfg.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            return Exit::Failed;
+        }
+    };
     let sd = Systemd::from_env();
     if sim || cfg.disk.is_none() {
         let disk = cfg.disk.as_ref().map(|d| {

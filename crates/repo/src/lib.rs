@@ -14,6 +14,7 @@
 //! rustic_core is blocking (rayon, std threads): callers in async code use `spawn_blocking`.
 
 mod adapter;
+pub mod lock;
 mod node;
 mod parent;
 mod pinned;
@@ -38,6 +39,7 @@ use serde::Serialize;
 
 pub use burrow_core::retention::{Plan, Policy as Keep, PolicyError};
 pub use restore::{NotRestored, RestoreOutcome};
+pub use lock::{LockInfo, Locks, RepoLockGuard};
 pub use rustic_core::jiff::Zoned;
 
 /// The tag every burrow snapshot carries.
@@ -98,6 +100,9 @@ pub enum RepoError {
     NoSnapshot { what: String },
     #[error("{0}")]
     Restore(String),
+    /// A lock file of restic or another burrow forbids the lock (the message names its holder).
+    #[error("{0}")]
+    Locked(String),
     #[error("interrupted before the snapshot was complete; nothing was kept")]
     Interrupted,
     #[error("{0}")]
@@ -308,6 +313,22 @@ impl Repo {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The repository's restic lock files (`locks/`), for taking a lock on another thread.
+    pub fn locks(&self) -> Result<Locks, RepoError> {
+        Locks::new(&self.path, &self.repo.key())
+    }
+
+    /// A shared restic lock, as `restic backup` takes: for backup and check. Blocks for about
+    /// 200 ms (restic's settle time); held until the guard is dropped.
+    pub fn lock_shared(&self) -> Result<RepoLockGuard, RepoError> {
+        self.locks()?.shared()
+    }
+
+    /// An exclusive restic lock, as `restic prune` takes: for forget, prune and repairs.
+    pub fn lock_exclusive(&self) -> Result<RepoLockGuard, RepoError> {
+        self.locks()?.exclusive()
     }
 
     /// The repository's id (from its config file), as stock restic shows it.
@@ -534,8 +555,9 @@ impl Repo {
         Ok(plan)
     }
 
-    /// Removes data no snapshot references any more. burrow is the only writer (it holds the
-    /// repository lock), so packs are deleted at once instead of after rustic's grace period.
+    /// Removes data no snapshot references any more. The caller holds the exclusive lock
+    /// ([`Repo::lock_exclusive`]), so no other writer exists and packs are deleted at once
+    /// instead of after rustic's grace period.
     pub fn prune(&self) -> Result<(), RepoError> {
         let opts = PruneOptions::default().instant_delete(true);
         let plan = self.repo.prune_plan(&opts)?;

@@ -234,6 +234,12 @@ async fn run_inner<D: DiskManager>(
     if let Err(e) = place::check_marker(&place, &repo.id()) {
         return run.end(RunStatus::Skipped, e.to_string());
     }
+    // restic's shared lock, held until retention: restic and burrows of other state dirs
+    // see the backup and do not prune under it.
+    let shared = match lock_repo(&repo, false).await {
+        Ok(g) => g,
+        Err(e) => return run.end(RunStatus::Failed, e),
+    };
     log.info(format!("repository {} ready", place.repo_path.display()));
 
     let host = match server {
@@ -367,6 +373,7 @@ async fn run_inner<D: DiskManager>(
         }
     }
 
+    drop(shared);
     let mut reason = None;
     if let Some(keep) = keep_of(job) {
         match pauses.get(&job.name) {
@@ -426,7 +433,8 @@ async fn run_inner<D: DiskManager>(
 async fn retention(job: &Job, keep: Keep, repo: Repo, log: &RunLog) -> Option<String> {
     let job_name = job.name.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<usize, RepoError> {
-        // EXCLUSIVE REPOSITORY LOCK: forget and prune run under it; it is taken here.
+        // restic's exclusive lock: refused (restic or another burrow at work) = retention fails.
+        let _exclusive = repo.lock_exclusive()?;
         let plan = repo.forget(&job_name, &keep)?;
         if !plan.remove.is_empty() {
             repo.prune()?;
@@ -444,6 +452,21 @@ async fn retention(job: &Job, keep: Keep, repo: Repo, log: &RunLog) -> Option<St
             "retention task failed (the new snapshot is safe): {e}"
         )),
     }
+}
+
+/// Takes restic's lock on the repository (shared or exclusive) on a blocking thread.
+async fn lock_repo(repo: &Repo, exclusive: bool) -> Result<burrow_repo::RepoLockGuard, String> {
+    let locks = repo.locks().map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        if exclusive {
+            locks.exclusive()
+        } else {
+            locks.shared()
+        }
+    })
+    .await
+    .map_err(|e| format!("repository task failed: {e}"))?
+    .map_err(|e| e.to_string())
 }
 
 async fn close(host: &Host) {
@@ -625,18 +648,20 @@ pub async fn run_check<D: DiskManager>(
             read_data.as_deref().unwrap_or("no")
         ));
         let path = place.repo_path.clone();
+        let repo = tokio::task::spawn_blocking(move || Repo::open(&path, &password))
+            .await
+            .map_err(|e| (RunStatus::Failed, e.to_string()))?
+            .map_err(|e| (RunStatus::Failed, e.to_string()))?;
+        // The marker before anything is written, the lock file included.
+        place::check_marker(&place, &repo.id()).map_err(|e| (RunStatus::Skipped, e.to_string()))?;
+        let _shared = lock_repo(&repo, false)
+            .await
+            .map_err(|e| (RunStatus::Failed, e))?;
         let rd = read_data.clone();
-        tokio::task::spawn_blocking(move || -> Result<String, RepoError> {
-            let repo = Repo::open(&path, &password)?;
-            repo.check(rd.as_deref())?;
-            Ok(repo.id())
-        })
-        .await
-        .map_err(|e| (RunStatus::Failed, e.to_string()))?
-        .map_err(|e| (RunStatus::Failed, format!("check found problems: {e}")))
-        .and_then(|id| {
-            place::check_marker(&place, &id).map_err(|e| (RunStatus::Skipped, e.to_string()))
-        })
+        tokio::task::spawn_blocking(move || repo.check(rd.as_deref()))
+            .await
+            .map_err(|e| (RunStatus::Failed, e.to_string()))?
+            .map_err(|e| (RunStatus::Failed, format!("check found problems: {e}")))
     }
     .await;
     let (status, reason) = match result {

@@ -6,7 +6,7 @@
 //! those checks pass, so an absent disk can never fill the SD card.
 
 use std::fs::File;
-use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use burrow_config::Config;
@@ -132,39 +132,148 @@ pub fn check_marker(place: &Place, repo_id: &str) -> Result<(), PlaceError> {
     }
 }
 
-/// An exclusive lock on writing the repository, held by one burrow process at a time
-/// (rustic_core itself takes no locks). Released when dropped, or when the process dies.
+/// An exclusive lock on writing the repository, held by one burrow process of this
+/// `state_dir` at a time. Released when dropped, or when the process dies. Between processes
+/// with other state dirs, and with stock restic, the restic lock files in the repository
+/// ([`burrow_repo::Repo::lock_shared`], [`burrow_repo::Repo::lock_exclusive`]) decide.
 pub struct RepoLock {
     _lock: Flock<File>,
 }
 
 impl RepoLock {
     pub fn acquire(state_dir: &Path) -> Result<RepoLock, PlaceError> {
-        std::fs::create_dir_all(state_dir).map_err(|e| {
-            PlaceError::Fail(format!(
-                "cannot create state_dir {}: {e} (run as root or set state_dir)",
-                state_dir.display()
-            ))
-        })?;
-        let path = state_dir.join("repository.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| PlaceError::Fail(format!("cannot open {}: {e}", path.display())))?;
-        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, _)| {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            PlaceError::Fail(format!(
-                "another burrow process (pid {}) is writing the repository; try again when it is done",
-                holder.trim()
-            ))
-        })?;
-        let _ = lock.set_len(0);
-        let _ = write!(&mut *lock, "{}", std::process::id());
+        let lock = take_flock(state_dir, "repository.lock", repo_busy)?;
         Ok(RepoLock { _lock: lock })
     }
+}
+
+fn repo_busy(pid: Option<u32>) -> String {
+    format!(
+        "another burrow process{} is writing the repository; try again when it is done",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )
+}
+
+/// One `burrow daemon` per `state_dir`: an exclusive flock on `state_dir/daemon.lock` for
+/// the daemon's lifetime (two daemons would run the same schedule and share one state file).
+pub struct DaemonLock {
+    _lock: Flock<File>,
+}
+
+impl DaemonLock {
+    pub fn acquire(state_dir: &Path) -> Result<DaemonLock, PlaceError> {
+        let lock = take_flock(state_dir, "daemon.lock", |pid| {
+            format!(
+                "another burrow daemon{} is already running with state_dir {}: stop it first \
+                 (systemctl stop burrow), or give this daemon its own state_dir",
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                state_dir.display()
+            )
+        })?;
+        Ok(DaemonLock { _lock: lock })
+    }
+}
+
+/// Takes an exclusive, non-blocking flock on `state_dir/name`, then writes our pid into it.
+///
+/// The file is opened with `O_NOFOLLOW` and must be a regular file of ours with one link: a
+/// symlink or hard link planted there is refused, never written through. `busy` makes the
+/// message when another process holds the lock, from its pid when it can be found.
+fn take_flock(
+    state_dir: &Path,
+    name: &str,
+    busy: impl FnOnce(Option<u32>) -> String,
+) -> Result<Flock<File>, PlaceError> {
+    std::fs::create_dir_all(state_dir).map_err(|e| {
+        PlaceError::Fail(format!(
+            "cannot create state_dir {}: {e} (run as root or set state_dir)",
+            state_dir.display()
+        ))
+    })?;
+    let path = state_dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                PlaceError::Fail(format!(
+                    "{} is a symbolic link; burrow does not write through it: remove it (burrow \
+                     creates its lock file itself)",
+                    path.display()
+                ))
+            } else {
+                PlaceError::Fail(format!("cannot open {}: {e}", path.display()))
+            }
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| PlaceError::Fail(format!("cannot stat {}: {e}", path.display())))?;
+    let refuse = |why: String| {
+        PlaceError::Fail(format!(
+            "{} {why}; burrow does not write to it: remove it (burrow creates its lock file \
+             itself)",
+            path.display()
+        ))
+    };
+    if !meta.file_type().is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    if meta.nlink() != 1 {
+        return Err(refuse(format!("has {} hard links", meta.nlink())));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(refuse(format!(
+            "belongs to uid {}, not to this process (uid {euid})",
+            meta.uid()
+        )));
+    }
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((file, _)) => return Err(PlaceError::Fail(busy(holder_pid(&file, &meta)))),
+    };
+    // Only now, holding the lock, is the pid written: written first, then the rest cut off,
+    // so the file never reads empty while it is held.
+    let pid = format!("{}\n", std::process::id());
+    let _ = lock.write_all_at(pid.as_bytes(), 0);
+    let _ = lock.set_len(pid.len() as u64);
+    Ok(lock)
+}
+
+/// The pid of the process holding the flock on `file`: from `/proc/locks` (the kernel's own
+/// record), else from what the holder wrote into the file.
+fn holder_pid(file: &File, meta: &std::fs::Metadata) -> Option<u32> {
+    let (dev, ino) = (meta.dev(), meta.ino());
+    let want = format!(
+        "{:02x}:{:02x}:{ino}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    let from_proc = std::fs::read_to_string("/proc/locks").ok().and_then(|t| {
+        t.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().filter(|w| *w != "->").collect();
+            // "1: FLOCK ADVISORY WRITE <pid> <maj:min:inode> 0 EOF"
+            (f.len() >= 6 && f[1] == "FLOCK" && f[5] == want)
+                .then(|| f[4].parse::<u32>().ok())
+                .flatten()
+                .filter(|p| *p > 0)
+        })
+    });
+    from_proc.or_else(|| {
+        let mut buf = [0u8; 32];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n])
+            .ok()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|p| *p > 0)
+    })
 }
 
 /// Writes the volume marker for a new repository (no-op without `disk`).
@@ -172,5 +281,80 @@ pub fn write_marker(place: &Place, repo_id: &str) -> std::io::Result<()> {
     match &place.volume {
         Some(v) => guard::write_marker(v, repo_id, place.mount_check),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(e: PlaceError) -> String {
+        match e {
+            PlaceError::Fail(r) | PlaceError::Skip(r) => r,
+        }
+    }
+
+    #[test]
+    fn the_pid_is_written_once_the_lock_is_held_and_named_to_the_next_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let held = RepoLock::acquire(tmp.path()).unwrap();
+        let pid = std::process::id();
+        let text = std::fs::read_to_string(tmp.path().join("repository.lock")).unwrap();
+        assert_eq!(text.trim(), pid.to_string());
+        // a second open file description conflicts even within one process
+        let e = reason(RepoLock::acquire(tmp.path()).err().unwrap());
+        assert!(
+            e.contains(&format!("another burrow process (pid {pid}) is writing")),
+            "{e}"
+        );
+        drop(held);
+        drop(RepoLock::acquire(tmp.path()).unwrap());
+    }
+
+    #[test]
+    fn without_a_known_pid_the_message_names_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("repository.lock");
+        // a holder that wrote nothing, with /proc/locks not naming it: only the file is asked
+        let f = std::fs::File::create(&path).unwrap();
+        let meta = f.metadata().unwrap();
+        let _held = Flock::lock(f, FlockArg::LockExclusiveNonblock).unwrap();
+        let other = std::fs::File::open(&path).unwrap();
+        let bogus = std::fs::File::open(tmp.path()).unwrap().metadata().unwrap();
+        assert_eq!(holder_pid(&other, &bogus), None);
+        assert_eq!(holder_pid(&other, &meta), Some(std::process::id()));
+        assert_eq!(
+            repo_busy(None),
+            "another burrow process is writing the repository; try again when it is done"
+        );
+    }
+
+    #[test]
+    fn a_symlink_is_refused_and_its_target_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "keep me").unwrap();
+        let state = tmp.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&victim, state.join("daemon.lock")).unwrap();
+        let e = reason(DaemonLock::acquire(&state).err().unwrap());
+        assert!(e.contains("is a symbolic link"), "{e}");
+        // a dangling link is not created through either
+        std::os::unix::fs::symlink(tmp.path().join("new"), state.join("repository.lock")).unwrap();
+        assert!(RepoLock::acquire(&state).is_err());
+        assert!(!tmp.path().join("new").exists());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(
+            &tmp.path().join("repository.lock"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let e = reason(RepoLock::acquire(tmp.path()).err().unwrap());
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }
