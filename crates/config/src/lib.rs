@@ -10,6 +10,7 @@ mod outline;
 mod raw;
 mod validate;
 
+pub use validate::valid_read_data;
 pub use outline::{EditRefused, JobOutline, Outline, ServerOutline, outline, set_host_key};
 
 use std::collections::BTreeMap;

@@ -10,7 +10,8 @@ pub enum Exit {
     /// Usage or configuration error: fix the command line or the config file.
     Usage = 2,
     /// A snapshot was made, but some files, directories or dumps could not be read, or an
-    /// `after` command failed.
+    /// `after` command failed. Also: `snapshots` listed the snapshots but a snapshot file
+    /// could not be read (named).
     Partial = 3,
     /// Skipped: the backup disk or the key stick is absent, or the disk is not the configured
     /// one (EX_TEMPFAIL, as borgmatic's soft failure). Nothing was written.
@@ -29,7 +30,7 @@ Exit codes:
    1  failed (nothing new stored; earlier snapshots untouched)
    2  usage or configuration error
    3  partial: a snapshot was made, but something was unreadable or an after command
-      failed (listed in the summary)
+      failed (listed in the summary); for snapshots: a snapshot file cannot be read
   75  skipped: the backup disk or the key stick is absent, or the disk is not the one
       `burrow init` prepared (nothing was written)";
 }
