@@ -291,9 +291,8 @@ async fn snapshots<D: DiskManager>(
     println!("{} snapshot(s)", list.len());
     for d in &listing.damaged {
         eprintln!(
-            "damaged: snapshot file {} cannot be read ({}); remove it (`restic forget {}` or \
-             delete the file)",
-            d.file, d.error, d.short_id
+            "damaged: snapshot file {} cannot be read ({}); if it stays so, delete it: rm {}",
+            d.file, d.error, d.path
         );
     }
     code

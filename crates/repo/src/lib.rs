@@ -99,23 +99,29 @@ pub enum RepoError {
     Restore(String),
     #[error("interrupted before the snapshot was complete; nothing was kept")]
     Interrupted,
-    #[error(
-        "{} cannot be read, so prune cannot know what {} reference{}; nothing was pruned. \
-         Remove {} (`rm` the file in the repository, or `restic forget ID`) and prune again",
-        damaged_list(.0), if .0.len() == 1 { "it" } else { "they" },
-        if .0.len() == 1 { "s" } else { "" }, if .0.len() == 1 { "it" } else { "them" }
-    )]
+    #[error("{}", prune_refusal(.0))]
     DamagedSnapshots(Vec<DamagedSnapshot>),
     #[error("repository: {0}")]
     Rustic(String),
 }
 
-fn damaged_list(d: &[DamagedSnapshot]) -> String {
+fn prune_refusal(d: &[DamagedSnapshot]) -> String {
     let names: Vec<String> = d
         .iter()
         .map(|s| format!("snapshot file {} ({})", s.file, s.error))
         .collect();
-    names.join(", ")
+    let paths: Vec<&str> = d.iter().map(|s| s.path.as_str()).collect();
+    let (it, they) = if d.len() == 1 {
+        ("it", "it references")
+    } else {
+        ("them", "they reference")
+    };
+    format!(
+        "{} cannot be read, so prune cannot know what {they}; nothing was pruned. Delete {it} \
+         (rm {}; stock restic cannot forget a snapshot it cannot read) and prune again",
+        names.join(", "),
+        paths.join(" ")
+    )
 }
 
 /// Runs a rustic_core call that may panic (several `unwrap`s on data read from the disk): a
@@ -164,6 +170,8 @@ pub struct DamagedSnapshot {
     pub short_id: String,
     /// The file, relative to the repository (`snapshots/<id>`).
     pub file: String,
+    /// The file's full path.
+    pub path: String,
     pub error: String,
     /// Always `true`.
     pub damaged: bool,
@@ -384,13 +392,14 @@ impl Repo {
                 Ok(self.repo.get_snapshots(&[hex.as_str()])?)
             });
             let file = format!("snapshots/{hex}");
+            let path = self.path.join(&file);
             match read {
                 Ok(found) => snaps.extend(found.into_iter().filter(|s| match &tag {
                     Some(t) => s.tags.contains(t),
                     None => true,
                 })),
                 // removed since it was listed (a forget at the same moment): not damage
-                Err(_) if !self.path.join(&file).exists() => {}
+                Err(_) if !path.exists() => {}
                 Err(e) => {
                     let error = match e {
                         RepoError::Rustic(m) => m,
@@ -404,14 +413,15 @@ impl Repo {
                     if first {
                         tracing::warn!(
                             "snapshot file {file} cannot be read and is skipped: {error}; \
-                             remove it (`restic forget {}` or delete the file)",
-                            &hex[..8]
+                             if it stays so, delete it: rm {}",
+                            path.display()
                         );
                     }
                     damaged.push(DamagedSnapshot {
                         short_id: hex[..8].to_owned(),
                         id: hex,
                         file,
+                        path: path.display().to_string(),
                         error,
                         damaged: true,
                     });

@@ -547,9 +547,9 @@ async fn tidy(repo: Repo, log: &RunLog, list: bool) -> Result<Repo, String> {
         Some(Ok(damaged)) => {
             for d in damaged {
                 log.warn(format!(
-                    "snapshot file {} cannot be read and is skipped: {}; remove it \
-                     (`restic forget {}` or delete the file)",
-                    d.file, d.error, d.short_id
+                    "snapshot file {} cannot be read and is skipped: {}; if it stays so, \
+                     delete it: rm {}",
+                    d.file, d.error, d.path
                 ));
             }
         }
@@ -634,8 +634,9 @@ pub async fn check_repository<D: DiskManager>(
             errors.push(ErrorItem {
                 path: d.file.clone(),
                 message: format!(
-                    "cannot be read ({}); remove it (`restic forget {}` or delete the file)",
-                    d.error, d.short_id
+                    "cannot be read ({}); delete it: rm {} (stock restic cannot forget a \
+                     snapshot it cannot read)",
+                    d.error, d.path
                 ),
             });
         }
