@@ -236,19 +236,18 @@ async fn snapshots<D: DiskManager>(
         Err(code) => return code,
     };
     let job = job.map(str::to_owned);
-    let listing = match tokio::task::spawn_blocking(move || repo.snapshot_listing(job.as_deref()))
-        .await
-    {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            eprintln!("burrow: {e}");
-            return Exit::Failed;
-        }
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            return Exit::Failed;
-        }
-    };
+    let listing =
+        match tokio::task::spawn_blocking(move || repo.snapshot_listing(job.as_deref())).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                eprintln!("burrow: {e}");
+                return Exit::Failed;
+            }
+            Err(e) => {
+                eprintln!("burrow: {e}");
+                return Exit::Failed;
+            }
+        };
     // Damaged files cannot be read, so they cannot be told apart by job: they are always
     // named, and make the exit code 3.
     let code = if listing.damaged.is_empty() {

@@ -291,7 +291,9 @@ fn a_garbage_snapshot_file_is_named_and_the_rest_goes_on() {
 
     // random bytes under a valid-looking name, and the debris of an interrupted write
     let bad = "e".repeat(64);
-    let garbage: Vec<u8> = (0..500u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..500u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     fs::write(repo.join("snapshots").join(&bad), garbage).unwrap();
     let debris = repo.join(format!("index/{}-tmp-", "a".repeat(64)));
     fs::write(&debris, "half a file").unwrap();
@@ -313,7 +315,11 @@ fn a_garbage_snapshot_file_is_named_and_the_rest_goes_on() {
     let out = burrow(&e.cfg, &["snapshots"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(text(&out).contains("1 snapshot(s)"), "{}", text(&out));
-    assert!(text(&out).contains(&format!("snapshots/{bad}")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("snapshots/{bad}")),
+        "{}",
+        text(&out)
+    );
 
     // the run picks the readable parent and removes the debris
     let out = burrow(&e.cfg, &["run", "files", "--json"]);
@@ -326,7 +332,13 @@ fn a_garbage_snapshot_file_is_named_and_the_rest_goes_on() {
     let target = e.tmp.path().join("restore");
     let out = burrow(
         &e.cfg,
-        &["restore", "files", "latest", "--target", target.to_str().unwrap()],
+        &[
+            "restore",
+            "files",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let restored = target.join(e.src.strip_prefix("/").unwrap());
@@ -334,13 +346,20 @@ fn a_garbage_snapshot_file_is_named_and_the_rest_goes_on() {
 
     let out = burrow(&e.cfg, &["check"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains(&format!("snapshots/{bad}")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("snapshots/{bad}")),
+        "{}",
+        text(&out)
+    );
 
     fs::remove_file(repo.join("snapshots").join(&bad)).unwrap();
     let out = burrow(&e.cfg, &["check", "--read-data"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(burrow(&e.cfg, &["snapshots"]).status.code(), Some(0));
-    assert_eq!(burrow(&e.cfg, &["check", "--read-data=fast"]).status.code(), Some(2));
+    assert_eq!(
+        burrow(&e.cfg, &["check", "--read-data=fast"]).status.code(),
+        Some(2)
+    );
 }
 
 #[test]
@@ -384,7 +403,10 @@ fn a_truncated_pack_is_named_by_check_and_stored_again_by_the_next_run() {
             .any(|e| e["path"] == format!("pack {id}").as_str()),
         "the damaged pack is named: {report}"
     );
-    assert!(!pack.exists(), "the damaged pack is gone once no index lists it");
+    assert!(
+        !pack.exists(),
+        "the damaged pack is gone once no index lists it"
+    );
 
     let out = burrow(&e.cfg, &["run", "files", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -401,7 +423,13 @@ fn a_truncated_pack_is_named_by_check_and_stored_again_by_the_next_run() {
     let first_id = first["snapshot_id"].as_str().unwrap();
     let out = burrow(
         &e.cfg,
-        &["restore", "files", &first_id[..8], "--target", target.to_str().unwrap()],
+        &[
+            "restore",
+            "files",
+            &first_id[..8],
+            "--target",
+            target.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let restored = target.join(e.src.strip_prefix("/").unwrap());

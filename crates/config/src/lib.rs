@@ -10,8 +10,8 @@ mod outline;
 mod raw;
 mod validate;
 
-pub use validate::valid_read_data;
 pub use outline::{EditRefused, JobOutline, Outline, ServerOutline, outline, set_host_key};
+pub use validate::valid_read_data;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -381,8 +381,9 @@ impl Repo {
     /// is named (a warning, once per file and handle) and skipped instead of failing the
     /// listing. Damaged files cannot be told apart by job: they are listed for every job.
     fn read_snapshots(&self, job: Option<&str>) -> Result<Listed, RepoError> {
-        let ids: Vec<SnapshotId> =
-            guarded("listing snapshots", || Ok(self.repo.list::<SnapshotId>()?.collect()))?;
+        let ids: Vec<SnapshotId> = guarded("listing snapshots", || {
+            Ok(self.repo.list::<SnapshotId>()?.collect())
+        })?;
         let tag = job.map(job_tag);
         let mut snaps = Vec::with_capacity(ids.len());
         let mut damaged = Vec::new();
@@ -710,7 +711,9 @@ impl Repo {
         }
         let listed = self.read_snapshots(None)?;
         let trees = listed.snaps.iter().map(|s| s.tree).collect();
-        let results = guarded("the check", || Ok(self.repo.check_with_trees(opts, trees)?))?;
+        let results = guarded("the check", || {
+            Ok(self.repo.check_with_trees(opts, trees)?)
+        })?;
         let mut report = CheckReport {
             damaged_snapshots: listed.damaged,
             ..CheckReport::default()
@@ -719,7 +722,7 @@ impl Repo {
         for (level, finding) in &results.0 {
             let pack = finding_pack(&format!("{finding:?}"));
             let text = match pack {
-                Some(id) => format!("pack {}: {finding}", id.to_hex()),
+                Some(id) => format!("pack {}: {finding}", &*id.to_hex()),
                 None => finding.to_string(),
             };
             // `CheckErrorLevel` is not nameable either: `Warn` or `Error`.

@@ -49,9 +49,8 @@ impl SnapshotParent {
         repo: &Repository<S>,
         snap: &SnapshotFile,
     ) -> Arc<dyn ParentIndex> {
-        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Self::load(repo, snap)
-        }));
+        let loaded =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::load(repo, snap)));
         match loaded {
             Ok(Ok(p)) => Arc::new(p),
             Ok(Err(e)) => {

@@ -91,7 +91,10 @@ impl Pinned {
     }
 
     pub fn unhide_packs(&self) {
-        self.hidden.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.hidden
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     fn pack_path(&self, id: &Id) -> PathBuf {

@@ -103,7 +103,10 @@ fn a_garbage_snapshot_file_is_named_and_skipped() {
 
     let listing = repo.snapshot_listing(Some("j")).unwrap();
     let ids: Vec<&str> = listing.snapshots.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, [first.snapshot_id.as_str(), second.snapshot_id.as_str()]);
+    assert_eq!(
+        ids,
+        [first.snapshot_id.as_str(), second.snapshot_id.as_str()]
+    );
     assert_eq!(listing.damaged.len(), 1, "{listing:?}");
     assert_eq!(listing.damaged[0].id, bad);
     assert_eq!(listing.damaged[0].file, format!("snapshots/{bad}"));

@@ -680,7 +680,10 @@ pub async fn check_repository<D: DiskManager>(
                 .iter()
                 .map(|d| d.file.as_str())
                 .collect();
-            reason.push_str(&format!("; unreadable snapshot files: {}", files.join(", ")));
+            reason.push_str(&format!(
+                "; unreadable snapshot files: {}",
+                files.join(", ")
+            ));
         }
         if report.is_clean() {
             Ok(())
