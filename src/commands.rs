@@ -274,7 +274,7 @@ async fn snapshots<D: DiskManager>(
         "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  paths",
         "id", "time", "job", "host", "files", "size"
     );
-    for s in &list {
+    for s in list {
         println!(
             "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  {}{}",
             s.short_id,
