@@ -40,7 +40,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List snapshots, of one job or of all.
+    /// List snapshots, of one job or of all. Snapshot files that cannot be read are named
+    /// (exit 3; in --json as entries with "damaged": true).
     Snapshots {
         job: Option<String>,
         #[arg(long)]
@@ -83,6 +84,17 @@ pub enum Command {
     },
     /// Remove the data that no snapshot references any more (after `burrow forget`).
     Prune,
+    /// Check the repository now, as the scheduled check does (`check:`), and print every
+    /// problem. Damaged packs are taken out of the index, so the next run stores their data
+    /// again. Exit 0 clean, 1 damaged or not checked.
+    Check {
+        /// Also read back and verify pack data: all of it, or a share (`5%`, `1/7`).
+        #[arg(long, value_name = "SHARE", num_args = 0..=1, require_equals = true, default_missing_value = "all")]
+        read_data: Option<String>,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run as a service: schedules, hot-plug, monitoring (systemd Type=notify).
     Daemon {
         /// Simulated disks and no hardware access: for demos and tests.

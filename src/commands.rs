@@ -74,6 +74,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
             with_disk(&cfg, async |d| forget(&cfg, d, &job, dry_run, json).await).await
         }
         Command::Prune => with_disk(&cfg, async |d| prune(&cfg, d).await).await,
+        Command::Check { read_data, json } => check(&cfg, read_data.as_deref(), json).await,
         Command::Daemon { sim } => burrow_daemon::serve::serve(cfg, sim).await,
         Command::Status { json } => status(&cfg, json).await,
         Command::Quickstart { .. } | Command::Generate(_) | Command::Setup(_) => {
@@ -265,29 +266,45 @@ async fn snapshots<D: DiskManager>(
         Err(code) => return code,
     };
     let job = job.map(str::to_owned);
-    let list = match tokio::task::spawn_blocking(move || repo.snapshots(job.as_deref())).await {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            eprintln!("burrow: {e}");
-            return Exit::Failed;
-        }
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            return Exit::Failed;
-        }
+    let listing =
+        match tokio::task::spawn_blocking(move || repo.snapshot_listing(job.as_deref())).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                eprintln!("burrow: {e}");
+                return Exit::Failed;
+            }
+            Err(e) => {
+                eprintln!("burrow: {e}");
+                return Exit::Failed;
+            }
+        };
+    // Damaged files cannot be read, so they cannot be told apart by job: they are always
+    // named, and make the exit code 3.
+    let code = if listing.damaged.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::Partial
     };
+    let list = &listing.snapshots;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
+        let mut all: Vec<serde_json::Value> = list
+            .iter()
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .collect();
+        all.extend(
+            listing
+                .damaged
+                .iter()
+                .filter_map(|d| serde_json::to_value(d).ok()),
         );
-        return Exit::Ok;
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        return code;
     }
     println!(
         "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  paths",
         "id", "time", "job", "host", "files", "size"
     );
-    for s in &list {
+    for s in list {
         println!(
             "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  {}{}",
             s.short_id,
@@ -301,7 +318,65 @@ async fn snapshots<D: DiskManager>(
         );
     }
     println!("{} snapshot(s)", list.len());
-    Exit::Ok
+    for d in &listing.damaged {
+        eprintln!(
+            "damaged: snapshot file {} cannot be read ({}); if it stays so, delete it: rm {}",
+            d.file, d.error, d.path
+        );
+    }
+    code
+}
+
+/// `burrow check`: the scheduled check's code and report, by hand.
+async fn check(cfg: &Config, read_data: Option<&str>, json: bool) -> Exit {
+    if let Some(rd) = read_data
+        && !burrow_config::valid_read_data(rd)
+    {
+        eprintln!("burrow: --read-data={rd}: expected all, a percentage (5%) or n/m (1/7)");
+        return Exit::Usage;
+    }
+    let ctl = RunControl::new(tokio::sync::watch::channel(false).1);
+    let summary = match burrow_run::disk_settings(cfg) {
+        None => {
+            burrow_run::check_repository::<SimDisk>(cfg, None, ctl, read_data)
+                .await
+                .summary
+        }
+        Some(s) => match UDisks2Manager::connect(s).await {
+            Ok(d) => {
+                let r = burrow_run::check_repository(cfg, Some(&d), ctl, read_data).await;
+                release_after_run(cfg, &d).await;
+                r.summary
+            }
+            Err(e) => {
+                let status = if e.is_skip() {
+                    RunStatus::Skipped
+                } else {
+                    RunStatus::Failed
+                };
+                burrow_run::summary_without_run("check", status, e.to_string())
+            }
+        },
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+        return summary.status.exit();
+    }
+    match summary.status {
+        RunStatus::Ok => println!("check: ok — no errors found ({:.1}s)", summary.duration_s),
+        _ => println!(
+            "check: {} — {}",
+            summary.status.as_str(),
+            summary.reason.as_deref().unwrap_or("")
+        ),
+    }
+    for e in &summary.errors {
+        println!("  problem: {}: {}", e.path, e.message);
+    }
+    summary.status.exit()
 }
 
 /// `burrow forget JOB`: the job's retention plan, applied unless `dry_run`.

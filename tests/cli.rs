@@ -576,3 +576,178 @@ fn a_truncated_pack_fails_only_its_files() {
         "no partial or temporary file"
     );
 }
+
+fn largest_pack(repo: &Path) -> PathBuf {
+    let mut best: Option<(u64, PathBuf)> = None;
+    for sub in fs::read_dir(repo.join("data")).unwrap() {
+        for e in fs::read_dir(sub.unwrap().path()).unwrap() {
+            let p = e.unwrap().path();
+            let len = fs::metadata(&p).unwrap().len();
+            if best.as_ref().is_none_or(|(l, _)| len > *l) {
+                best = Some((len, p));
+            }
+        }
+    }
+    best.unwrap().1
+}
+
+#[test]
+fn a_garbage_snapshot_file_is_named_and_the_rest_goes_on() {
+    let e = env_with("");
+    let repo = e.tmp.path().join("repo");
+    assert_eq!(burrow(&e.cfg, &["init"]).status.code(), Some(0));
+    let first = json(&burrow(&e.cfg, &["run", "files", "--json"]));
+    assert_eq!(first["status"], "ok", "{first}");
+
+    // random bytes under a valid-looking name, and the debris of an interrupted write
+    let bad = "e".repeat(64);
+    let garbage: Vec<u8> = (0..500u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(repo.join("snapshots").join(&bad), garbage).unwrap();
+    let debris = repo.join(format!("index/{}-tmp-", "a".repeat(64)));
+    fs::write(&debris, "half a file").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&debris)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+
+    let out = burrow(&e.cfg, &["snapshots", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let list = json(&out);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["id"], first["snapshot_id"]);
+    assert_eq!(list[1]["id"], bad.as_str());
+    assert_eq!(list[1]["damaged"], true);
+    let out = burrow(&e.cfg, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out).contains("1 snapshot(s)"), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("snapshots/{bad}")),
+        "{}",
+        text(&out)
+    );
+
+    // the run picks the readable parent and removes the debris
+    let out = burrow(&e.cfg, &["run", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let second = json(&out);
+    assert_eq!(second["files_unmodified"], 2, "{second}");
+    assert_eq!(second["bytes_read"], 0, "{second}");
+    assert!(!debris.exists(), "the -tmp- file is removed by the run");
+
+    let target = e.tmp.path().join("restore");
+    let out = burrow(
+        &e.cfg,
+        &[
+            "restore",
+            "files",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let restored = target.join(e.src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(restored.join("d/e/c")).unwrap(), vec![1u8; 50_000]);
+
+    let out = burrow(&e.cfg, &["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("snapshots/{bad}")),
+        "{}",
+        text(&out)
+    );
+
+    fs::remove_file(repo.join("snapshots").join(&bad)).unwrap();
+    let out = burrow(&e.cfg, &["check", "--read-data"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(burrow(&e.cfg, &["snapshots"]).status.code(), Some(0));
+    assert_eq!(
+        burrow(&e.cfg, &["check", "--read-data=fast"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn a_truncated_pack_is_named_by_check_and_stored_again_by_the_next_run() {
+    let e = env_with("");
+    let repo = e.tmp.path().join("repo");
+    // data that does not compress, so it fills a pack of its own
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let big: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(e.src.join("big"), &big).unwrap();
+    assert_eq!(burrow(&e.cfg, &["init"]).status.code(), Some(0));
+    let first = json(&burrow(&e.cfg, &["run", "files", "--json"]));
+    assert_eq!(first["status"], "ok", "{first}");
+
+    let pack = largest_pack(&repo);
+    let id = pack.file_name().unwrap().to_str().unwrap().to_owned();
+    let len = fs::metadata(&pack).unwrap().len();
+    fs::File::options()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    let out = burrow(&e.cfg, &["check", "--read-data", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = json(&out);
+    assert_eq!(report["status"], "failed");
+    assert!(
+        report["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == format!("pack {id}").as_str()),
+        "the damaged pack is named: {report}"
+    );
+    assert!(
+        !pack.exists(),
+        "the damaged pack is gone once no index lists it"
+    );
+
+    let out = burrow(&e.cfg, &["run", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let again = json(&out);
+    assert!(
+        again["bytes_added"].as_u64().unwrap() > 1_000_000,
+        "the lost data is stored again: {again}"
+    );
+    let out = burrow(&e.cfg, &["check", "--read-data"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // the first snapshot is whole again
+    let target = e.tmp.path().join("restore");
+    let first_id = first["snapshot_id"].as_str().unwrap();
+    let out = burrow(
+        &e.cfg,
+        &[
+            "restore",
+            "files",
+            &first_id[..8],
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let restored = target.join(e.src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(restored.join("big")).unwrap(), big);
+
+    let Some(out) = common::restic(&repo, &e.tmp.path().join("pw"), &["check", "--read-data"])
+    else {
+        return;
+    };
+    assert!(out.status.success(), "restic check: {}", text(&out));
+}

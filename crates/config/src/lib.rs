@@ -11,6 +11,7 @@ mod raw;
 mod validate;
 
 pub use outline::{EditRefused, JobOutline, Outline, ServerOutline, outline, set_host_key};
+pub use validate::valid_read_data;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -571,7 +571,8 @@ pub fn validate(
     })
 }
 
-fn valid_read_data(s: &str) -> bool {
+/// Whether `s` is a `read_data` value: `"all"`, a percentage (`"5%"`) or `"n/m"`.
+pub fn valid_read_data(s: &str) -> bool {
     if s == "all" {
         return true;
     }

@@ -14,7 +14,8 @@ pub enum Exit {
     /// Usage or configuration error: fix the command line or the config file.
     Usage = 2,
     /// A snapshot was made, but some files, directories or dumps could not be read, or an
-    /// `after` command failed; or a restore left out entries it refused or could not read.
+    /// `after` command failed; or a restore left out entries it refused or could not read;
+    /// or `snapshots` listed the snapshots but a snapshot file could not be read (named).
     Partial = 3,
     /// A complete snapshot was saved, but retention (forget or prune) or another step after
     /// the snapshot failed; the summary says which.
@@ -40,7 +41,8 @@ Exit codes:
    1  failed (nothing new stored; earlier snapshots untouched)
    2  usage or configuration error
    3  partial: a snapshot was made, but something was unreadable or an after command
-      failed (listed in the summary); for restore: some entries were not restored (named)
+      failed (listed in the summary); for restore: some entries were not restored (named);
+      for snapshots: a snapshot file cannot be read
    4  warning: a complete snapshot was saved, but retention (forget/prune) failed
       (the summary says why)
    5  anomaly: a snapshot was made but looks nothing like the one before it (no files,

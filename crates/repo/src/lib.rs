@@ -10,6 +10,10 @@
 //!   except the newest complete snapshot of the job ([`protected`]), which it never removes;
 //! - restore never writes outside its target directory nor through an entry already in it,
 //!   whatever the repository holds (`restore.rs`).
+//! - a snapshot file that cannot be read is named and skipped, never fatal to a listing
+//!   ([`Repo::job_snapshots`] reads each file on its own); prune refuses while one exists;
+//! - a check names damaged packs, and [`Repo::drop_damaged_packs`] takes them out of the
+//!   index, so no later run reuses their blobs.
 //!
 //! rustic_core is blocking (rayon, std threads): callers in async code use `spawn_blocking`.
 
@@ -21,25 +25,27 @@ mod pinned;
 mod restore;
 
 use pinned::SnapshotGate;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use burrow_core::Problems;
 use burrow_core::retention::{self, Snap};
 use burrow_core::source::{Entry, NoParent, ParentIndex, WalkContext};
-use rustic_core::repofile::SnapshotFile;
+use rustic_core::repofile::{SnapshotFile, SnapshotId};
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions,
-    PruneOptions, ReadSubsetOption, Repository, RepositoryBackends, RepositoryOptions, RusticError,
-    SnapshotOptions,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, FileType, Id, KeyOptions, OpenStatus,
+    ParentOptions, PruneOptions, ReadSubsetOption, RepairIndexOptions, Repository,
+    RepositoryBackends, RepositoryOptions, RusticError, SnapshotOptions, WriteBackend,
 };
 use serde::Serialize;
 
 pub use burrow_core::retention::{Plan, Policy as Keep, PolicyError};
-pub use restore::{NotRestored, RestoreOutcome};
 pub use lock::{LockInfo, Locks, RepoLockGuard};
+pub use restore::{NotRestored, RestoreOutcome};
 pub use rustic_core::jiff::Zoned;
 
 /// The tag every burrow snapshot carries.
@@ -107,8 +113,44 @@ pub enum RepoError {
     Interrupted,
     #[error("{0}")]
     Policy(#[from] PolicyError),
+    #[error("{}", prune_refusal(.0))]
+    DamagedSnapshots(Vec<DamagedSnapshot>),
     #[error("repository: {0}")]
     Rustic(String),
+}
+
+fn prune_refusal(d: &[DamagedSnapshot]) -> String {
+    let names: Vec<String> = d
+        .iter()
+        .map(|s| format!("snapshot file {} ({})", s.file, s.error))
+        .collect();
+    let paths: Vec<&str> = d.iter().map(|s| s.path.as_str()).collect();
+    let (it, they) = if d.len() == 1 {
+        ("it", "it references")
+    } else {
+        ("them", "they reference")
+    };
+    format!(
+        "{} cannot be read, so prune cannot know what {they}; nothing was pruned. Delete {it} \
+         (rm {}; stock restic cannot forget a snapshot it cannot read) and prune again",
+        names.join(", "),
+        paths.join(" ")
+    )
+}
+
+/// Runs a rustic_core call that may panic (several `unwrap`s on data read from the disk): a
+/// panic becomes an error naming `what`.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, RepoError>) -> Result<T, RepoError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(RepoError::Rustic(format!(
+            "{what} stopped on damaged data ({msg}); run `burrow check --read-data`"
+        )))
+    })
 }
 
 impl From<Box<RusticError>> for RepoError {
@@ -132,6 +174,95 @@ pub struct SnapshotInfo {
     pub files: Option<u64>,
     pub bytes: Option<u64>,
     pub bytes_added: Option<u64>,
+}
+
+/// A snapshot file that could not be read, decrypted or parsed. Listed by `burrow snapshots`
+/// (in `--json` as an entry with `"damaged": true`) and otherwise skipped.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedSnapshot {
+    pub id: String,
+    pub short_id: String,
+    /// The file, relative to the repository (`snapshots/<id>`).
+    pub file: String,
+    /// The file's full path.
+    pub path: String,
+    pub error: String,
+    /// Always `true`.
+    pub damaged: bool,
+}
+
+/// Every snapshot file: those read, oldest first, and those that could not be read.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotListing {
+    pub snapshots: Vec<SnapshotInfo>,
+    pub damaged: Vec<DamagedSnapshot>,
+}
+
+/// What a repository check found. Clean when `errors` and `damaged_snapshots` are empty.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Each error, as rustic_core words it (ids shortened to 8 characters), or, for a pack,
+    /// prefixed with the pack's full id.
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Packs whose file is missing or whose bytes do not hash to their name (re-read and
+    /// confirmed after the check named them).
+    pub damaged_packs: Vec<DamagedPack>,
+    pub damaged_snapshots: Vec<DamagedSnapshot>,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty() && self.damaged_snapshots.is_empty()
+    }
+}
+
+/// A pack a check found damaged, confirmed by reading its file whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedPack {
+    pub id: String,
+    /// The file is gone (`false`), or it is there with other bytes than written (`true`).
+    pub present: bool,
+    pub detail: String,
+}
+
+/// What [`Repo::drop_damaged_packs`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PackRepair {
+    /// Packs no index file lists any more.
+    pub dropped: Vec<String>,
+    /// Damaged pack files deleted once no index referred to them.
+    pub deleted: Vec<String>,
+}
+
+/// `-tmp-` files untouched for longer than this are debris of an interrupted write.
+pub const TMP_DEBRIS_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// The check findings (rustic_core's `CheckError` variants) that are about one pack's file,
+/// its size or its content. The variants are not nameable outside rustic_core; their `Debug`
+/// form (`Variant { id: PackId(<64 hex>), .. }`, or `id: <64 hex>`) is.
+const PACK_FINDINGS: [&str; 10] = [
+    "ErrorReadingPack",
+    "ErrorCheckingPack",
+    "PackSizeMismatchIndex",
+    "NoPack",
+    "PackSizeMismatch",
+    "PackHashMismatch",
+    "PackHeaderLengthMismatch",
+    "PackHeaderMismatchIndex",
+    "PackBlobLengthMismatch",
+    "PackBlobHashMismatch",
+];
+
+/// The pack a check finding is about, from the finding's `Debug` form.
+fn finding_pack(debug: &str) -> Option<Id> {
+    let (variant, rest) = debug.split_once(" { id: ")?;
+    if !PACK_FINDINGS.contains(&variant) {
+        return None;
+    }
+    let rest = rest.strip_prefix("PackId(").unwrap_or(rest);
+    let hex = rest.get(..64)?;
+    hex.parse().ok()
 }
 
 /// What to back up.
@@ -234,22 +365,32 @@ pub struct Repo {
     repo: Repository<OpenStatus>,
     /// Sees every snapshot file this handle writes (see [`Pending::commit`]).
     gate: Arc<SnapshotGate>,
+    /// The backend under `repo`.
+    be: Arc<pinned::Pinned>,
+    /// Damaged snapshot files already logged by this handle (once each).
+    warned: Mutex<HashSet<Id>>,
 }
 
-fn backends(path: &Path, gate: Arc<SnapshotGate>) -> Result<RepositoryBackends, RepoError> {
-    let be = pinned::Pinned::new(path, gate)?;
-    Ok(RepositoryBackends::new(Arc::new(be), None))
-}
-
-fn unopened(path: &Path, gate: Arc<SnapshotGate>) -> Result<Repository<()>, RepoError> {
+fn unopened(
+    path: &Path,
+    gate: Arc<SnapshotGate>,
+) -> Result<(Repository<()>, Arc<pinned::Pinned>), RepoError> {
+    let be = Arc::new(pinned::Pinned::new(path, gate)?);
     let opts = RepositoryOptions::default().no_cache(true);
-    Ok(Repository::new(&opts, &backends(path, gate)?)?)
+    let repo = Repository::new(&opts, &RepositoryBackends::new(be.clone(), None))?;
+    Ok((repo, be))
+}
+
+/// Snapshot files as read one by one.
+struct Listed {
+    snaps: Vec<SnapshotFile>,
+    damaged: Vec<DamagedSnapshot>,
 }
 
 /// Creates a repository at `path` (the directory may exist, but must hold no repository).
 pub fn init(path: &Path, password: &Password) -> Result<Repo, RepoError> {
     let gate = Arc::new(SnapshotGate::default());
-    let repo = unopened(path, gate.clone())?;
+    let (repo, be) = unopened(path, gate.clone())?;
     if repo.config_id()?.is_some() {
         return Err(RepoError::AlreadyExists {
             path: path.to_owned(),
@@ -264,6 +405,8 @@ pub fn init(path: &Path, password: &Password) -> Result<Repo, RepoError> {
         path: path.to_owned(),
         repo,
         gate,
+        be,
+        warned: Mutex::default(),
     })
 }
 
@@ -277,7 +420,9 @@ impl Repo {
     fn reopen_with(&self, gate: Arc<SnapshotGate>) -> Result<Repository<OpenStatus>, RepoError> {
         // With the master key of the open handle: no second key derivation (scrypt costs
         // about half a second and 128 MiB on a Pi).
-        Ok(unopened(&self.path, gate)?.open(&Credentials::Masterkey(self.repo.key()))?)
+        Ok(unopened(&self.path, gate)?
+            .0
+            .open(&Credentials::Masterkey(self.repo.key()))?)
     }
 
     pub fn open(path: &Path, password: &Password) -> Result<Repo, RepoError> {
@@ -287,7 +432,7 @@ impl Repo {
             });
         }
         let gate = Arc::new(SnapshotGate::default());
-        let repo = unopened(path, gate.clone())?;
+        let (repo, be) = unopened(path, gate.clone())?;
         if repo.config_id()?.is_none() {
             return Err(RepoError::NotInitialised {
                 path: path.to_owned(),
@@ -308,6 +453,8 @@ impl Repo {
             path: path.to_owned(),
             repo,
             gate,
+            be,
+            warned: Mutex::default(),
         })
     }
 
@@ -336,20 +483,80 @@ impl Repo {
         self.repo.config().id.to_hex().to_string()
     }
 
-    fn job_snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotFile>, RepoError> {
-        let tag = job.map(job_tag);
-        let mut snaps = self.repo.get_matching_snapshots(|s| match &tag {
-            Some(t) => s.tags.contains(t),
-            None => true,
+    /// Reads every snapshot file on its own, so one that cannot be read, decrypted or parsed
+    /// is named (a warning, once per file and handle) and skipped instead of failing the
+    /// listing. Damaged files cannot be told apart by job: they are listed for every job.
+    fn read_snapshots(&self, job: Option<&str>) -> Result<Listed, RepoError> {
+        let ids: Vec<SnapshotId> = guarded("listing snapshots", || {
+            Ok(self.repo.list::<SnapshotId>()?.collect())
         })?;
+        let tag = job.map(job_tag);
+        let mut snaps = Vec::with_capacity(ids.len());
+        let mut damaged = Vec::new();
+        for id in ids {
+            let hex = id.to_hex().to_string();
+            let read = guarded("reading a snapshot file", || {
+                Ok(self.repo.get_snapshots(&[hex.as_str()])?)
+            });
+            let file = format!("snapshots/{hex}");
+            let path = self.path.join(&file);
+            match read {
+                Ok(found) => snaps.extend(found.into_iter().filter(|s| match &tag {
+                    Some(t) => s.tags.contains(t),
+                    None => true,
+                })),
+                // removed since it was listed (a forget at the same moment): not damage
+                Err(_) if !path.exists() => {}
+                Err(e) => {
+                    let error = match e {
+                        RepoError::Rustic(m) => m,
+                        other => other.to_string(),
+                    };
+                    let first = self
+                        .warned
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(*id);
+                    if first {
+                        tracing::warn!(
+                            "snapshot file {file} cannot be read and is skipped: {error}; \
+                             if it stays so, delete it: rm {}",
+                            path.display()
+                        );
+                    }
+                    damaged.push(DamagedSnapshot {
+                        short_id: hex[..8].to_owned(),
+                        id: hex,
+                        file,
+                        path: path.display().to_string(),
+                        error,
+                        damaged: true,
+                    });
+                }
+            }
+        }
         snaps.sort_by(|a, b| a.time.cmp(&b.time));
-        Ok(snaps)
+        Ok(Listed { snaps, damaged })
     }
 
-    /// Snapshots, oldest first; only those of `job` when given.
+    /// The readable snapshots (of `job` when given), oldest first. Everything that picks
+    /// snapshots goes through here: parent selection, listing, restore, forget.
+    fn job_snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotFile>, RepoError> {
+        Ok(self.read_snapshots(job)?.snaps)
+    }
+
+    /// Snapshots, oldest first; only those of `job` when given. Damaged snapshot files are
+    /// skipped (see [`Repo::snapshot_listing`]).
     pub fn snapshots(&self, job: Option<&str>) -> Result<Vec<SnapshotInfo>, RepoError> {
-        Ok(self
-            .job_snapshots(job)?
+        Ok(self.snapshot_listing(job)?.snapshots)
+    }
+
+    /// Snapshots, oldest first (only those of `job` when given), and the snapshot files that
+    /// cannot be read.
+    pub fn snapshot_listing(&self, job: Option<&str>) -> Result<SnapshotListing, RepoError> {
+        let listed = self.read_snapshots(job)?;
+        let snapshots = listed
+            .snaps
             .iter()
             .map(|s| {
                 let tags: Vec<String> = s.tags.iter().cloned().collect();
@@ -370,12 +577,16 @@ impl Repo {
                     bytes_added: s.summary.as_ref().map(|x| x.data_added_packed),
                 }
             })
-            .collect())
+            .collect();
+        Ok(SnapshotListing {
+            snapshots,
+            damaged: listed.damaged,
+        })
     }
 
     /// Finds one snapshot of `job` by id prefix or `latest`.
     fn find(&self, job: &str, which: &str) -> Result<SnapshotFile, RepoError> {
-        let snaps = self.job_snapshots(Some(job))?;
+        let Listed { snaps, damaged } = self.read_snapshots(Some(job))?;
         let found = if which == "latest" {
             snaps.last().cloned()
         } else {
@@ -388,6 +599,17 @@ impl Repo {
                     what: format!(
                         "{which:?} (ambiguous: {} snapshots of job {job} match)",
                         m.len()
+                    ),
+                });
+            }
+            if m.is_empty()
+                && let Some(d) = damaged.iter().find(|d| d.id.starts_with(which))
+            {
+                return Err(RepoError::NoSnapshot {
+                    what: format!(
+                        "{which:?}: its file {} cannot be read ({}); pick another with \
+                         `burrow snapshots {job}`",
+                        d.file, d.error
                     ),
                 });
             }
@@ -421,7 +643,7 @@ impl Repo {
         let indexed = self.reopen_with(gate)?.to_indexed_ids()?;
         let parent = self.job_snapshots(Some(req.job))?.pop();
         let parent_index: Arc<dyn ParentIndex> = match &parent {
-            Some(p) => Arc::new(parent::SnapshotParent::load(&indexed, p)?),
+            Some(p) => parent::SnapshotParent::load_or_none(&indexed, p),
             None => Arc::new(NoParent),
         };
         let mut ctx = WalkContext::new(parent_index, req.problems.clone());
@@ -558,7 +780,13 @@ impl Repo {
     /// Removes data no snapshot references any more. The caller holds the exclusive lock
     /// ([`Repo::lock_exclusive`]), so no other writer exists and packs are deleted at once
     /// instead of after rustic's grace period.
+    ///
+    /// Refused while a snapshot file cannot be read: what it references would be deleted.
     pub fn prune(&self) -> Result<(), RepoError> {
+        let damaged = self.read_snapshots(None)?.damaged;
+        if !damaged.is_empty() {
+            return Err(RepoError::DamagedSnapshots(damaged));
+        }
         let opts = PruneOptions::default().instant_delete(true);
         let plan = self.repo.prune_plan(&opts)?;
         self.repo.prune(&opts, plan)?;
@@ -566,8 +794,27 @@ impl Repo {
     }
 
     /// Checks the repository's structure, and reads back `read_data` of the packs
-    /// (`"5%"`, `"1/7"`, `"all"`) when given.
+    /// (`"5%"`, `"1/7"`, `"all"`) when given. `Err` when anything is damaged.
     pub fn check(&self, read_data: Option<&str>) -> Result<(), RepoError> {
+        let report = self.check_report(read_data)?;
+        if report.is_clean() {
+            return Ok(());
+        }
+        let mut all: Vec<String> = report
+            .damaged_snapshots
+            .iter()
+            .map(|d| format!("snapshot file {} cannot be read: {}", d.file, d.error))
+            .collect();
+        all.extend(report.errors);
+        Err(RepoError::Rustic(all.join("; ")))
+    }
+
+    /// The repository check (`read_data` as for [`Repo::check`]), with every finding. The
+    /// trees checked are those of the readable snapshots; unreadable snapshot files are
+    /// findings of their own. Packs the check names are re-read whole: a missing file or one
+    /// whose bytes do not hash to its name is a [`DamagedPack`]; an intact one is left alone
+    /// (the finding stays in `errors`), and so is one that cannot be read now.
+    pub fn check_report(&self, read_data: Option<&str>) -> Result<CheckReport, RepoError> {
         let mut opts = CheckOptions::default();
         if let Some(rd) = read_data {
             opts = opts.read_data(true);
@@ -578,8 +825,102 @@ impl Repo {
                 opts = opts.read_data_subset(subset);
             }
         }
-        self.repo.check(opts)?.is_ok()?;
-        Ok(())
+        let listed = self.read_snapshots(None)?;
+        let trees = listed.snaps.iter().map(|s| s.tree).collect();
+        let results = guarded("the check", || {
+            Ok(self.repo.check_with_trees(opts, trees)?)
+        })?;
+        let mut report = CheckReport {
+            damaged_snapshots: listed.damaged,
+            ..CheckReport::default()
+        };
+        let mut named: Vec<Id> = Vec::new();
+        for (level, finding) in &results.0 {
+            let pack = finding_pack(&format!("{finding:?}"));
+            let text = match pack {
+                Some(id) => format!("pack {}: {finding}", &*id.to_hex()),
+                None => finding.to_string(),
+            };
+            // `CheckErrorLevel` is not nameable either: `Warn` or `Error`.
+            if format!("{level:?}") == "Warn" {
+                report.warnings.push(text);
+                continue;
+            }
+            report.errors.push(text);
+            if let Some(id) = pack
+                && !named.contains(&id)
+            {
+                named.push(id);
+            }
+        }
+        for id in named {
+            let hex = id.to_hex().to_string();
+            match self.be.pack_state(&id) {
+                pinned::PackState::Missing => report.damaged_packs.push(DamagedPack {
+                    id: hex,
+                    present: false,
+                    detail: "the pack file is missing".into(),
+                }),
+                pinned::PackState::Damaged(detail) => report.damaged_packs.push(DamagedPack {
+                    id: hex,
+                    present: true,
+                    detail,
+                }),
+                pinned::PackState::Intact => report.warnings.push(format!(
+                    "pack {hex}: its file is intact (the finding is about the index); \
+                     `restic repair index` rebuilds it"
+                )),
+                pinned::PackState::Unreadable(e) => report.warnings.push(format!(
+                    "pack {hex}: cannot be re-read now ({e}); it is left as it is"
+                )),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Takes `packs` (from [`Repo::check_report`]) out of the index, as `restic repair index`
+    /// would once they are gone: every index file that lists one is replaced by one without
+    /// it (rustic_core's `repair_index`, with the packs hidden from its pack listing), then
+    /// the damaged files are deleted. Afterwards no run reuses their blobs: a run stores
+    /// them again from the source, under the same ids, which makes older snapshots that
+    /// share them whole again. Blobs whose source is gone stay missing; `burrow check`
+    /// keeps naming the snapshots that need them.
+    ///
+    /// Rewrites the index: the caller holds the repository lock, and no other process may
+    /// write the repository meanwhile.
+    pub fn drop_damaged_packs(&self, packs: &[DamagedPack]) -> Result<PackRepair, RepoError> {
+        if packs.is_empty() {
+            return Ok(PackRepair::default());
+        }
+        let ids: Vec<Id> = packs
+            .iter()
+            .map(|p| p.id.parse::<Id>())
+            .collect::<Result<_, _>>()?;
+        self.be.hide_packs(&ids);
+        let repaired = guarded("repairing the index", || {
+            Ok(self
+                .repo
+                .repair_index(&RepairIndexOptions::default(), false)?)
+        });
+        self.be.unhide_packs();
+        repaired?;
+        let mut out = PackRepair {
+            dropped: packs.iter().map(|p| p.id.clone()).collect(),
+            deleted: Vec::new(),
+        };
+        for (p, id) in packs.iter().zip(&ids) {
+            if p.present {
+                self.be.remove(FileType::Pack, id, false)?;
+                out.deleted.push(p.id.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the `-tmp-` files of writes interrupted by a kill or a power cut (untouched
+    /// for [`TMP_DEBRIS_AGE`]); returns their paths. The caller holds the repository lock.
+    pub fn remove_tmp_debris(&self) -> Result<Vec<PathBuf>, RepoError> {
+        Ok(self.be.remove_tmp_debris(TMP_DEBRIS_AGE)?)
     }
 }
 
@@ -606,5 +947,24 @@ fn snap_of(s: &SnapshotFile) -> Snap {
         id: s.id.to_hex().to_string(),
         time: utc.with_timezone(&offset),
         tags: s.tags.iter().cloned().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_findings_are_read_from_their_debug_form() {
+        let hex = "0123456789abcdef".repeat(4);
+        let id: Id = hex.parse().unwrap();
+        let a = format!("ErrorReadingPack {{ id: PackId({hex}), source: x }}");
+        assert_eq!(finding_pack(&a), Some(id));
+        let b = format!("PackSizeMismatchIndex {{ id: {hex}, to_delete: false }}");
+        assert_eq!(finding_pack(&b), Some(id));
+        let c = format!("PackBlobOffsetMismatch {{ id: PackId({hex}), blob_id: x }}");
+        assert_eq!(finding_pack(&c), None, "about the index, not the pack file");
+        assert_eq!(finding_pack("ErrorCheckingTrees { source: x }"), None);
+        assert_eq!(finding_pack("NoPack { id: PackId(12ab) }"), None);
     }
 }

@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
+use std::sync::Arc;
 
-use burrow_core::source::{ParentIndex, Time};
+use burrow_core::source::{NoParent, ParentIndex, Time};
 use rustic_core::repofile::{NodeType, SnapshotFile};
 use rustic_core::{IndexedTree, LsOptions, Repository, RusticResult};
 
@@ -37,6 +38,37 @@ impl SnapshotParent {
             }
         }
         Ok(SnapshotParent { files })
+    }
+}
+
+impl SnapshotParent {
+    /// The parent's files, or none when its trees cannot be read (a damaged pack, or one a
+    /// check took out of the index): the sources then fetch every file, and rustic_core,
+    /// which cannot load that parent either, stores what is missing.
+    pub fn load_or_none<S: IndexedTree>(
+        repo: &Repository<S>,
+        snap: &SnapshotFile,
+    ) -> Arc<dyn ParentIndex> {
+        let loaded =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::load(repo, snap)));
+        match loaded {
+            Ok(Ok(p)) => Arc::new(p),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "parent snapshot {} cannot be read ({}); every file is read again",
+                    &snap.id.to_hex()[..8],
+                    e.display_log()
+                );
+                Arc::new(NoParent)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "parent snapshot {} cannot be read; every file is read again",
+                    &snap.id.to_hex()[..8]
+                );
+                Arc::new(NoParent)
+            }
+        }
     }
 }
 

@@ -11,16 +11,25 @@
 //! the run was cut short or must be tagged `partial`/`anomaly`. The held snapshot is never
 //! written; burrow writes the final one itself (`Pending::commit`), so no snapshot with the
 //! wrong tags ever exists, not even for a moment.
+//!
+//! It also knows the local backend's file layout for two repairs rustic_core has no API for:
+//! removing `-tmp-` debris of interrupted writes, and telling a damaged pack file from an
+//! intact one by its content hash (a pack is named by the SHA-256 of its bytes). While packs
+//! are [hidden](Pinned::hide_packs), listings leave them out, so an index repair drops them.
 
+use std::collections::HashSet;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use rustic_backend::LocalBackend;
 use rustic_core::{
     BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
 };
+use sha2::{Digest, Sha256};
 
 #[derive(Debug)]
 pub struct Pinned {
@@ -28,6 +37,7 @@ pub struct Pinned {
     root: PathBuf,
     dev: u64,
     gate: Arc<SnapshotGate>,
+    hidden: Mutex<HashSet<Id>>,
 }
 
 /// What happens to snapshot files written through a [`Pinned`] backend.
@@ -66,6 +76,35 @@ impl SnapshotGate {
     }
 }
 
+/// What a pack file's bytes say about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackState {
+    /// Its SHA-256 is its name: every byte is as written.
+    Intact,
+    /// No such file.
+    Missing,
+    /// Short, or its content does not hash to its name.
+    Damaged(String),
+    /// It could not be read (I/O error): nothing is concluded.
+    Unreadable(String),
+}
+
+fn sha256_hex(h: Sha256) -> String {
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The directories in which rustic_backend's local backend writes files (`<name>-tmp-` first).
+const WRITE_DIRS: [&str; 4] = ["keys", "snapshots", "index", "locks"];
+
+/// A name rustic_backend (`<64 hex>-tmp-`, `config-tmp-`) or restic (`<name>-tmp-<random>`)
+/// gives a file while it is written.
+fn is_tmp_name(name: &str) -> bool {
+    let Some((base, _)) = name.split_once("-tmp-") else {
+        return false;
+    };
+    base == "config" || (base.len() == 64 && base.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// The device of `path`, or of its nearest existing ancestor (before `init` creates it).
 fn device_of(path: &Path) -> Option<u64> {
     path.ancestors()
@@ -85,7 +124,105 @@ impl Pinned {
             root: root.to_owned(),
             dev,
             gate,
+            hidden: Mutex::default(),
         })
+    }
+
+    /// Leaves `ids` out of pack listings until [`Pinned::unhide_packs`].
+    pub fn hide_packs(&self, ids: &[Id]) {
+        let mut h = self.hidden.lock().unwrap_or_else(|e| e.into_inner());
+        h.extend(ids.iter().copied());
+    }
+
+    pub fn unhide_packs(&self) {
+        self.hidden
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    fn pack_path(&self, id: &Id) -> PathBuf {
+        let hex = id.to_hex();
+        self.root.join("data").join(&hex[..2]).join(&*hex)
+    }
+
+    /// Reads a pack file whole and compares its SHA-256 with its name.
+    pub fn pack_state(&self, id: &Id) -> PackState {
+        let path = self.pack_path(id);
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return PackState::Missing,
+            Err(e) => return PackState::Unreadable(format!("{}: {e}", path.display())),
+        };
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    h.update(&buf[..n]);
+                    len += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return PackState::Unreadable(format!("{}: {e}", path.display())),
+            }
+        }
+        if sha256_hex(h) == *id.to_hex() {
+            PackState::Intact
+        } else {
+            PackState::Damaged(format!(
+                "{} ({len} bytes) does not hash to its name",
+                path.display()
+            ))
+        }
+    }
+
+    /// Removes `-tmp-` files last modified more than `age` ago: what a write interrupted by
+    /// a kill or a power cut leaves. Never follows a symlink. Returns the removed paths.
+    pub fn remove_tmp_debris(&self, age: Duration) -> RusticResult<Vec<PathBuf>> {
+        self.check()?;
+        let mut dirs: Vec<PathBuf> = vec![self.root.clone()];
+        dirs.extend(WRITE_DIRS.iter().map(|d| self.root.join(d)));
+        if let Ok(rd) = std::fs::read_dir(self.root.join("data")) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path());
+                }
+            }
+        }
+        let now = SystemTime::now();
+        let mut removed = Vec::new();
+        for dir in dirs {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name();
+                if !name.to_str().is_some_and(is_tmp_name) {
+                    continue;
+                }
+                let Ok(meta) = e.metadata() else { continue };
+                let old = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_some_and(|d| d > age);
+                if meta.is_file() && old {
+                    let path = e.path();
+                    std::fs::remove_file(&path).map_err(|err| {
+                        RusticError::with_source(
+                            ErrorKind::InputOutput,
+                            "cannot remove the leftover `{path}`",
+                            err,
+                        )
+                        .attach_context("path", path.display().to_string())
+                    })?;
+                    removed.push(path);
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn check(&self) -> RusticResult<()> {
@@ -107,7 +244,14 @@ impl ReadBackend for Pinned {
     }
 
     fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
-        self.inner.list_with_size(tpe)
+        let mut list = self.inner.list_with_size(tpe)?;
+        if tpe == FileType::Pack {
+            let hidden = self.hidden.lock().unwrap_or_else(|e| e.into_inner());
+            if !hidden.is_empty() {
+                list.retain(|(id, _)| !hidden.contains(id));
+            }
+        }
+        Ok(list)
     }
 
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
@@ -171,5 +315,38 @@ mod tests {
         };
         let err = moved.check().unwrap_err();
         assert!(err.to_string().contains("refusing to write"), "{err}");
+        assert!(moved.remove_tmp_debris(Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn tmp_names() {
+        let hex = "ab".repeat(32);
+        assert!(is_tmp_name(&format!("{hex}-tmp-")));
+        assert!(is_tmp_name(&format!("{hex}-tmp-1234")));
+        assert!(is_tmp_name("config-tmp-"));
+        assert!(!is_tmp_name(&hex));
+        assert!(!is_tmp_name("notes-tmp-"));
+        assert!(!is_tmp_name(&format!("{}-tmp-", &hex[..63])));
+    }
+
+    #[test]
+    fn a_pack_is_judged_by_its_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Pinned::new(tmp.path()).unwrap();
+        let body = b"pack bytes".to_vec();
+        let mut h = Sha256::new();
+        h.update(&body);
+        let id: Id = sha256_hex(h).parse().unwrap();
+        assert_eq!(p.pack_state(&id), PackState::Missing);
+        let path = p.pack_path(&id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &body).unwrap();
+        assert_eq!(p.pack_state(&id), PackState::Intact);
+        std::fs::write(&path, &body[..4]).unwrap();
+        assert!(matches!(p.pack_state(&id), PackState::Damaged(_)));
+        p.hide_packs(&[id]);
+        assert!(p.list_with_size(FileType::Pack).unwrap().is_empty());
+        p.unhide_packs();
+        assert_eq!(p.list_with_size(FileType::Pack).unwrap().len(), 1);
     }
 }

@@ -31,7 +31,7 @@ use burrow_core::local::LocalSource;
 use burrow_core::run::ErrorItem;
 use burrow_core::source::Source;
 use burrow_core::{Problems, RunStatus, RunSummary};
-use burrow_repo::{BackupRequest, Keep, Repo, RepoError};
+use burrow_repo::{BackupRequest, CheckReport, Keep, PackRepair, Repo, RepoError};
 use burrow_ssh::{HostKeyPolicy, Session, SftpSource, SshTarget};
 use chrono::Utc;
 use tokio::sync::watch;
@@ -241,6 +241,10 @@ async fn run_inner<D: DiskManager>(
         Err(e) => return run.end(RunStatus::Failed, e),
     };
     log.info(format!("repository {} ready", place.repo_path.display()));
+    let repo = match tidy(repo, log, true).await {
+        Ok(r) => r,
+        Err(e) => return run.end(RunStatus::Failed, e),
+    };
 
     let host = match server {
         None => Host::Local,
@@ -622,16 +626,69 @@ struct Pulled {
     anomaly: Option<String>,
 }
 
+/// With the local lock held, before anything is written: removes the `-tmp-` files of
+/// interrupted writes and, with `list`, names the snapshot files that cannot be read (they
+/// are skipped; `burrow check` fails on them).
+async fn tidy(repo: Repo, log: &RunLog, list: bool) -> Result<Repo, String> {
+    let (repo, debris, damaged) = tokio::task::spawn_blocking(move || {
+        let debris = repo.remove_tmp_debris();
+        let damaged = list.then(|| repo.snapshot_listing(None).map(|l| l.damaged));
+        (repo, debris, damaged)
+    })
+    .await
+    .map_err(|e| format!("repository task failed: {e}"))?;
+    match debris {
+        Ok(paths) => {
+            for p in paths {
+                log.info(format!(
+                    "removed {} (left by an interrupted write)",
+                    p.display()
+                ));
+            }
+        }
+        Err(e) => log.warn(format!("cannot remove leftover -tmp- files: {e}")),
+    }
+    match damaged {
+        Some(Ok(damaged)) => {
+            for d in damaged {
+                log.warn(format!(
+                    "snapshot file {} cannot be read and is skipped: {}; if it stays so, \
+                     delete it: rm {}",
+                    d.file, d.error, d.path
+                ));
+            }
+        }
+        Some(Err(e)) => return Err(e.to_string()),
+        None => {}
+    }
+    Ok(repo)
+}
+
 /// The repository check (`check:` in the config), reported like a job run named `check`.
 pub async fn run_check<D: DiskManager>(
     cfg: &Config,
     disk: Option<&D>,
     ctl: RunControl,
 ) -> RunReport {
+    let read_data = cfg.check.as_ref().and_then(|c| c.read_data.clone());
+    check_repository(cfg, disk, ctl, read_data.as_deref()).await
+}
+
+/// The repository check, scheduled ([`run_check`]) or by hand (`burrow check`): reads back
+/// `read_data` of the packs when given (`"5%"`, `"1/7"`, `"all"`). Every problem is an
+/// error item of the summary (`pack <id>`, `snapshots/<id>`); the status is `failed` when
+/// there is one. Packs it finds damaged are taken out of the index (and their files
+/// deleted), so the next run stores their data again instead of reusing it.
+pub async fn check_repository<D: DiskManager>(
+    cfg: &Config,
+    disk: Option<&D>,
+    ctl: RunControl,
+    read_data: Option<&str>,
+) -> RunReport {
     let started = Utc::now();
     let t0 = Instant::now();
     let log = RunLog::new("check", &ctl.run_id, "local");
-    let read_data = cfg.check.as_ref().and_then(|c| c.read_data.clone());
+    let mut errors: Vec<ErrorItem> = Vec::new();
     let result: Result<(), (RunStatus, String)> = async {
         let _lock =
             RepoLock::acquire(&cfg.state_dir).map_err(|e| (RunStatus::Failed, e.to_string()))?;
@@ -642,26 +699,114 @@ pub async fn run_check<D: DiskManager>(
         let password = place
             .password()
             .map_err(|e| (RunStatus::Failed, e.to_string()))?;
-        log.info(format!(
-            "checking repository {} (read data: {})",
-            place.repo_path.display(),
-            read_data.as_deref().unwrap_or("no")
-        ));
         let path = place.repo_path.clone();
         let repo = tokio::task::spawn_blocking(move || Repo::open(&path, &password))
             .await
             .map_err(|e| (RunStatus::Failed, e.to_string()))?
             .map_err(|e| (RunStatus::Failed, e.to_string()))?;
-        // The marker before anything is written, the lock file included.
         place::check_marker(&place, &repo.id()).map_err(|e| (RunStatus::Skipped, e.to_string()))?;
-        let _shared = lock_repo(&repo, false)
+        let repo = tidy(repo, &log, false)
             .await
             .map_err(|e| (RunStatus::Failed, e))?;
-        let rd = read_data.clone();
-        tokio::task::spawn_blocking(move || repo.check(rd.as_deref()))
+        log.info(format!(
+            "checking repository {} (read data: {})",
+            place.repo_path.display(),
+            read_data.unwrap_or("no")
+        ));
+        let shared = lock_repo(&repo, false)
             .await
-            .map_err(|e| (RunStatus::Failed, e.to_string()))?
-            .map_err(|e| (RunStatus::Failed, format!("check found problems: {e}")))
+            .map_err(|e| (RunStatus::Failed, e))?;
+        let rd = read_data.map(str::to_owned);
+        let (report, repair) = tokio::task::spawn_blocking(
+            move || -> Result<(CheckReport, Option<Result<PackRepair, RepoError>>), RepoError> {
+                let report = repo.check_report(rd.as_deref())?;
+                // The index is rewritten under restic's exclusive lock; the shared one of the
+                // check is given up first (an exclusive lock conflicts with it).
+                let repair = (!report.damaged_packs.is_empty()).then(|| {
+                    drop(shared);
+                    repo.lock_exclusive()
+                        .and_then(|_x| repo.drop_damaged_packs(&report.damaged_packs))
+                });
+                Ok((report, repair))
+            },
+        )
+        .await
+        .map_err(|e| (RunStatus::Failed, e.to_string()))?
+        .map_err(|e| (RunStatus::Failed, format!("check could not finish: {e}")))?;
+
+        for w in &report.warnings {
+            log.warn(format!("check: {w}"));
+        }
+        for d in &report.damaged_snapshots {
+            log.error(format!(
+                "check: snapshot file {} cannot be read: {}",
+                d.file, d.error
+            ));
+            errors.push(ErrorItem {
+                path: d.file.clone(),
+                message: format!(
+                    "cannot be read ({}); delete it: rm {} (stock restic cannot forget a \
+                     snapshot it cannot read)",
+                    d.error, d.path
+                ),
+            });
+        }
+        for e in &report.errors {
+            log.error(format!("check: {e}"));
+            let (path, message) = match e.strip_prefix("pack ").and_then(|r| r.split_once(": ")) {
+                Some((id, msg)) => (format!("pack {id}"), msg.to_owned()),
+                None => ("repository".to_owned(), e.clone()),
+            };
+            errors.push(ErrorItem { path, message });
+        }
+        let mut reason = String::new();
+        if !report.damaged_packs.is_empty() {
+            let ids: Vec<&str> = report.damaged_packs.iter().map(|p| &p.id[..8]).collect();
+            reason = format!("; damaged packs: {}", ids.join(", "));
+        }
+        match repair {
+            None => {}
+            Some(Ok(r)) => {
+                log.warn(format!(
+                    "check: {} damaged pack(s) taken out of the index ({}), {} file(s) deleted; \
+                     the next run stores their data again where the source still has it",
+                    r.dropped.len(),
+                    r.dropped.join(", "),
+                    r.deleted.len()
+                ));
+                reason.push_str(" (taken out of the index: the next run stores their data again)");
+            }
+            Some(Err(e)) => {
+                log.error(format!(
+                    "check: taking the damaged packs out of the index failed: {e}"
+                ));
+                reason.push_str(&format!(
+                    " (taking them out of the index failed: {e}; `restic repair index` does it)"
+                ));
+            }
+        }
+        if !report.damaged_snapshots.is_empty() {
+            let files: Vec<&str> = report
+                .damaged_snapshots
+                .iter()
+                .map(|d| d.file.as_str())
+                .collect();
+            reason.push_str(&format!(
+                "; unreadable snapshot files: {}",
+                files.join(", ")
+            ));
+        }
+        if report.is_clean() {
+            Ok(())
+        } else {
+            Err((
+                RunStatus::Failed,
+                format!(
+                    "check found problems: {} error(s){reason}",
+                    report.errors.len() + report.damaged_snapshots.len()
+                ),
+            ))
+        }
     }
     .await;
     let (status, reason) = match result {
@@ -682,6 +827,7 @@ pub async fn run_check<D: DiskManager>(
         reason.unwrap_or_default(),
         t0.elapsed().as_secs_f64(),
     );
+    summary.errors = errors;
     if status == RunStatus::Ok {
         summary.reason = None;
     }
