@@ -322,5 +322,8 @@ fn log_lines_have_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("INFO"), "expected log lines on stderr: {err}");
-    assert!(!err.contains("\x1b["), "colour codes in piped stderr: {err:?}");
+    assert!(
+        !err.contains("\x1b["),
+        "colour codes in piped stderr: {err:?}"
+    );
 }

@@ -319,11 +319,11 @@ fn host_key_errors(key: &str) -> Vec<String> {
 fn host_key_fingerprints_are_checked_as_the_ssh_adapter_reads_them() {
     // Real ones, as `ssh-keygen -lf` prints them.
     let sha256 = "SHA256:5kS1dpezGkZ8RbKZm+2IoiB6TNqgQFfEl0/Fxo94nkY";
-    let sha512 =
-        "SHA512:/qRnTVo8fZDU2aeIXDC/73xJAxaSamc8be4PoU8lH4IccWN8J3TK/zvDnVIHEbZJvtor0kNZPpKTKauy0psRgA";
+    let sha512 = "SHA512:/qRnTVo8fZDU2aeIXDC/73xJAxaSamc8be4PoU8lH4IccWN8J3TK/zvDnVIHEbZJvtor0kNZPpKTKauy0psRgA";
     assert_eq!(host_key_errors(sha256), Vec::<String>::new());
     assert_eq!(host_key_errors(sha512), Vec::<String>::new());
-    let ed25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOu0vr6p0fJKxQCFPnzjS8P2xg8ROs0wYiXLhDXqHK5L root@vm";
+    let ed25519 =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOu0vr6p0fJKxQCFPnzjS8P2xg8ROs0wYiXLhDXqHK5L root@vm";
     assert_eq!(host_key_errors(ed25519), Vec::<String>::new());
 
     for bad in [
@@ -354,7 +354,8 @@ fn host_key_fingerprints_are_checked_as_the_ssh_adapter_reads_them() {
 
 #[test]
 fn a_job_cannot_take_the_name_of_the_repository_check() {
-    let text = "repository: {path: /r, password_file: /dev/null}\njobs:\n  check:\n    paths: [/a]\n";
+    let text =
+        "repository: {path: /r, password_file: /dev/null}\njobs:\n  check:\n    paths: [/a]\n";
     let errs = invalid(text);
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].path, "jobs.check");

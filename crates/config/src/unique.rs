@@ -46,8 +46,7 @@ pub fn find_duplicate(text: &str) -> Result<Option<Duplicate>, serde_yaml_ng::Er
 }
 
 fn position(e: &serde_yaml_ng::Error) -> (usize, usize) {
-    e.location()
-        .map_or((1, 1), |l| (l.line(), l.column()))
+    e.location().map_or((1, 1), |l| (l.line(), l.column()))
 }
 
 fn walk_document(text: &str, walk: &mut Walk) -> Result<(), serde_yaml_ng::Error> {

@@ -619,7 +619,7 @@ fn pinned_host_key(k: &str) -> Result<(), String> {
 /// unused low bits of the last character must be zero, as the SSH adapter's decoder requires.
 fn base64(s: &str, padded: bool) -> Option<Vec<u8>> {
     let data = if padded {
-        if s.len() % 4 != 0 {
+        if !s.len().is_multiple_of(4) {
             return None;
         }
         s.strip_suffix("==").or(s.strip_suffix('=')).unwrap_or(s)

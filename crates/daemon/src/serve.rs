@@ -599,10 +599,7 @@ impl<D: DiskManager> Daemon<D> {
             Ok(mount_point) => {
                 tracing::info!("backup volume ready at {}", mount_point.display());
                 for job in std::mem::take(&mut self.awaiting_disk) {
-                    tracing::info!(
-                        "{} was skipped for the disk; running it now",
-                        job
-                    );
+                    tracing::info!("{} was skipped for the disk; running it now", job);
                     self.queue.push(&job);
                 }
             }

@@ -91,7 +91,10 @@ fn jobs_one_check<'de, D: serde::Deserializer<'de>>(
         };
         check.last_slot = check.last_slot.max(old.last_slot);
         if let Some(run) = old.last_run
-            && check.last_run.as_ref().is_none_or(|r| r.started < run.started)
+            && check
+                .last_run
+                .as_ref()
+                .is_none_or(|r| r.started < run.started)
         {
             check.last_run = Some(run);
         }

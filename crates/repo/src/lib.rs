@@ -96,9 +96,8 @@ impl Password {
         }
 
         let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let text = decode_text(&bytes).ok_or_else(|| {
-            bad("it is not UTF-8 (or UTF-16 with a byte order mark) text".into())
-        })?;
+        let text = decode_text(&bytes)
+            .ok_or_else(|| bad("it is not UTF-8 (or UTF-16 with a byte order mark) text".into()))?;
         let password = text.trim();
         if password.is_empty() {
             return Err(bad(
