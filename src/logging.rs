@@ -1,6 +1,8 @@
 //! Where log lines go: journald when systemd started us (JOURNAL_STREAM is set), readable
 //! stderr otherwise. Libraries only emit `tracing` events; this is the one sink.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -34,5 +36,12 @@ pub fn init(level: Option<&str>, default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(colour())
         .try_init();
+}
+
+/// Colour only for a person at a terminal: a pipe, a file or a cron mail gets plain text, and
+/// `NO_COLOR` (https://no-color.org) turns it off there too.
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

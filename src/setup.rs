@@ -15,7 +15,7 @@ use burrow_config::{Outline, outline};
 use burrow_core::Exit;
 use rand::{Rng, RngCore};
 use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
-use russh::keys::ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey};
+use russh::keys::ssh_key::{Fingerprint, HashAlg, LineEnding, PrivateKey, PublicKey};
 
 use crate::cli::Setup;
 
@@ -558,8 +558,10 @@ async fn trust(config: &Path, server: &str, write: bool) -> Exit {
 
 fn key_matches(pinned: &str, key: &PublicKey) -> bool {
     let p = pinned.trim();
-    if p.starts_with("SHA256:") {
-        return key.fingerprint(HashAlg::Sha256).to_string() == p;
+    if p.starts_with("SHA256:") || p.starts_with("SHA512:") {
+        return p
+            .parse::<Fingerprint>()
+            .is_ok_and(|fp| key.fingerprint(fp.algorithm()) == fp);
     }
     let line = p.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
     PublicKey::from_openssh(&line).is_ok_and(|k| k.key_data() == key.key_data())

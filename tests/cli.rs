@@ -15,6 +15,7 @@ struct Env {
 }
 
 /// A local job over a small tree, a repository and a state dir, all in a temp dir.
+
 fn env_with(extra_job_yaml: &str) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -349,6 +350,9 @@ fn most_files_changed_is_an_anomaly() {
             .contains("changed"),
         "{}",
         text(&out)
+    );
+}
+
 // ---- restore is confined to its target (docs/design.md invariant 15)
 
 fn restore_to(e: &Env, extra: &[&str], target: &Path) -> std::process::Output {
@@ -359,6 +363,7 @@ fn restore_to(e: &Env, extra: &[&str], target: &Path) -> std::process::Output {
 }
 
 /// Every entry of `dir` (recursively), relative, sorted: what a restore may have put there.
+
 fn listing(dir: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -508,6 +513,7 @@ fn a_single_file_restore_logs_no_error() {
 }
 
 /// Bytes that zstd cannot shrink, so a file of them fills a pack of its own size.
+
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
@@ -750,4 +756,65 @@ fn a_truncated_pack_is_named_by_check_and_stored_again_by_the_next_run() {
         return;
     };
     assert!(out.status.success(), "restic check: {}", text(&out));
+}
+
+#[test]
+fn password_file_reads_as_stock_restic_reads_it() {
+    let e = env_with("");
+    let pw = e.tmp.path().join("pw");
+    let repo = e.tmp.path().join("repo");
+    // A trailing space on the first line and a second line: restic takes the whole file,
+    // trimmed at both ends, so both lines and the inner space are the password.
+    fs::write(&pw, "pass word \nsecond line\n").unwrap();
+    let out = burrow(&e.cfg, &["init"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = burrow(&e.cfg, &["run", "files"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let Some(out) = common::restic(&repo, &pw, &["snapshots"]) else {
+        return;
+    };
+    assert!(out.status.success(), "restic refused: {}", text(&out));
+
+    // Surrounding white space (and a UTF-8 byte order mark) does not matter to either.
+    fs::write(&pw, "\u{feff}  pass word \nsecond line \r\n\n").unwrap();
+    assert_eq!(burrow(&e.cfg, &["snapshots"]).status.code(), Some(0));
+    let out = common::restic(&repo, &pw, &["snapshots"]).unwrap();
+    assert!(out.status.success(), "restic refused: {}", text(&out));
+
+    // The first line alone is another password: both refuse it.
+    fs::write(&pw, "pass word \n").unwrap();
+    let out = burrow(&e.cfg, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("wrong password"), "{}", text(&out));
+    let out = common::restic(&repo, &pw, &["snapshots"]).unwrap();
+    assert!(!out.status.success(), "restic opened it: {}", text(&out));
+
+    // Nothing but white space is no password.
+    fs::write(&pw, " \n\t\n").unwrap();
+    let out = burrow(&e.cfg, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("white space only"), "{}", text(&out));
+}
+
+#[test]
+fn log_lines_have_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let e = env_with("");
+    assert_eq!(burrow(&e.cfg, &["init"]).status.code(), Some(0));
+    let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
+        .arg("--config")
+        .arg(&e.cfg)
+        .args(["run", "files"])
+        .env("BURROW_SOCKET", e.cfg.with_extension("sock"))
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INFO"), "expected log lines on stderr: {err}");
+    assert!(
+        !err.contains("\x1b["),
+        "colour codes in piped stderr: {err:?}"
+    );
 }

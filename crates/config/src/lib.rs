@@ -8,6 +8,7 @@
 mod locate;
 mod outline;
 mod raw;
+mod unique;
 mod validate;
 
 pub use outline::{EditRefused, JobOutline, Outline, ServerOutline, outline, set_host_key};
@@ -270,9 +271,10 @@ pub fn parse_with(text: &str, file: &Path, check_files: bool) -> Result<Config, 
     validate::validate(raw, file, text, check_files)
 }
 
-/// The syntax phase alone.
+/// The syntax phase alone: duplicate keys first (a typed map would keep the last one
+/// silently), then the typed parse.
 fn parse_raw(text: &str, file: &Path) -> Result<raw::RawConfig, ConfigError> {
-    serde_yaml_ng::from_str(text).map_err(|e| {
+    let syntax = |e: serde_yaml_ng::Error| {
         let (line, col) = e
             .location()
             .map(|l| (l.line(), l.column()))
@@ -283,7 +285,21 @@ fn parse_raw(text: &str, file: &Path) -> Result<raw::RawConfig, ConfigError> {
             col,
             message: strip_location(&e.to_string()),
         }
-    })
+    };
+    if let Some(d) = unique::find_duplicate(text).map_err(syntax)? {
+        let (line, col) = d.first;
+        return Err(ConfigError::Syntax {
+            file: file.to_owned(),
+            line: d.at.0,
+            col: d.at.1,
+            message: format!(
+                "{}, first written at {}:{line}:{col}; keep one of the two (YAML would silently use the last)",
+                d.message,
+                file.display()
+            ),
+        });
+    }
+    serde_yaml_ng::from_str(text).map_err(syntax)
 }
 
 /// serde_yaml_ng appends " at line L column C" to its messages; we print the location first.

@@ -262,3 +262,174 @@ fn retention_of_zeros_is_refused() {
     .unwrap();
     assert_eq!(ok.jobs["a"].retention.unwrap().keep_daily, Some(7));
 }
+
+fn syntax(text: &str) -> (usize, usize, String) {
+    match parse_str(text) {
+        Err(ConfigError::Syntax {
+            line, col, message, ..
+        }) => (line, col, message),
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}
+
+#[test]
+fn duplicate_names_are_errors_at_the_duplicate_naming_the_first() {
+    let text = "\
+repository: {path: /r, password_file: /dev/null}
+jobs:
+  synapse:
+    paths: [/a]
+  other:
+    paths: [/b]
+  synapse:
+    paths: [/c]
+";
+    let (line, col, msg) = syntax(text);
+    assert_eq!((line, col), (7, 3), "{msg}");
+    assert!(msg.contains("duplicate key \"synapse\""), "{msg}");
+    assert!(msg.contains("/etc/burrow/config.yaml:3:3"), "{msg}");
+    assert!(msg.starts_with("jobs: "), "{msg}");
+    let full = parse_str(text).unwrap_err().to_string();
+    assert!(full.starts_with("/etc/burrow/config.yaml:7:3: "), "{full}");
+
+    // Servers, in flow style, and any key at all (here one inside a job, and a top-level one).
+    let servers = "\
+repository: {path: /r, password_file: /dev/null}
+servers:
+  vps: {host: a, user: u, identity_file: /k, host_key: \"SHA256:x\"}
+  vps: {host: b, user: u, identity_file: /k, host_key: \"SHA256:x\"}
+";
+    let (line, col, msg) = syntax(servers);
+    assert_eq!((line, col), (4, 3), "{msg}");
+    assert!(msg.contains("servers: duplicate key \"vps\""), "{msg}");
+    assert!(msg.contains(":3:3"), "{msg}");
+    let key = "repository: {path: /r, password_file: /dev/null}\njobs:\n  a:\n    paths: [/a]\n    enabled: true\n    paths: [/b]\n";
+    let (line, col, msg) = syntax(key);
+    assert_eq!((line, col), (6, 5), "{msg}");
+    assert!(msg.contains("jobs.a: duplicate key \"paths\""), "{msg}");
+    assert!(msg.contains(":4:5"), "{msg}");
+    let top = "jobs: {}\nrepository: {path: /r, password_file: /dev/null}\njobs: {}\n";
+    let (line, col, msg) = syntax(top);
+    assert_eq!((line, col, msg.contains(":1:1")), (3, 1, true), "{msg}");
+
+    // Equal names in different maps are fine, and so is the same text as key and value.
+    let ok = "repository: {path: /r, password_file: /dev/null}\njobs:\n  a: {paths: [/a], retention: {keep_last: 1}}\n  b: {paths: [/a], retention: {keep_last: 1}}\n";
+    parse_str(ok).unwrap();
+}
+
+#[test]
+fn a_schedule_that_never_fires_is_an_error() {
+    let text = "\
+repository: {path: /r, password_file: /dev/null}
+jobs:
+  a:
+    paths: [/a]
+    schedule: \"0 0 31 2 *\"
+check:
+  schedule: \"0 4 30 2 *\"
+";
+    let errs = invalid(text);
+    let got: Vec<(&str, bool)> = errs
+        .iter()
+        .map(|e| (e.path.as_str(), e.message.contains("never fires")))
+        .collect();
+    assert_eq!(
+        got,
+        [("jobs.a.schedule", true), ("check.schedule", true)],
+        "{errs:?}"
+    );
+    assert_eq!(errs[0].at, Some((5, 5)));
+}
+
+const SERVER: &str = "\
+repository: {path: /r, password_file: /dev/null}
+servers:
+  vps:
+    host: h
+    user: u
+    identity_file: /k
+    host_key: \"KEY\"
+";
+
+fn host_key_errors(key: &str) -> Vec<String> {
+    match parse_str(&SERVER.replace("KEY", key)) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid { errors, .. }) => errors
+            .into_iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn host_key_fingerprints_are_checked_as_the_ssh_adapter_reads_them() {
+    // Real ones, as `ssh-keygen -lf` prints them.
+    let sha256 = "SHA256:5kS1dpezGkZ8RbKZm+2IoiB6TNqgQFfEl0/Fxo94nkY";
+    let sha512 = "SHA512:/qRnTVo8fZDU2aeIXDC/73xJAxaSamc8be4PoU8lH4IccWN8J3TK/zvDnVIHEbZJvtor0kNZPpKTKauy0psRgA";
+    assert_eq!(host_key_errors(sha256), Vec::<String>::new());
+    assert_eq!(host_key_errors(sha512), Vec::<String>::new());
+    let ed25519 =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOu0vr6p0fJKxQCFPnzjS8P2xg8ROs0wYiXLhDXqHK5L root@vm";
+    assert_eq!(host_key_errors(ed25519), Vec::<String>::new());
+
+    for bad in [
+        "SHA256:",
+        "SHA256:5kS1dpezGkZ8RbKZm+2IoiB6TNqgQFfEl0/Fxo94nk",
+        "SHA256:5kS1dpezGkZ8RbKZm+2IoiB6TNqgQFfEl0/Fxo94nkY=",
+        "SHA256:5kS1dpezGkZ8RbKZm+2IoiB6TNqgQFfEl0/Fxo94nkZ",
+        "SHA256:5kS1dpezGkZ8RbKZm+2IoiB6TNqgQFfEl0/Fxo94nk!",
+        "SHA512:5kS1dpezGkZ8RbKZm+2IoiB6TNqgQFfEl0/Fxo94nkY",
+    ] {
+        let errs = host_key_errors(bad);
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert!(errs[0].starts_with("servers.vps.host_key: SHA"), "{errs:?}");
+        assert!(errs[0].contains("base64 of"), "{errs:?}");
+    }
+    let errs = host_key_errors("SHA256:");
+    assert!(errs[0].contains("43 characters"), "{errs:?}");
+    for bad in [
+        "ssh-ed25519",
+        "ssh-ed25519 AAAA",
+        "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ",
+        "sha256:5kS1dpezGkZ8RbKZm+2IoiB6TNqgQFfEl0/Fxo94nkY",
+    ] {
+        let errs = host_key_errors(bad);
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+    }
+}
+
+#[test]
+fn a_job_cannot_take_the_name_of_the_repository_check() {
+    let text =
+        "repository: {path: /r, password_file: /dev/null}\njobs:\n  check:\n    paths: [/a]\n";
+    let errs = invalid(text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "jobs.check");
+    assert!(errs[0].message.contains("rename the job"), "{errs:?}");
+    assert_eq!(errs[0].at, Some((3, 3)));
+}
+
+#[test]
+fn state_dir_must_be_or_become_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let with = |dir: &Path| {
+        format!(
+            "repository: {{path: /r, password_file: /dev/null}}\nstate_dir: {}\n",
+            dir.display()
+        )
+    };
+    for bad in [Path::new("/dev/null"), &file, &file.join("below")] {
+        let errs = invalid(&with(bad));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "state_dir");
+        assert!(errs[0].message.contains("not a directory"), "{errs:?}");
+    }
+    for good in [tmp.path().to_owned(), tmp.path().join("new/deeper")] {
+        parse_str(&with(&good)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Not looked at when checking a config written for another machine.
+    parse_with(&with(Path::new("/dev/null")), Path::new("c.yaml"), false).unwrap();
+}

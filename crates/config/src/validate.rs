@@ -5,6 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use burrow_core::exclude::Excludes;
+use burrow_core::run::CHECK_RUN;
 use burrow_core::schedule::Schedule;
 
 use crate::raw::{RawAnomaly, RawConfig, RawDump, RawPing};
@@ -73,6 +74,43 @@ fn readable_file(errs: &mut Errors, path: &str, p: &Path) {
     }
     if let Err(e) = std::fs::File::open(p) {
         errs.add(path, format!("cannot read {}: {e}", p.display()));
+    }
+}
+
+/// A directory burrow creates when missing: it must be one if it exists, and otherwise its
+/// nearest existing ancestor must be a directory (so that it can be created later).
+fn usable_dir(errs: &mut Errors, path: &str, p: &Path) {
+    if !errs.check_files || !p.is_absolute() {
+        return;
+    }
+    let Some(existing) = p.ancestors().find(|a| a.symlink_metadata().is_ok()) else {
+        return;
+    };
+    if !existing.is_dir() {
+        let what = if existing == p {
+            format!("{} exists and is not a directory", p.display())
+        } else {
+            format!(
+                "{} cannot be created: {} is not a directory",
+                p.display(),
+                existing.display()
+            )
+        };
+        errs.add(path, format!("{what}; choose a directory"));
+    }
+}
+
+fn job_name(errs: &mut Errors, path: &str, name: &str) {
+    if !valid_name(name) {
+        errs.add(
+            path,
+            "job names use letters, digits, '-', '_' and '.' (at most 64)",
+        );
+    } else if name == CHECK_RUN {
+        errs.add(
+            path,
+            format!("{CHECK_RUN:?} is the name of the repository check (`check:`); rename the job"),
+        );
     }
 }
 
@@ -216,6 +254,7 @@ pub fn validate(
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     absolute(e, "state_dir", &state_dir);
+    usable_dir(e, "state_dir", &state_dir);
 
     // healthchecks
     let hc = raw.healthchecks.as_ref();
@@ -290,11 +329,8 @@ pub fn validate(
             }
             (Some(k), None) => {
                 let k = k.trim();
-                let ok = k.starts_with("SHA256:")
-                    || (k.split_whitespace().count() >= 2
-                        && (k.starts_with("ssh-") || k.starts_with("ecdsa-")));
-                if !ok {
-                    e.add(format!("{p}.host_key"), "expected an OpenSSH public key line (\"ssh-ed25519 AAAA…\") or a SHA256: fingerprint");
+                if let Err(why) = pinned_host_key(k) {
+                    e.add(format!("{p}.host_key"), why);
                 }
                 Some(HostKey::Pinned(k.to_owned()))
             }
@@ -358,12 +394,7 @@ pub fn validate(
     let mut jobs = BTreeMap::new();
     for (name, j) in &raw.jobs {
         let p = format!("jobs.{name}");
-        if !valid_name(name) {
-            e.add(
-                &p,
-                "job names use letters, digits, '-', '_' and '.' (at most 64)",
-            );
-        }
+        job_name(e, &p, name);
         if let Some(s) = &j.server
             && !raw.servers.contains_key(s)
         {
@@ -569,6 +600,82 @@ pub fn validate(
         check,
         healthchecks: Healthchecks { heartbeat },
     })
+}
+
+/// A pinned `host_key` in a form the SSH adapter accepts (`HostKeyCheck::prepare` in
+/// crates/ssh): a `SHA256:` or `SHA512:` fingerprint as `ssh-keygen -l` prints it (the digest
+/// in base64 without `=` padding), or an OpenSSH public key line whose key blob names the same
+/// algorithm as its first word.
+fn pinned_host_key(k: &str) -> Result<(), String> {
+    for (prefix, len) in [("SHA256:", 32), ("SHA512:", 64)] {
+        if let Some(b64) = k.strip_prefix(prefix) {
+            return match base64(b64, false) {
+                Some(digest) if digest.len() == len => Ok(()),
+                _ => Err(format!(
+                    "{prefix} fingerprints are the base64 of {len} bytes: {} characters, without '=' padding, as `ssh-keygen -lf` prints them (got {:?})",
+                    (len * 8).div_ceil(6),
+                    k
+                )),
+            };
+        }
+    }
+    let mut words = k.split_whitespace();
+    let (Some(algo), Some(blob)) = (words.next(), words.next()) else {
+        return Err(
+            "expected an OpenSSH public key line (\"ssh-ed25519 AAAA…\"), or a SHA256: or SHA512: fingerprint"
+                .into(),
+        );
+    };
+    // The blob starts with the algorithm name, as a length-prefixed string.
+    let named = base64(blob, true).and_then(|b| {
+        let n = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        Some(b.get(4..4 + n)? == algo.as_bytes())
+    });
+    if named != Some(true) {
+        return Err(format!(
+            "not an OpenSSH public key line: the key after {algo:?} is not base64 of an {algo} key (copy the whole line, e.g. from `burrow setup trust` or `ssh-keyscan`)"
+        ));
+    }
+    Ok(())
+}
+
+/// Standard base64 (`+`, `/`); `padded`: `=` padding to a multiple of 4, otherwise none. The
+/// unused low bits of the last character must be zero, as the SSH adapter's decoder requires.
+fn base64(s: &str, padded: bool) -> Option<Vec<u8>> {
+    let data = if padded {
+        if !s.len().is_multiple_of(4) {
+            return None;
+        }
+        s.strip_suffix("==").or(s.strip_suffix('=')).unwrap_or(s)
+    } else {
+        s
+    };
+    let vals = data
+        .bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' => Some(c - b'A'),
+            b'a'..=b'z' => Some(c - b'a' + 26),
+            b'0'..=b'9' => Some(c - b'0' + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        })
+        .collect::<Option<Vec<u8>>>()?;
+    if vals.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(vals.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in vals {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    (acc == 0).then_some(out)
 }
 
 /// Whether `s` is a `read_data` value: `"all"`, a percentage (`"5%"`) or `"n/m"`.

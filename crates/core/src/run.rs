@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::exit::Exit;
 use crate::problems::Problem;
 
+/// The name the repository check (`check:` in the config) runs under: in its run summary, the
+/// daemon's queue and state files, `burrow status` and monitoring. No job may be named so.
+pub const CHECK_RUN: &str = "check";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {

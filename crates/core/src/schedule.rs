@@ -6,7 +6,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Local, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, Local, SubsecRound, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 
@@ -31,7 +31,18 @@ pub enum ScheduleError {
     Cron { expr: String, reason: String },
     #[error("unknown time zone {0:?} (use an IANA name such as Europe/Paris)")]
     Zone(String),
+    #[error(
+        "cron expression {0:?} never fires (no date matches it, e.g. 31 February); check the day-of-month and month fields"
+    )]
+    Never(String),
 }
+
+/// A schedule must fire within this many years of [`REFERENCE`]: every 5-field schedule that
+/// fires at all does (29 February can be 8 years away, over a century's skipped leap day).
+const HORIZON_YEARS: i32 = 8;
+/// A fixed point to look for the first fire time from, so the verdict never depends on the
+/// clock.
+const REFERENCE: &str = "2024-01-01T00:00:00Z";
 
 impl Schedule {
     pub fn parse(expr: &str, timezone: Option<&str>) -> Result<Self, ScheduleError> {
@@ -53,11 +64,27 @@ impl Schedule {
                     .map_err(|_| ScheduleError::Zone(name.to_owned()))?,
             ),
         };
-        Ok(Schedule {
+        let schedule = Schedule {
             expr: expr.to_owned(),
             cron,
             zone,
-        })
+        };
+        if !schedule.fires() {
+            return Err(ScheduleError::Never(expr.to_owned()));
+        }
+        Ok(schedule)
+    }
+
+    /// Whether the schedule has a fire time within [`HORIZON_YEARS`] of [`REFERENCE`].
+    fn fires(&self) -> bool {
+        let Ok(start) = DateTime::parse_from_rfc3339(REFERENCE) else {
+            return true;
+        };
+        let start = start.with_timezone(&Utc);
+        let end = start
+            .with_year(start.year() + HORIZON_YEARS)
+            .unwrap_or(start);
+        self.next_after(start).is_some_and(|t| t < end)
     }
 
     pub fn expr(&self) -> &str {
@@ -123,6 +150,21 @@ mod tests {
             Schedule::parse("0 3 * * *", Some("Mars/Olympus")),
             Err(ScheduleError::Zone(_))
         ));
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_refused() {
+        for expr in ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4,6,9,11 *"] {
+            let e = Schedule::parse(expr, Some("UTC")).unwrap_err();
+            assert_eq!(e, ScheduleError::Never(expr.to_owned()));
+            assert!(e.to_string().contains("never fires"), "{e}");
+        }
+        // Rare but real: 29 February, and the 31st of the months that have one.
+        for expr in ["0 0 29 2 *", "0 0 31 1-12 *", "@yearly"] {
+            assert!(Schedule::parse(expr, Some("UTC")).is_ok(), "{expr}");
+        }
+        // Day of month and day of week are alternatives (as in cron): this fires on Mondays.
+        assert!(Schedule::parse("0 0 31 2 1", None).is_ok());
     }
 
     #[test]

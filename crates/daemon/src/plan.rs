@@ -77,6 +77,27 @@ fn since(state: &JobState) -> Option<DateTime<Utc>> {
     }
 }
 
+/// A job state with times after `now` (the clock was wrong when they were written, or the
+/// state comes from another machine), made usable: a handled slot in the future counts as not
+/// handled, a `first_seen` in the future becomes `now`. `None` when nothing is in the future.
+/// Left as it is, such a state would keep the job from ever being due until that time.
+pub fn without_future(state: &JobState, now: DateTime<Utc>) -> Option<JobState> {
+    let slot_ahead = state.last_slot.is_some_and(|s| s > now);
+    let seen_ahead = state.first_seen.is_some_and(|s| s > now);
+    if !slot_ahead && !seen_ahead {
+        return None;
+    }
+    Some(JobState {
+        first_seen: if seen_ahead {
+            Some(now)
+        } else {
+            state.first_seen
+        },
+        last_slot: state.last_slot.filter(|_| !slot_ahead),
+        last_run: state.last_run.clone(),
+    })
+}
+
 fn std_delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
@@ -368,6 +389,38 @@ mod tests {
             due(&j, &state, utc("2026-11-25T01:00:00Z")),
             Some(utc("2026-11-24T03:00:00Z"))
         );
+    }
+
+    #[test]
+    fn a_slot_in_the_future_counts_as_not_handled() {
+        let j = job("web", "0 3 * * *", "UTC");
+        let now = utc("2026-11-23T10:00:00Z");
+        // Written by a machine whose clock was a year ahead.
+        let state = JobState {
+            first_seen: Some(utc("2026-11-01T00:00:00Z")),
+            last_slot: Some(utc("2027-11-20T03:00:00Z")),
+            last_run: None,
+        };
+        assert_eq!(due(&j, &state, now), None, "silenced as it stands");
+        let fixed = without_future(&state, now).unwrap();
+        assert_eq!(fixed.last_slot, None);
+        assert_eq!(fixed.first_seen, state.first_seen);
+        assert_eq!(due(&j, &fixed, now), Some(utc("2026-11-23T03:00:00Z")));
+        assert_eq!(without_future(&fixed, now), None);
+
+        // Also first seen in the future: seen now, so the job waits for its next slot.
+        let ahead = JobState {
+            first_seen: Some(utc("2027-01-01T00:00:00Z")),
+            ..state
+        };
+        let fixed = without_future(&ahead, now).unwrap();
+        assert_eq!((fixed.first_seen, fixed.last_slot), (Some(now), None));
+        assert_eq!(
+            next_fire(&j, &fixed, now),
+            Some(utc("2026-11-24T03:00:00Z"))
+        );
+        // A state that is in the past is left alone.
+        assert_eq!(without_future(&seen("2026-11-23T10:00:00Z"), now), None);
     }
 
     #[test]

@@ -28,9 +28,9 @@ use crate::control::{Reply, Request, socket_path};
 use crate::plan::{self, JobPlan, RunQueue};
 use crate::state::{History, RunRecord, State, Store};
 
-/// The internal name of the repository check in the queue (not a valid job name, so it
-/// cannot clash with one).
-pub const CHECK: &str = "@check";
+/// The repository check's name in the queue, the state files, the status and monitoring: the
+/// name its run summary carries too, and one the config refuses for a job.
+pub const CHECK: &str = burrow_core::run::CHECK_RUN;
 
 /// Longest sleep between looks at the clock: wall-clock jumps (NTP on a Pi without RTC) and
 /// suspend are noticed within this.
@@ -343,8 +343,23 @@ impl<D: DiskManager> Daemon<D> {
             if running || self.queue.contains(&p.name) {
                 continue;
             }
+            let st = self.state.job(&p.name);
+            if let Some(fixed) = plan::without_future(&st, now) {
+                tracing::warn!(
+                    job = %p.name,
+                    "{}: {} holds times after now ({now}): last handled slot {}, first seen {}; the clock was wrong when it was written, or it comes from another machine; treating the slot as not handled",
+                    p.name,
+                    self.store.state_path().display(),
+                    st.last_slot.map_or("none".into(), |t| t.to_rfc3339()),
+                    st.first_seen.map_or("none".into(), |t| t.to_rfc3339()),
+                );
+                self.state.jobs.insert(p.name.clone(), fixed);
+                if let Err(e) = self.store.save_state(&self.state) {
+                    tracing::error!("{e}");
+                }
+            }
             if let Some(slot) = plan::due(p, &self.state.job(&p.name), now) {
-                tracing::info!("{} is due (slot {slot})", display_name(&p.name));
+                tracing::info!("{} is due (slot {slot})", p.name);
                 self.queue.push_slot(&p.name, Some(slot));
             }
         }
@@ -354,14 +369,14 @@ impl<D: DiskManager> Daemon<D> {
         if let Some(c) = &self.current {
             return format!(
                 "{}: pulling, {} read",
-                display_name(&c.job),
+                c.job,
                 human(c.bytes_read.load(Ordering::Relaxed))
             );
         }
         match next {
             Some((job, at)) => format!(
                 "idle; next: {} at {}",
-                display_name(job),
+                job,
                 at.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M")
             ),
             None => "idle; nothing scheduled".into(),
@@ -537,7 +552,7 @@ impl<D: DiskManager> Daemon<D> {
                     .find(|p| p.name == name)
                     .and_then(|p| plan::next_fire(p, &st, now));
                 json!({
-                    "name": display_name(&name),
+                    "name": name,
                     "enabled": enabled,
                     "schedule": schedule,
                     "next_run": next.map(|t| t.to_rfc3339()),
@@ -556,7 +571,7 @@ impl<D: DiskManager> Daemon<D> {
                 "config": self.cfg.file.display().to_string(),
             },
             "current": self.current.as_ref().map(|c| json!({
-                "job": display_name(&c.job),
+                "job": c.job,
                 "run_id": c.run_id,
                 "bytes_read": c.bytes_read.load(Ordering::Relaxed),
                 "started": c.started.to_rfc3339(),
@@ -593,10 +608,7 @@ impl<D: DiskManager> Daemon<D> {
             Ok(mount_point) => {
                 tracing::info!("backup volume ready at {}", mount_point.display());
                 for job in std::mem::take(&mut self.awaiting_disk) {
-                    tracing::info!(
-                        "{} was skipped for the disk; running it now",
-                        display_name(&job)
-                    );
+                    tracing::info!("{} was skipped for the disk; running it now", job);
                     self.queue.push(&job);
                 }
             }
@@ -644,16 +656,12 @@ impl<D: DiskManager> Daemon<D> {
                 if let Some(c) = &self.current {
                     tracing::warn!(
                         "backup disk removed while {} runs: that run will fail",
-                        display_name(&c.job)
+                        c.job
                     );
                 }
             }
         }
     }
-}
-
-fn display_name(job: &str) -> &str {
-    if job == CHECK { "check" } else { job }
 }
 
 fn human(n: u64) -> String {
@@ -748,5 +756,36 @@ async fn accept(listener: UnixListener, tx: mpsc::Sender<(Request, Waiter)>) {
                 let _ = w.write_all(s.as_bytes()).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon queues the check, keeps its slots and looks up its last run under one name;
+    /// the run's summary must carry that name, or `status` says it never ran.
+    #[tokio::test]
+    async fn the_check_reports_under_the_name_the_daemon_keeps_it_by() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pw = tmp.path().join("pw");
+        std::fs::write(&pw, "pw\n").unwrap();
+        let text = format!(
+            "repository: {{path: {}, password_file: {}}}\nstate_dir: {}\ncheck: {{schedule: \"0 4 * * *\"}}\n",
+            tmp.path().join("no-repo").display(),
+            pw.display(),
+            tmp.path().join("state").display(),
+        );
+        let cfg = burrow_config::parse(&text, Path::new("c.yaml")).unwrap();
+        std::fs::create_dir_all(&cfg.state_dir).unwrap();
+        let (_cancel, rx) = watch::channel(false);
+        let report = burrow_run::run_check(&cfg, None::<&SimDisk>, RunControl::new(rx)).await;
+        assert_eq!(report.summary.job, CHECK);
+        let mut state = State::default();
+        state.mark_slot(CHECK, Utc::now());
+        state.record_run(RunRecord::from_summary(&report.summary, Utc::now()));
+        let st = state.job(CHECK);
+        assert!(st.last_slot.is_some() && st.last_run.is_some(), "{state:?}");
+        assert_eq!(state.jobs.len(), 1, "{state:?}");
     }
 }

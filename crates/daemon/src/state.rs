@@ -12,7 +12,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use burrow_core::run::{RunStatus, RunSummary};
+use burrow_core::run::{CHECK_RUN, RunStatus, RunSummary};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -70,8 +70,35 @@ impl RunRecord {
 /// The contents of `state.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "jobs_one_check")]
     pub jobs: BTreeMap<String, JobState>,
+}
+
+/// Where earlier versions kept the repository check's slots; its last run was under
+/// [`CHECK_RUN`] already. A file written by them is read with both merged under [`CHECK_RUN`].
+const OLD_CHECK: &str = "@check";
+
+fn jobs_one_check<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, JobState>, D::Error> {
+    let mut jobs = BTreeMap::<String, JobState>::deserialize(d)?;
+    if let Some(old) = jobs.remove(OLD_CHECK) {
+        let check = jobs.entry(CHECK_RUN.to_owned()).or_default();
+        check.first_seen = match (check.first_seen, old.first_seen) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        check.last_slot = check.last_slot.max(old.last_slot);
+        if let Some(run) = old.last_run
+            && check
+                .last_run
+                .as_ref()
+                .is_none_or(|r| r.started < run.started)
+        {
+            check.last_run = Some(run);
+        }
+    }
+    Ok(jobs)
 }
 
 impl State {
@@ -325,6 +352,43 @@ mod tests {
 
         let text = fs::read_to_string(store.state_path()).unwrap();
         assert!(text.contains("\"status\": \"ok\""), "{text}");
+    }
+
+    #[test]
+    fn the_check_has_one_name_and_old_state_files_still_read() {
+        // As earlier versions wrote it after a check had run: the slot under "@check", the
+        // run under "check" (the name in the run's summary), so `status` said "never ran".
+        let old = r#"{"jobs": {
+            "@check": {"first_seen": "2026-11-01T10:00:00Z", "last_slot": "2026-11-22T04:00:00Z"},
+            "check": {"last_run": {"job": "check", "run_id": "r1", "status": "ok",
+                "started": "2026-11-22T04:00:01Z", "duration_s": 3.0, "bytes_added": 0,
+                "snapshot_id": null, "reason": null}},
+            "web": {"first_seen": "2026-11-01T10:00:00Z"}
+        }}"#;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        fs::write(store.state_path(), old).unwrap();
+        let state = store.load_state().unwrap();
+        assert_eq!(
+            state.jobs.keys().map(String::as_str).collect::<Vec<_>>(),
+            [CHECK_RUN, "web"]
+        );
+        let check = state.job(CHECK_RUN);
+        assert_eq!(check.first_seen, Some(utc("2026-11-01T10:00:00Z")));
+        assert_eq!(check.last_slot, Some(utc("2026-11-22T04:00:00Z")));
+        assert_eq!(check.last_run.unwrap().run_id, "r1");
+
+        // The daemon's queue name, the run summary's job name and the state key are one.
+        assert_eq!(crate::serve::CHECK, CHECK_RUN);
+        let mut state = State::default();
+        state.mark_slot(crate::serve::CHECK, utc("2026-11-23T04:00:00Z"));
+        let mut run = record(CHECK_RUN, 2);
+        run.started = utc("2026-11-23T04:00:01Z");
+        state.record_run(run);
+        store.save_state(&state).unwrap();
+        let back = store.load_state().unwrap().job(crate::serve::CHECK);
+        assert_eq!(back.last_slot, Some(utc("2026-11-23T04:00:00Z")));
+        assert_eq!(back.last_run.unwrap().run_id, "run-2");
     }
 
     #[test]

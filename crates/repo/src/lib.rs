@@ -75,20 +75,53 @@ impl Password {
         Password(s.into())
     }
 
-    /// The first line of `path`, as restic's `--password-file` reads it.
+    /// The password in `path`, read as restic's `--password-file` reads it, so that stock
+    /// restic opens the repository with the same file: the whole file, a byte order mark
+    /// removed (UTF-16 with a BOM is decoded), surrounding white space trimmed (Go's
+    /// `strings.TrimSpace`, the Unicode White_Space set like [`str::trim`]). Inner lines and
+    /// spaces are part of the password. Empty after trimming is an error.
     pub fn from_file(path: &Path) -> Result<Self, RepoError> {
-        let text = std::fs::read_to_string(path).map_err(|e| RepoError::PasswordFile {
+        let bad = |reason: String| RepoError::PasswordFile {
             path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
-        if line.is_empty() {
-            return Err(RepoError::PasswordFile {
-                path: path.to_owned(),
-                reason: "the first line is empty".into(),
-            });
+            reason,
+        };
+        // A text file's content as restic's `textfile.Read` sees it: a UTF-8 BOM dropped, UTF-16
+        // with a BOM (either byte order) decoded, anything else taken as UTF-8.
+        fn decode_text(bytes: &[u8]) -> Option<String> {
+            if let Some(rest) = bytes.strip_prefix(b"\xef\xbb\xbf") {
+                return String::from_utf8(rest.to_vec()).ok();
+            }
+            let units = |be: bool, rest: &[u8]| -> Vec<u16> {
+                rest.chunks(2)
+                    .map(|c| {
+                        let pair = [c[0], c.get(1).copied().unwrap_or(0)];
+                        if be {
+                            u16::from_be_bytes(pair)
+                        } else {
+                            u16::from_le_bytes(pair)
+                        }
+                    })
+                    .collect()
+            };
+            if let Some(rest) = bytes.strip_prefix(b"\xfe\xff") {
+                return String::from_utf16(&units(true, rest)).ok();
+            }
+            if let Some(rest) = bytes.strip_prefix(b"\xff\xfe") {
+                return String::from_utf16(&units(false, rest)).ok();
+            }
+            String::from_utf8(bytes.to_vec()).ok()
         }
-        Ok(Password(line.to_owned()))
+
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let text = decode_text(&bytes)
+            .ok_or_else(|| bad("it is not UTF-8 (or UTF-16 with a byte order mark) text".into()))?;
+        let password = text.trim();
+        if password.is_empty() {
+            return Err(bad(
+                "the file is empty or white space only; write the password into it".into(),
+            ));
+        }
+        Ok(Password(password.to_owned()))
     }
 }
 
