@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn a_pack_is_judged_by_its_hash() {
         let tmp = tempfile::tempdir().unwrap();
-        let p = Pinned::new(tmp.path()).unwrap();
+        let p = Pinned::new(tmp.path(), Arc::default()).unwrap();
         let body = b"pack bytes".to_vec();
         let mut h = Sha256::new();
         h.update(&body);
