@@ -15,7 +15,6 @@ struct Env {
 }
 
 /// A local job over a small tree, a repository and a state dir, all in a temp dir.
-
 fn env_with(extra_job_yaml: &str) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -363,7 +362,6 @@ fn restore_to(e: &Env, extra: &[&str], target: &Path) -> std::process::Output {
 }
 
 /// Every entry of `dir` (recursively), relative, sorted: what a restore may have put there.
-
 fn listing(dir: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -513,7 +511,6 @@ fn a_single_file_restore_logs_no_error() {
 }
 
 /// Bytes that zstd cannot shrink, so a file of them fills a pack of its own size.
-
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)

@@ -368,7 +368,7 @@ pub fn validate(
         );
         if io_timeout < Duration::from_secs(1) {
             e.add(
-                &format!("{p}.io_timeout"),
+                format!("{p}.io_timeout"),
                 "must be at least 1s (a busy server needs time to answer)",
             );
         }

@@ -182,8 +182,8 @@ fn a_truncated_pack_is_found_taken_out_of_the_index_and_stored_again() {
     );
 
     let repair = repo.drop_damaged_packs(&report.damaged_packs).unwrap();
-    assert_eq!(repair.dropped, [pack_id.clone()]);
-    assert_eq!(repair.deleted, [pack_id.clone()]);
+    assert_eq!(repair.dropped, std::slice::from_ref(&pack_id));
+    assert_eq!(repair.deleted, std::slice::from_ref(&pack_id));
     assert!(!pack.exists());
 
     // the next run stores the lost data again instead of reusing it
