@@ -171,7 +171,8 @@ mod tests {
     fn exit_codes_come_from_the_help_text() {
         let codes = exit_codes();
         let nums: Vec<&str> = codes.iter().map(|(c, _)| c.as_str()).collect();
-        assert_eq!(nums, ["0", "1", "2", "3", "4", "75"]);
+        assert_eq!(nums, ["0", "1", "2", "3", "4", "5", "75"]);
+        assert!(codes[5].1.contains("anomaly"), "{codes:?}");
         assert!(codes[4].1.contains("retention"), "{codes:?}");
         assert!(codes[3].1.contains("after command failed"), "{codes:?}");
     }
