@@ -346,7 +346,7 @@ fn dead_mans_switch_runs_after_when_burrow_is_killed() {
     let t0 = Instant::now();
     while !started.exists() {
         assert!(
-            t0.elapsed() < Duration::from_secs(30),
+            t0.elapsed() < Duration::from_secs(120),
             "before hook never started"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -667,7 +667,9 @@ fn a_fifo_swapped_in_mid_pull_is_named_and_the_run_goes_on() {
     let swapped = Instant::now();
     let out = child.wait_with_output().unwrap();
     let took = swapped.elapsed();
-    assert!(took < Duration::from_secs(3 * 2 + 30), "{took:?}");
+    // Before, the run never ended: every later request timed out behind the blocked server.
+    // The bound is generous for a loaded machine; the pull of the other 4000 files is in it.
+    assert!(took < Duration::from_secs(3 * 2 + 150), "{took:?}");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let sum = json(&out);
     let errors = sum["errors"].as_array().unwrap();

@@ -154,12 +154,18 @@ servers:
   s:
     host: h
     user: u
-    identity_file: id
-    host_key: ssh-ed25519 AAAA
+    identity_file: /id
+    host_key: SHA256:5kS1dpezGkZ8RbKZm+2IoiB6TNqgQFfEl0/Fxo94nkY
 {extra}jobs:
   j: {{server: s, paths: [/x]}}
 "
         )
+    };
+    // Files are not looked at here (as when checking a config written for another machine).
+    let parse_str = |t: &str| parse_with(t, Path::new("/etc/burrow/config.yaml"), false);
+    let invalid = |t: &str| match parse_str(t) {
+        Err(ConfigError::Invalid { errors, .. }) => errors,
+        other => panic!("expected semantic errors, got {other:?}"),
     };
     let cfg = parse_str(&server("")).unwrap();
     assert_eq!(cfg.servers["s"].io_timeout, Duration::from_secs(30));
