@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 fn parse_str(text: &str) -> Result<Config, ConfigError> {
     parse(text, Path::new("/etc/burrow/config.yaml"))
@@ -119,6 +120,10 @@ jobs:
       - {name: a, command: y}
       - {name: b}
     retention: {}
+  t:
+    server: s
+    paths: [/x]
+    dump_timeout: 0s
 ";
     let errs = invalid(text);
     let got: Vec<String> = errs
@@ -136,6 +141,7 @@ jobs:
         "jobs.d.dumps[2]",
         "jobs.d.retention",
         "jobs.empty",
+        "jobs.t.dump_timeout",
     ];
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, want_paths, "{got:#?}");
@@ -214,4 +220,17 @@ fn shell_quote_round_trips_through_sh() {
             .unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap(), s);
     }
+}
+
+#[test]
+fn dump_timeout_defaults_to_six_hours_and_can_be_set() {
+    let text = "\
+repository: {path: /r, password_file: /pw}
+jobs:
+  a: {paths: [/x]}
+  b: {paths: [/x], dump_timeout: 90m}
+";
+    let cfg = parse_with(text, Path::new("/etc/burrow/config.yaml"), false).unwrap();
+    assert_eq!(cfg.job("a").unwrap().dump_timeout, Duration::from_secs(6 * 3600));
+    assert_eq!(cfg.job("b").unwrap().dump_timeout, Duration::from_secs(90 * 60));
 }
