@@ -554,7 +554,10 @@ fn a_timed_out_before_command_is_killed_on_the_server_with_its_group() {
         "{}",
         text(&out)
     );
-    assert!(after.exists(), "after must run once a before command started");
+    assert!(
+        after.exists(),
+        "after must run once a before command started"
+    );
     let pgid = read_pid(&pidfile);
     assert_eq!(
         group_members(pgid),
@@ -591,7 +594,11 @@ fn a_normal_run_with_after_deadline_leaves_no_timer_on_the_server() {
         // the timer (`sleep 3600` in its own session) must be gone right away
         assert_nothing_left_on_the_server(&s.sshd, Duration::from_secs(5));
     }
-    assert_eq!(fs::read_to_string(&b).unwrap(), "x\nx\n", "after ran once per run");
+    assert_eq!(
+        fs::read_to_string(&b).unwrap(),
+        "x\nx\n",
+        "after ran once per run"
+    );
 }
 
 #[test]
@@ -619,13 +626,23 @@ fn a_dump_that_never_ends_is_killed_and_the_run_is_partial() {
         "{sum}"
     );
     let pgid = read_pid(&pidfile);
-    assert_eq!(group_members(pgid), Vec::<u32>::new(), "the dump's group must be gone");
+    assert_eq!(
+        group_members(pgid),
+        Vec::<u32>::new(),
+        "the dump's group must be gone"
+    );
     assert_nothing_left_on_the_server(&s.sshd, Duration::from_secs(10));
 
     let target = s.tmp.path().join("r");
     let out = burrow(
         &cfg,
-        &["restore", "j", "latest", "--target", target.to_str().unwrap()],
+        &[
+            "restore",
+            "j",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let src = target.join(s.src.strip_prefix("/").unwrap());
@@ -714,7 +731,10 @@ fn kill_9_at_random_moments_runs_after_exactly_once_when_a_before_started() {
     for (k, delay) in delays.iter().enumerate() {
         let before = count_lines(&counts.join(format!("before.{k}")));
         let after = count_lines(&counts.join(format!("after.{k}")));
-        assert!(before <= 1, "attempt {k}: before ran {before} times (seed {seed})");
+        assert!(
+            before <= 1,
+            "attempt {k}: before ran {before} times (seed {seed})"
+        );
         assert_eq!(
             after, before,
             "attempt {k} (killed after {delay:?} of a {normal:?} run, seed {seed}): \

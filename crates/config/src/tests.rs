@@ -231,6 +231,12 @@ jobs:
   b: {paths: [/x], dump_timeout: 90m}
 ";
     let cfg = parse_with(text, Path::new("/etc/burrow/config.yaml"), false).unwrap();
-    assert_eq!(cfg.job("a").unwrap().dump_timeout, Duration::from_secs(6 * 3600));
-    assert_eq!(cfg.job("b").unwrap().dump_timeout, Duration::from_secs(90 * 60));
+    assert_eq!(
+        cfg.job("a").unwrap().dump_timeout,
+        Duration::from_secs(6 * 3600)
+    );
+    assert_eq!(
+        cfg.job("b").unwrap().dump_timeout,
+        Duration::from_secs(90 * 60)
+    );
 }

@@ -214,7 +214,10 @@ fn arm_script(
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     /// `claimed burrow` or `claimed timer`, then one `N status timed-out` line per command.
-    Done { by_timer: bool, status: Vec<(usize, u32, bool)> },
+    Done {
+        by_timer: bool,
+        status: Vec<(usize, u32, bool)>,
+    },
     /// The directory is gone.
     Lost,
     /// `done` did not appear within the budget.
@@ -363,7 +366,9 @@ impl DeadMan {
             }
         };
         if by_timer {
-            log.warn("the dead-man's switch had already fired: the server ran the after commands itself");
+            log.warn(
+                "the dead-man's switch had already fired: the server ran the after commands itself",
+            );
         } else {
             log.info("dead-man's switch disarmed; its timer is stopped");
         }
@@ -457,9 +462,17 @@ mod tests {
         let flag = tmp.path().join("after ran");
         let log = log();
         let after = vec![append(&flag)];
-        let dm = DeadMan::arm(&Host::Local, &log.run_id, Duration::from_secs(1), &after, T, false, &log)
-            .await
-            .unwrap();
+        let dm = DeadMan::arm(
+            &Host::Local,
+            &log.run_id,
+            Duration::from_secs(1),
+            &after,
+            T,
+            false,
+            &log,
+        )
+        .await
+        .unwrap();
         let (ok, _) = run_before(&Host::Local, &["true".into()], T, Some(&dm), &log).await;
         assert!(ok);
         let dir = dir_path(&log.run_id);
@@ -494,7 +507,10 @@ mod tests {
         let dir = dir_path(&log.run_id);
         wait_until("the timer did not clean up", || !Path::new(&dir).exists()).await;
         wait_until("the timer did not end", || !group_alive(pgid)).await;
-        assert!(!flag.exists(), "nothing was stopped, so nothing may be started");
+        assert!(
+            !flag.exists(),
+            "nothing was stopped, so nothing may be started"
+        );
     }
 
     #[tokio::test]
@@ -503,16 +519,24 @@ mod tests {
         let flag = tmp.path().join("flag");
         let log = log();
         let after = vec![append(&flag)];
-        let dm = DeadMan::arm(&Host::Local, &log.run_id, Duration::from_secs(30), &after, T, true, &log)
-            .await
-            .unwrap();
+        let dm = DeadMan::arm(
+            &Host::Local,
+            &log.run_id,
+            Duration::from_secs(30),
+            &after,
+            T,
+            true,
+            &log,
+        )
+        .await
+        .unwrap();
         let pgid = timer_pgid(&log.run_id);
         // as after a reboot of the server: directory and timer gone, nothing fired
         nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pgid),
             nix::sys::signal::Signal::SIGKILL,
         )
-            .unwrap();
+        .unwrap();
         std::fs::remove_dir_all(dir_path(&log.run_id)).unwrap();
         assert!(dm.run_after(&Host::Local, &after, T, &log).await);
         assert_eq!(lines(&flag), 1);
@@ -524,17 +548,31 @@ mod tests {
         let flag = tmp.path().join("flag");
         let log = log();
         let after = vec![append(&flag), "echo to-out; echo to-err >&2".into()];
-        let dm = DeadMan::arm(&Host::Local, &log.run_id, Duration::from_secs(2), &after, T, true, &log)
-            .await
-            .unwrap();
+        let dm = DeadMan::arm(
+            &Host::Local,
+            &log.run_id,
+            Duration::from_secs(2),
+            &after,
+            T,
+            true,
+            &log,
+        )
+        .await
+        .unwrap();
         let pgid = timer_pgid(&log.run_id);
         assert!(group_alive(pgid));
         assert!(dm.run_after(&Host::Local, &after, T, &log).await);
         assert_eq!(lines(&flag), 1);
-        assert!(!group_alive(pgid), "the timer must be killed with its sleep");
+        assert!(
+            !group_alive(pgid),
+            "the timer must be killed with its sleep"
+        );
         assert!(!Path::new(&dir_path(&log.run_id)).exists());
         let tail = log.tail();
-        assert!(tail.contains("stdout: to-out") && tail.contains("stderr: to-err"), "{tail}");
+        assert!(
+            tail.contains("stdout: to-out") && tail.contains("stderr: to-err"),
+            "{tail}"
+        );
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(lines(&flag), 1, "nothing may run them again");
     }
@@ -546,18 +584,36 @@ mod tests {
         let flag = tmp.path().join("flag");
         let log = log();
         let after = vec![
-            format!("echo $$ > {}; sleep 60", shell_quote(&pidfile.to_string_lossy())),
+            format!(
+                "echo $$ > {}; sleep 60",
+                shell_quote(&pidfile.to_string_lossy())
+            ),
             "exit 3".into(),
             append(&flag),
         ];
         let t = Duration::from_secs(1);
-        let dm = DeadMan::arm(&Host::Local, &log.run_id, Duration::from_secs(60), &after, t, true, &log)
-            .await
-            .unwrap();
+        let dm = DeadMan::arm(
+            &Host::Local,
+            &log.run_id,
+            Duration::from_secs(60),
+            &after,
+            t,
+            true,
+            &log,
+        )
+        .await
+        .unwrap();
         assert!(!dm.run_after(&Host::Local, &after, t, &log).await);
         assert_eq!(lines(&flag), 1);
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-        assert!(!group_alive(pid), "the timed-out command's group must be gone");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            !group_alive(pid),
+            "the timed-out command's group must be gone"
+        );
         let tail = log.tail();
         assert!(tail.contains("timed out after 1s"), "{tail}");
         assert!(tail.contains("exit status 3"), "{tail}");
@@ -589,12 +645,20 @@ mod tests {
         let log = RunLog::new("t", "r", "local");
         let t0 = std::time::Instant::now();
         // the shell forks `sleep` into its group; both must go
-        let cmd = format!("echo $$ > {}; sleep 30; true", shell_quote(&pidfile.to_string_lossy()));
-        let (ok, _) = run_before(&Host::Local, &[cmd], Duration::from_millis(300), None, &log).await;
+        let cmd = format!(
+            "echo $$ > {}; sleep 30; true",
+            shell_quote(&pidfile.to_string_lossy())
+        );
+        let (ok, _) =
+            run_before(&Host::Local, &[cmd], Duration::from_millis(300), None, &log).await;
         assert!(!ok);
         assert!(t0.elapsed() < Duration::from_secs(10));
         assert!(log.tail().contains("timed out"), "{}", log.tail());
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert!(!group_alive(pid));
     }
 

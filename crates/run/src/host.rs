@@ -181,7 +181,10 @@ async fn local_run<W: AsyncWrite + Unpin + Send>(
         Err(reason) => reason,
     };
     signal_group(pgid, Signal::SIGTERM);
-    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         signal_group(pgid, Signal::SIGKILL);
         let _ = child.wait().await;
     }

@@ -642,15 +642,18 @@ impl Session {
         if let Some(pgid) = status.pgid {
             debug!(target = %self.inner.name, pgid, "ending a command's process group");
             if let Err(e) = self
-                .exec_plain(&kill_group_script(pgid), KILL_GRACE + Duration::from_secs(20))
+                .exec_plain(
+                    &kill_group_script(pgid),
+                    KILL_GRACE + Duration::from_secs(20),
+                )
                 .await
             {
                 info!(target = %self.inner.name, pgid, error = %e, "cannot end a command's process group");
             }
             // The outer shell exits once the group is gone; wait for it so that nothing of
             // the command is left when this returns.
-            let _ = tokio::time::timeout(KILL_GRACE, async { while r.wait().await.is_some() {} })
-                .await;
+            let _ =
+                tokio::time::timeout(KILL_GRACE, async { while r.wait().await.is_some() {} }).await;
         }
         stop(w).await;
     }

@@ -212,7 +212,11 @@ async fn exec_timeout_stops_the_command_and_the_session_lives_on() {
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(group_members(pgid), Vec::<u32>::new(), "the command's group must be gone");
+    assert_eq!(
+        group_members(pgid),
+        Vec::<u32>::new(),
+        "the command's group must be gone"
+    );
     assert_eq!(s.exec("echo ok", T).await.unwrap().stdout, b"ok\n");
 }
 
@@ -221,7 +225,10 @@ async fn exec_to_writer_is_ended_with_its_group_on_timeout_and_on_cancel() {
     let Some(sshd) = Sshd::start() else { return };
     let s = Session::connect(&target(&sshd)).await.unwrap();
     let pidfile = sshd.dir.path().join("dump.pid");
-    let cmd = format!("echo $$ > {}; echo some; sleep 300; true", pidfile.display());
+    let cmd = format!(
+        "echo $$ > {}; echo some; sleep 300; true",
+        pidfile.display()
+    );
     let pgid = || -> u32 {
         std::fs::read_to_string(&pidfile)
             .unwrap()
@@ -231,7 +238,12 @@ async fn exec_to_writer_is_ended_with_its_group_on_timeout_and_on_cancel() {
     };
     let mut buf: Vec<u8> = Vec::new();
     let e = s
-        .exec_to_writer(&cmd, &mut buf, Duration::from_secs(1), std::future::pending())
+        .exec_to_writer(
+            &cmd,
+            &mut buf,
+            Duration::from_secs(1),
+            std::future::pending(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, SshError::ExecTimeout { .. }), "{e}");
