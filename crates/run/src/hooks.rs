@@ -187,7 +187,7 @@ fn timer_script(dir: &str, deadline: Duration) -> String {
 /// `started` when the obligation exists from the start (a job without `before` commands),
 /// and the detached timer, whose process group id (`$!`: `nohup` and `setsid` exec, and a
 /// background child of a shell without job control is no group leader, so `setsid` does not
-/// fork) goes to `timer`.
+/// fork) goes to `timer`; the script returns once that group exists.
 fn arm_script(
     dir: &str,
     deadline: Duration,
@@ -203,7 +203,8 @@ fn arm_script(
          printf '%s' {runner} > \"$D/after.sh\" && printf '%s' {timer} > \"$D/timer.sh\" && : > \"$D/marker\" || {{ rm -rf \"$D\"; exit 5; }}\n\
          {mark}\
          nohup setsid /bin/sh \"$D/timer.sh\" </dev/null >/dev/null 2>&1 &\n\
-         echo $! > \"$D/timer\"\n",
+         p=$!; echo $p > \"$D/timer\"\n\
+         i=0; while ! kill -s 0 -- -$p 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i+1)); done\n",
         runner = shell_quote(&runner_script(dir, after, hook_timeout)),
         timer = shell_quote(&timer_script(dir, deadline)),
         mark = if started { ": > \"$D/started\"\n" } else { "" },
