@@ -15,7 +15,10 @@
 //!   atomic, so exactly one caller wins; a loser exits at once), then runs each `after`
 //!   command in its own session with its `hook_timeout` (a watchdog in a session of its own
 //!   sends TERM, then KILL, to the command's group), with stdout and stderr in `out.N` and
-//!   `err.N` and `N status timed-out` in `status`, and finally creates `done`.
+//!   `err.N` and `N status timed-out` in `status`, and finally creates `done`. When a command
+//!   ends, the runner creates `ended.N`, kills the watchdog's group and waits for it; a
+//!   watchdog whose `setsid` had not yet made that group finds `ended.N` when it starts and
+//!   exits, so no watchdog outlives its command.
 //! - `timer.sh`: the *timer*, started detached (`nohup setsid`) when the switch is armed
 //!   (before the first `before` command); its process group is in `timer`. It sleeps for
 //!   `after_deadline`, then runs the runner as `timer`, but only if `started` exists: a
@@ -153,10 +156,11 @@ fn runner_script(dir: &str, after: &[String], hook_timeout: Duration) -> String 
          run() {{\n\
          \x20 setsid /bin/sh -c \"$1\" </dev/null >\"$D/out.$i\" 2>\"$D/err.$i\" &\n\
          \x20 p=$!\n\
-         \x20 setsid /bin/sh -c \"sleep {t}; : > '$D/timedout.$i'; kill -s TERM -- -$p 2>/dev/null; sleep {g}; kill -s KILL -- -$p 2>/dev/null\" </dev/null >/dev/null 2>&1 &\n\
+         \x20 setsid /bin/sh -c \"[ -e '$D/ended.$i' ] && exit 0; sleep {t}; [ -e '$D/ended.$i' ] && exit 0; : > '$D/timedout.$i'; kill -s TERM -- -$p 2>/dev/null; sleep {g}; kill -s KILL -- -$p 2>/dev/null\" </dev/null >/dev/null 2>&1 &\n\
          \x20 w=$!\n\
          \x20 wait $p; st=$?\n\
-         \x20 kill -s KILL -- -$w 2>/dev/null\n\
+         \x20 : > \"$D/ended.$i\"\n\
+         \x20 kill -s KILL -- -$w 2>/dev/null; wait $w\n\
          \x20 t=0; [ -e \"$D/timedout.$i\" ] && t=1\n\
          \x20 echo \"$i $st $t\" >> \"$D/status\"\n\
          \x20 i=$((i+1))\n\
