@@ -237,11 +237,12 @@ async fn exec_to_writer_is_ended_with_its_group_on_timeout_and_on_cancel() {
             .unwrap()
     };
     let mut buf: Vec<u8> = Vec::new();
+    // long enough for the login shell's startup files to reach `echo some` on a busy machine
     let e = s
         .exec_to_writer(
             &cmd,
             &mut buf,
-            Duration::from_secs(1),
+            Duration::from_secs(5),
             std::future::pending(),
         )
         .await
