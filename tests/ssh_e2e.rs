@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use burrow_testkit::proxy::{Proxy, ProxyOptions};
-use burrow_testkit::sshd::Sshd;
+use burrow_testkit::sshd::{Sshd, group_members};
 
 /// ~1,000 files in nested directories, a few larger ones, odd names, a symlink out.
 fn make_tree(root: &Path) {
@@ -735,4 +735,238 @@ fn sigterm_during_a_stall_ends_the_run_promptly() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(b.exists(), "after must run after SIGTERM");
     wait_until_no_sftp_server(&s.sshd);
+}
+
+/// Waits until nothing that a session of the test's server started is left (the wrapper
+/// shells of a run may take a moment to notice a closed channel), or fails naming what stays.
+fn assert_nothing_left_on_the_server(sshd: &Sshd, bound: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let left = sshd.session_processes();
+        if left.is_empty() {
+            return;
+        }
+        assert!(t0.elapsed() < bound, "left running on the server: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read_pid(p: &Path) -> u32 {
+    fs::read_to_string(p).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_timed_out_before_command_is_killed_on_the_server_with_its_group() {
+    let Some(s) = setup() else { return };
+    fs::write(s.src.join("f"), "x").unwrap();
+    let pidfile = s.tmp.path().join("before.pid");
+    let after = s.tmp.path().join("after-ran");
+    let job = format!(
+        "  j:\n    server: vps\n    paths: [{src}]\n    before: [\"echo $$ > {pid}; sleep 300; : marker\"]\n    after: [\"touch {after}\"]\n    hook_timeout: 1s\n",
+        src = s.src.display(),
+        pid = pidfile.display(),
+        after = after.display(),
+    );
+    let cfg = s.config("bt", None, &s.sshd.host_key_line, "", &job);
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    let t0 = Instant::now();
+    let out = burrow(&cfg, &["run", "j", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(t0.elapsed() < Duration::from_secs(60), "{}", text(&out));
+    assert!(
+        json(&out)["reason"].as_str().unwrap().contains("before"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        after.exists(),
+        "after must run once a before command started"
+    );
+    let pgid = read_pid(&pidfile);
+    assert_eq!(
+        group_members(pgid),
+        Vec::<u32>::new(),
+        "the before command's group (sh and its sleep 300) must be gone when burrow returns"
+    );
+    assert_nothing_left_on_the_server(&s.sshd, Duration::from_secs(10));
+}
+
+#[test]
+fn a_normal_run_with_after_deadline_leaves_no_timer_on_the_server() {
+    let Some(s) = setup() else { return };
+    fs::write(s.src.join("f"), "x").unwrap();
+    let (a, b) = (s.tmp.path().join("A"), s.tmp.path().join("B"));
+    let job = format!(
+        "  j:\n    server: vps\n    paths: [{src}]\n    before: [\"touch {a}\"]\n    after: [\"echo x >> {b}\"]\n    after_deadline: 1h\n",
+        src = s.src.display(),
+        a = a.display(),
+        b = b.display()
+    );
+    let cfg = s.config("nt", None, &s.sshd.host_key_line, "", &job);
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    for _ in 0..2 {
+        let out = burrow(&cfg, &["run", "j", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let t = text(&out);
+        assert!(t.contains("dead-man's switch armed"), "{t}");
+        assert!(t.contains("dead-man's switch disarmed"), "{t}");
+        let run_id = json(&out)["run_id"].as_str().unwrap().to_owned();
+        assert!(
+            !Path::new(&format!("/tmp/burrow-deadman.{run_id}")).exists(),
+            "the switch's directory must be removed"
+        );
+        // the timer (`sleep 3600` in its own session) must be gone right away
+        assert_nothing_left_on_the_server(&s.sshd, Duration::from_secs(5));
+    }
+    assert_eq!(
+        fs::read_to_string(&b).unwrap(),
+        "x\nx\n",
+        "after ran once per run"
+    );
+}
+
+#[test]
+fn a_dump_that_never_ends_is_killed_and_the_run_is_partial() {
+    let Some(s) = setup() else { return };
+    fs::write(s.src.join("f"), "kept").unwrap();
+    let pidfile = s.tmp.path().join("dump.pid");
+    let job = format!(
+        "  j:\n    server: vps\n    paths: [{src}]\n    dump_timeout: 2s\n    dumps:\n      - {{name: hang.txt, command: \"echo $$ > {pid}; echo some; sleep 300\"}}\n      - {{name: ok.txt, command: \"echo fine\"}}\n",
+        src = s.src.display(),
+        pid = pidfile.display(),
+    );
+    let cfg = s.config("dt", None, &s.sshd.host_key_line, "", &job);
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    let out = burrow(&cfg, &["run", "j", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let sum = json(&out);
+    assert_eq!(sum["status"], "partial", "{sum}");
+    assert_eq!(sum["errors"][0]["path"], "/burrow-dumps/hang.txt", "{sum}");
+    assert!(
+        sum["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 2s"),
+        "{sum}"
+    );
+    let pgid = read_pid(&pidfile);
+    assert_eq!(
+        group_members(pgid),
+        Vec::<u32>::new(),
+        "the dump's group must be gone"
+    );
+    assert_nothing_left_on_the_server(&s.sshd, Duration::from_secs(10));
+
+    let target = s.tmp.path().join("r");
+    let out = burrow(
+        &cfg,
+        &[
+            "restore",
+            "j",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let src = target.join(s.src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read_to_string(src.join("f")).unwrap(), "kept");
+    assert_eq!(
+        fs::read_to_string(target.join("burrow-dumps/ok.txt")).unwrap(),
+        "fine\n"
+    );
+    assert!(!target.join("burrow-dumps/hang.txt").exists());
+}
+
+/// A small pseudo-random sequence (xorshift64*), seeded from the clock; the seed is in every
+/// assertion message so that a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+fn count_lines(p: &Path) -> usize {
+    fs::read_to_string(p).map_or(0, |s| s.lines().count())
+}
+
+#[test]
+fn kill_9_at_random_moments_runs_after_exactly_once_when_a_before_started() {
+    let Some(s) = setup() else { return };
+    for d in 0..10 {
+        let dir = s.src.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..30 {
+            fs::write(dir.join(format!("f{f}")), format!("{d}/{f}\n").repeat(50)).unwrap();
+        }
+    }
+    let counts = s.tmp.path().join("counts");
+    fs::create_dir_all(&counts).unwrap();
+    let config = |name: &str| {
+        let job = format!(
+            "  j:\n    server: vps\n    paths: [{src}]\n    before: [\"echo x >> {c}/before.{name}; sleep 0.4\"]\n    after: [\"sleep 0.2; echo x >> {c}/after.{name}\"]\n    after_deadline: 4s\n    hook_timeout: 20s\n",
+            src = s.src.display(),
+            c = counts.display(),
+        );
+        s.config(&format!("k-{name}"), None, &s.sshd.host_key_line, "", &job)
+    };
+    let cfg = config("measure");
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    let t0 = Instant::now();
+    let out = burrow(&cfg, &["run", "j", "--json"]);
+    let normal = t0.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(count_lines(&counts.join("after.measure")), 1);
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut rng = Rng(seed);
+    let mut delays = Vec::new();
+    for k in 0..20 {
+        let name = k.to_string();
+        let cfg = config(&name);
+        let delay = Duration::from_millis(rng.below(normal.as_millis() as u64 + 1));
+        delays.push(delay);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_burrow"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["run", "j"])
+            .env("BURROW_SOCKET", cfg.with_extension("sock"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    // Past every deadline: the switches fire, the runners finish, nothing stays.
+    assert_nothing_left_on_the_server(&s.sshd, Duration::from_secs(60));
+    let mut started = 0;
+    for (k, delay) in delays.iter().enumerate() {
+        let before = count_lines(&counts.join(format!("before.{k}")));
+        let after = count_lines(&counts.join(format!("after.{k}")));
+        assert!(
+            before <= 1,
+            "attempt {k}: before ran {before} times (seed {seed})"
+        );
+        assert_eq!(
+            after, before,
+            "attempt {k} (killed after {delay:?} of a {normal:?} run, seed {seed}): \
+             before ran {before} time(s), after {after} time(s)"
+        );
+        started += before;
+    }
+    eprintln!(
+        "{started} of 20 killed runs had started a before command (normal run {normal:?}, seed {seed})"
+    );
 }

@@ -102,6 +102,9 @@ pub struct Job {
     pub after: Vec<String>,
     pub hook_timeout: Duration,
     pub after_deadline: Option<Duration>,
+    /// Time limit of each dump command; a dump still running then is killed on the server
+    /// and recorded as a problem.
+    pub dump_timeout: Duration,
     pub dumps: Vec<Dump>,
     pub retention: Option<Retention>,
     pub anomaly: Anomaly,
@@ -310,16 +313,7 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-/// Quotes `s` for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+%".contains(&b))
-    {
-        return s.to_owned();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use burrow_core::shell_quote;
 
 #[cfg(test)]
 mod tests;

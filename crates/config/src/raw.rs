@@ -88,6 +88,7 @@ pub struct RawJob {
     pub after: Vec<String>,
     pub hook_timeout: Option<String>,
     pub after_deadline: Option<String>,
+    pub dump_timeout: Option<String>,
     #[serde(default)]
     pub dumps: Vec<RawDump>,
     pub retention: Option<RawRetention>,

@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 fn parse_str(text: &str) -> Result<Config, ConfigError> {
     parse(text, Path::new("/etc/burrow/config.yaml"))
@@ -120,6 +121,10 @@ jobs:
       - {name: a, command: y}
       - {name: b}
     retention: {}
+  t:
+    server: s
+    paths: [/x]
+    dump_timeout: 0s
 ";
     let errs = invalid(text);
     let got: Vec<String> = errs
@@ -137,6 +142,7 @@ jobs:
         "jobs.d.dumps[2]",
         "jobs.d.retention",
         "jobs.empty",
+        "jobs.t.dump_timeout",
     ];
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, want_paths, "{got:#?}");
@@ -438,4 +444,23 @@ fn state_dir_must_be_or_become_a_directory() {
     }
     // Not looked at when checking a config written for another machine.
     parse_with(&with(Path::new("/dev/null")), Path::new("c.yaml"), false).unwrap();
+}
+
+#[test]
+fn dump_timeout_defaults_to_six_hours_and_can_be_set() {
+    let text = "\
+repository: {path: /r, password_file: /pw}
+jobs:
+  a: {paths: [/x]}
+  b: {paths: [/x], dump_timeout: 90m}
+";
+    let cfg = parse_with(text, Path::new("/etc/burrow/config.yaml"), false).unwrap();
+    assert_eq!(
+        cfg.job("a").unwrap().dump_timeout,
+        Duration::from_secs(6 * 3600)
+    );
+    assert_eq!(
+        cfg.job("b").unwrap().dump_timeout,
+        Duration::from_secs(90 * 60)
+    );
 }

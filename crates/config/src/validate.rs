@@ -43,6 +43,9 @@ fn locate_path(text: &str, path: &str) -> Option<(usize, usize)> {
         .find_map(|n| locate(text, &parts[..n]))
 }
 
+/// A dump may take hours; one that runs longer than this is taken for hung.
+pub const DEFAULT_DUMP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
 fn duration(errs: &mut Errors, path: &str, v: Option<&String>, default: Duration) -> Duration {
     match v {
         None => default,
@@ -464,6 +467,15 @@ pub fn validate(
                 "needs `after` commands to run at the deadline",
             );
         }
+        let dump_timeout = duration(
+            e,
+            &format!("{p}.dump_timeout"),
+            j.dump_timeout.as_ref(),
+            DEFAULT_DUMP_TIMEOUT,
+        );
+        if dump_timeout.is_zero() {
+            e.add(format!("{p}.dump_timeout"), "must be longer than 0s");
+        }
         let mut seen = BTreeSet::new();
         let mut dumps = Vec::new();
         for (i, d) in j.dumps.iter().enumerate() {
@@ -544,6 +556,7 @@ pub fn validate(
                     Duration::from_secs(600),
                 ),
                 after_deadline,
+                dump_timeout,
                 dumps,
                 retention,
                 anomaly,

@@ -19,3 +19,14 @@ pub mod source;
 pub use exit::Exit;
 pub use problems::{Problem, Problems};
 pub use run::{RunStatus, RunSummary};
+
+/// Quotes `s` for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+%".contains(&b))
+    {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}

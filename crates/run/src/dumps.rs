@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use burrow_config::Dump;
 use burrow_core::Problems;
@@ -96,12 +96,14 @@ async fn cancelled(mut cancel: watch::Receiver<bool>) {
     }
 }
 
-/// Runs every dump; failures are logged and recorded in `problems`, the others spooled.
+/// Runs every dump, each for at most `timeout` (`dump_timeout`); failures (a timeout too) are
+/// logged and recorded in `problems`, the others spooled.
 /// The caller holds the repository lock, so spool directories of other runs are leftovers of
 /// a crash and are removed first.
 pub async fn spool(
     host: &Host,
     dumps: &[Dump],
+    timeout: Duration,
     spool_root: &Path,
     run_id: &str,
     problems: &Problems,
@@ -137,10 +139,11 @@ pub async fn spool(
             let mut f = tokio::fs::File::create(&file_path)
                 .await
                 .map_err(|e| format!("cannot create {}: {e}", file_path.display()))?;
-            let out = tokio::select! {
-                out = host.exec_to_writer(&d.command, &mut f) => out?,
-                _ = cancelled(cancel.clone()) => return Err("interrupted: burrow is stopping".to_owned()),
-            };
+            // A dump that outlives `timeout` or a shutdown is ended on the server with its
+            // process group (`Host::exec_to_writer`).
+            let out = host
+                .exec_to_writer(&d.command, &mut f, timeout, cancelled(cancel.clone()))
+                .await?;
             f.flush().await.map_err(|e| e.to_string())?;
             f.sync_all().await.map_err(|e| e.to_string())?;
             let stderr = out.stderr_text();

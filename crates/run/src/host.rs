@@ -1,10 +1,11 @@
 //! Where a job's commands run: on its server over SSH, or on this machine for local jobs.
 //! Both give the same [`ExecOutput`], so hooks and dumps have one code path.
 
+use std::future::Future;
 use std::process::Stdio;
 use std::time::Duration;
 
-use burrow_ssh::{ExecOutput, OUTPUT_TAIL, Session};
+use burrow_ssh::{ExecOutput, KILL_GRACE, OUTPUT_TAIL, Session};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Command;
 
@@ -44,65 +45,34 @@ impl Host {
         }
     }
 
-    /// Runs `cmd` to completion or until `timeout` (then it is killed: the SSH channel is
-    /// closed, a local process group is killed).
+    /// Runs `cmd` to completion or until `timeout`. Either way the command runs in a process
+    /// group of its own (on the server: `Session::exec`; here: `process_group(0)`), and a
+    /// command still running at `timeout` is ended with that group: TERM, then KILL after
+    /// [`KILL_GRACE`].
     pub async fn exec(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, String> {
         match self {
             Host::Remote(s) => s.exec(cmd, timeout).await.map_err(|e| e.to_string()),
             Host::Local => {
-                let mut c = sh(cmd);
-                c.stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .process_group(0);
-                let child = c
-                    .spawn()
-                    .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
-                let pid = child.id();
-                match tokio::time::timeout(timeout, child.wait_with_output()).await {
-                    Ok(Ok(out)) => Ok(local_output(out.status, out.stdout, out.stderr)),
-                    Ok(Err(e)) => Err(format!("waiting for the command failed: {e}")),
-                    Err(_) => {
-                        if let Some(pid) = pid {
-                            let _ = nix::sys::signal::killpg(
-                                nix::unistd::Pid::from_raw(pid as i32),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
-                        }
-                        Err(format!("timed out after {}", humanize(timeout)))
-                    }
-                }
+                local_run::<tokio::io::Sink>(cmd, None, timeout, std::future::pending()).await
             }
         }
     }
 
-    /// Runs `cmd` and streams its stdout into `out` (a dump).
+    /// Runs `cmd` and streams its stdout into `out` (a dump). Ended like [`Host::exec`] after
+    /// `timeout`, or as soon as `cancel` resolves.
     pub async fn exec_to_writer<W: AsyncWrite + Unpin + Send>(
         &self,
         cmd: &str,
         out: &mut W,
+        timeout: Duration,
+        cancel: impl Future<Output = ()> + Send,
     ) -> Result<ExecOutput, String> {
         match self {
-            Host::Remote(s) => s.exec_to_writer(cmd, out).await.map_err(|e| e.to_string()),
-            Host::Local => {
-                let mut c = sh(cmd);
-                c.stdout(Stdio::piped()).stderr(Stdio::piped());
-                let mut child = c
-                    .spawn()
-                    .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
-                let mut stdout = child.stdout.take().ok_or("no stdout")?;
-                let mut stderr = child.stderr.take().ok_or("no stderr")?;
-                let err_task = tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let _ = stderr.read_to_end(&mut buf).await;
-                    buf
-                });
-                let copied = tokio::io::copy(&mut stdout, out).await;
-                let status = child.wait().await.map_err(|e| e.to_string())?;
-                let stderr = err_task.await.unwrap_or_default();
-                copied.map_err(|e| format!("writing the output failed: {e}"))?;
-                out.flush().await.map_err(|e| e.to_string())?;
-                Ok(local_output(status, Vec::new(), stderr))
-            }
+            Host::Remote(s) => s
+                .exec_to_writer(cmd, out, timeout, cancel)
+                .await
+                .map_err(|e| e.to_string()),
+            Host::Local => local_run(cmd, Some(out), timeout, cancel).await,
         }
     }
 
@@ -142,6 +112,84 @@ impl Host {
             }
         }
     }
+}
+
+/// Sends `sig` to the process group `pgid` (a local command started by [`local_run`]).
+fn signal_group(pgid: Option<u32>, sig: nix::sys::signal::Signal) {
+    if let Some(pgid) = pgid {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), sig);
+    }
+}
+
+/// A local command in a process group of its own (`process_group(0)`), with stdout to `out`
+/// (or kept, the last [`OUTPUT_TAIL`] bytes), ended with its group after `timeout` or when
+/// `cancel` resolves: TERM, then KILL after [`KILL_GRACE`].
+async fn local_run<W: AsyncWrite + Unpin + Send>(
+    cmd: &str,
+    out: Option<&mut W>,
+    timeout: Duration,
+    cancel: impl Future<Output = ()> + Send,
+) -> Result<ExecOutput, String> {
+    use nix::sys::signal::Signal;
+    let mut c = sh(cmd);
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = c
+        .spawn()
+        .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+    let pgid = child.id();
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let err_task = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf).await;
+        buf
+    });
+    let writing = out.is_some();
+    let ran = {
+        let run = async {
+            let kept = match out {
+                Some(w) => match tokio::io::copy(&mut stdout, w).await {
+                    Ok(_) => w.flush().await.map(|()| Vec::new()),
+                    Err(e) => Err(e),
+                },
+                None => {
+                    let mut buf = Vec::new();
+                    stdout.read_to_end(&mut buf).await.map(|_| buf)
+                }
+            };
+            match kept {
+                Ok(kept) => Ok((child.wait().await, kept)),
+                Err(e) => Err(e),
+            }
+        };
+        tokio::select! {
+            res = run => Ok(res),
+            _ = tokio::time::sleep(timeout) => Err(format!("timed out after {}", humanize(timeout))),
+            _ = cancel => Err("interrupted: burrow is stopping".to_owned()),
+        }
+    };
+    let reason = match ran {
+        Ok(Ok((Ok(status), kept))) => {
+            let stderr = err_task.await.unwrap_or_default();
+            return Ok(local_output(status, kept, stderr));
+        }
+        Ok(Ok((Err(e), _))) => format!("waiting for the command failed: {e}"),
+        Ok(Err(e)) if writing => format!("writing the output failed: {e}"),
+        Ok(Err(e)) => format!("reading the output failed: {e}"),
+        Err(reason) => reason,
+    };
+    signal_group(pgid, Signal::SIGTERM);
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        signal_group(pgid, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    err_task.abort();
+    Err(reason)
 }
 
 /// `2h`, `10m`, `30s`, `250ms`: durations as the config file writes them.

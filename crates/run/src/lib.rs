@@ -266,7 +266,17 @@ async fn run_inner<D: DiskManager>(
     if let Some(deadline) = job.after_deadline
         && !job.after.is_empty()
     {
-        match hooks::DeadMan::arm(&host, &run.ctl.run_id, deadline, &job.after, log).await {
+        match hooks::DeadMan::arm(
+            &host,
+            &run.ctl.run_id,
+            deadline,
+            &job.after,
+            job.hook_timeout,
+            job.before.is_empty(),
+            log,
+        )
+        .await
+        {
             Ok(d) => deadman = Some(d),
             Err(e) => {
                 close(&host).await;
@@ -275,7 +285,7 @@ async fn run_inner<D: DiskManager>(
         }
     }
     let (before_ok, before_started) =
-        hooks::run_before(&host, &job.before, job.hook_timeout, log).await;
+        hooks::run_before(&host, &job.before, job.hook_timeout, deadman.as_ref(), log).await;
 
     let problems = Problems::new();
     let mut errors: Vec<ErrorItem> = Vec::new();
@@ -301,17 +311,13 @@ async fn run_inner<D: DiskManager>(
 
     // The obligation: once a before command started (or there were none), after runs.
     if before_started || job.before.is_empty() {
-        let claimed = match deadman.take() {
-            Some(d) => match d.disarm(&host, log).await {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    log.error(format!("cannot disarm the dead-man's switch: {e}; running the after commands anyway"));
-                    true
-                }
-            },
-            None => true,
+        // With the dead-man's switch, the commands run on the server in a process of their
+        // own that a dying burrow cannot cut off (hooks.rs).
+        let ok = match deadman.take() {
+            Some(d) => d.run_after(&host, &job.after, job.hook_timeout, log).await,
+            None => hooks::run_after(&host, &job.after, job.hook_timeout, log).await,
         };
-        if claimed && !hooks::run_after(&host, &job.after, job.hook_timeout, log).await {
+        if !ok {
             errors.push(ErrorItem {
                 path: "after".into(),
                 message: "an after command failed: check the service on the server".into(),
@@ -495,6 +501,7 @@ async fn pull(
             dumps::spool(
                 host,
                 &job.dumps,
+                job.dump_timeout,
                 &place.spool_dir,
                 &run.ctl.run_id,
                 problems,

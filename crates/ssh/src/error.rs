@@ -87,6 +87,9 @@ pub enum SshError {
         after: Duration,
     },
 
+    #[error("command on {target} was stopped because burrow is stopping: {command}")]
+    ExecCancelled { target: String, command: String },
+
     #[error("i/o error while streaming command {command:?} on {target}: {reason}")]
     Stream {
         target: String,
@@ -122,6 +125,7 @@ impl SshError {
             | SshError::Disconnected { .. }
             | SshError::Channel { .. }
             | SshError::ExecTimeout { .. }
+            | SshError::ExecCancelled { .. }
             | SshError::Stream { .. }
             | SshError::Sftp { .. } => true,
             SshError::SftpStart { temporary, .. } => *temporary,

@@ -18,5 +18,5 @@ pub use error::SshError;
 pub use hostkey::HostKeyPolicy;
 pub use prefetch::{MAX_OPEN_HANDLES, PrefetchLimits};
 pub use russh_sftp::client::SftpSession;
-pub use session::{ExecOutput, OUTPUT_TAIL, Session, SshTarget};
+pub use session::{ExecOutput, KILL_GRACE, OUTPUT_TAIL, Session, SshTarget};
 pub use source::SftpSource;

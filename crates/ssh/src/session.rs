@@ -13,11 +13,56 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
 use crate::channel::{Activity, Watched};
+use burrow_core::shell_quote;
+
 use crate::error::{SshError, is_network_error};
 use crate::hostkey::{HostKeyCheck, HostKeyPolicy, Verdict};
 
 /// How much of a command's stdout and stderr [`ExecOutput`] keeps: the last 64 KiB of each.
 pub const OUTPUT_TAIL: usize = 64 * 1024;
+
+/// How long a command that is being stopped gets between TERM and KILL, on the server and
+/// (in burrow-run) on this machine.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The first line a command started by [`wrap`] writes on stderr, followed by its process
+/// group id. It is taken off stderr before anyone sees it.
+const PGID_TAG: &[u8] = b"burrow-pgid ";
+
+/// Runs `cmd` with `/bin/sh` in a session and process group of its own on the server, so that
+/// it can be ended with everything it started: `setsid` makes the group, whose id goes to
+/// stderr as the first line ([`PGID_TAG`]) before `cmd` starts. The outer shell waits and
+/// exits as `cmd` did (a command killed by a signal is reported with that signal). Without
+/// `setsid` on the server, `cmd` runs in the process group sshd made for the session (OpenSSH
+/// starts every session in a new one), and that group's id is reported instead. stdin is
+/// `/dev/null`. The login shell `exec`s the wrapper, so the exit status or signal reaches
+/// the channel unchanged.
+fn wrap(cmd: &str) -> String {
+    let inner = format!(
+        "echo \"burrow-pgid $$\" >&2 && exec /bin/sh -c {}",
+        shell_quote(cmd)
+    );
+    let script = format!(
+        "if command -v setsid >/dev/null 2>&1; then \
+         setsid /bin/sh -c {inner} </dev/null & wait $! 2>/dev/null; st=$?; \
+         if [ $st -gt 128 ]; then kill -s \"$(kill -l $st)\" $$ 2>/dev/null; fi; exit $st; \
+         else exec /bin/sh -c {inner} </dev/null; fi",
+        inner = shell_quote(&inner)
+    );
+    format!("exec /bin/sh -c {}", shell_quote(&script))
+}
+
+/// Sends TERM to process group `pgid`, waits up to [`KILL_GRACE`] for it to end, then sends
+/// KILL. (`kill -s SIG -- -N` is the form dash, bash and busybox all accept.)
+fn kill_group_script(pgid: u32) -> String {
+    let tenths = KILL_GRACE.as_millis() / 200;
+    format!(
+        "g={pgid}; kill -s TERM -- -$g 2>/dev/null || exit 0; i=0; \
+         while [ $i -lt {tenths} ] && kill -s 0 -- -$g 2>/dev/null; do \
+         sleep 0.2 2>/dev/null || {{ sleep 1; i=$((i+4)); }}; i=$((i+1)); done; \
+         kill -s KILL -- -$g 2>/dev/null; exit 0"
+    )
+}
 
 /// SFTP requests (reads of up to 256 KiB, 16 in flight per file) may queue behind each other on
 /// a slow link; a dead connection is caught by SSH keepalives instead.
@@ -235,6 +280,10 @@ struct Status {
     stderr: Tail,
     exit_status: Option<u32>,
     exit_signal: Option<String>,
+    /// The process group of a [`wrap`]ped command, once its first stderr line arrived.
+    pgid: Option<u32>,
+    /// Stderr held back while looking for that line; `None` once it is found (or not).
+    first_line: Option<Vec<u8>>,
 }
 
 impl Default for Status {
@@ -243,11 +292,56 @@ impl Default for Status {
             stderr: Tail::new(OUTPUT_TAIL),
             exit_status: None,
             exit_signal: None,
+            pgid: None,
+            first_line: None,
         }
     }
 }
 
 impl Status {
+    /// For a [`wrap`]ped command: the first stderr line names its process group.
+    fn wrapped() -> Self {
+        Status {
+            first_line: Some(Vec::new()),
+            ..Status::default()
+        }
+    }
+
+    fn push_stderr(&mut self, data: &[u8]) {
+        let Some(held) = self.first_line.as_mut() else {
+            self.stderr.push(data);
+            return;
+        };
+        held.extend_from_slice(data);
+        let Some(nl) = held.iter().position(|&b| b == b'\n') else {
+            if held.len() > 64 {
+                let held = self.first_line.take().unwrap_or_default();
+                self.stderr.push(&held);
+            }
+            return;
+        };
+        let held = self.first_line.take().unwrap_or_default();
+        let pgid = held[..nl]
+            .strip_prefix(PGID_TAG)
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .filter(|&n| n > 1);
+        match pgid {
+            Some(n) => {
+                self.pgid = Some(n);
+                self.stderr.push(&held[nl + 1..]);
+            }
+            None => self.stderr.push(&held),
+        }
+    }
+
+    /// Stderr that is still held back counts as stderr when the command ends.
+    fn flush_stderr(&mut self) {
+        if let Some(held) = self.first_line.take() {
+            self.stderr.push(&held);
+        }
+    }
+
     fn status_text(&self) -> String {
         match (&self.exit_status, &self.exit_signal) {
             (Some(s), _) => s.to_string(),
@@ -276,7 +370,7 @@ async fn pump<W: AsyncWrite + Unpin + Send>(
                 Some(w) => w.write_all(&data).await.map_err(PumpError::Io)?,
                 None => stdout_tail.push(&data),
             },
-            ChannelMsg::ExtendedData { data, ext: 1 } => status.stderr.push(&data),
+            ChannelMsg::ExtendedData { data, ext: 1 } => status.push_stderr(&data),
             ChannelMsg::ExitStatus { exit_status } => status.exit_status = Some(exit_status),
             ChannelMsg::ExitSignal { signal_name, .. } => {
                 status.exit_signal = Some(sig_name(&signal_name));
@@ -287,10 +381,17 @@ async fn pump<W: AsyncWrite + Unpin + Send>(
             _ => {}
         }
     }
+    status.flush_stderr();
     if let Some(w) = stdout_writer {
         w.flush().await.map_err(PumpError::Io)?;
     }
     Ok(())
+}
+
+/// Why a command was ended before it finished.
+enum Cut {
+    Timeout,
+    Cancelled,
 }
 
 async fn stop(w: &ChannelWriteHalf<Msg>) {
@@ -413,9 +514,16 @@ impl Session {
     }
 
     /// Runs `cmd` and collects its output (the last 64 KiB of stdout and of stderr) and exit
-    /// status. After `timeout` the command is sent SIGKILL, the channel closed, and
-    /// [`SshError::ExecTimeout`] returned.
+    /// status. `cmd` runs in a process group of its own on the server ([`wrap`]); after
+    /// `timeout` that group is sent TERM, then KILL ([`KILL_GRACE`]), over a second channel,
+    /// and [`SshError::ExecTimeout`] is returned.
     pub async fn exec(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
+        self.run::<tokio::io::Sink>(cmd, None, timeout, std::future::pending())
+            .await
+    }
+
+    /// Runs `cmd` as it is, without [`wrap`]: for the short scripts that end wrapped commands.
+    async fn exec_plain(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
         let (mut r, w) = self.start(cmd).await?;
         let mut stdout = Tail::new(OUTPUT_TAIL);
         let mut status = Status::default();
@@ -451,29 +559,104 @@ impl Session {
     }
 
     /// Runs `cmd` and streams its stdout into `out` (flushed at the end); the returned output
-    /// holds the exit status and stderr tail, and an empty stdout. There is no timeout: a
-    /// database dump may take hours; a dead connection ends it through SSH keepalives.
+    /// holds the exit status and stderr tail, and an empty stdout. Like [`Session::exec`],
+    /// the command runs in its own process group, which is ended after `timeout`
+    /// ([`SshError::ExecTimeout`]) or as soon as `cancel` resolves
+    /// ([`SshError::ExecCancelled`]). A dead connection ends it through SSH keepalives.
     pub async fn exec_to_writer<W: AsyncWrite + Unpin + Send>(
         &self,
         cmd: &str,
         out: &mut W,
+        timeout: Duration,
+        cancel: impl std::future::Future<Output = ()> + Send,
     ) -> Result<ExecOutput, SshError> {
-        let (mut r, w) = self.start(cmd).await?;
+        self.run(cmd, Some(out), timeout, cancel).await
+    }
+
+    /// The [`wrap`]ped command with its limits: see [`Session::exec`].
+    async fn run<W: AsyncWrite + Unpin + Send>(
+        &self,
+        cmd: &str,
+        out: Option<&mut W>,
+        timeout: Duration,
+        cancel: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<ExecOutput, SshError> {
+        let (mut r, w) = self.start(&wrap(cmd)).await?;
         let mut stdout = Tail::new(OUTPUT_TAIL);
-        let mut status = Status::default();
-        match pump(&mut r, Some(out), &mut stdout, &mut status).await {
-            Ok(()) => self.finish(cmd, stdout, status).await,
-            Err(PumpError::Refused) => {
+        let mut status = Status::wrapped();
+        let writing = out.is_some();
+        let res = tokio::select! {
+            res = pump(&mut r, out, &mut stdout, &mut status) => Ok(res),
+            _ = tokio::time::sleep(timeout) => Err(Cut::Timeout),
+            _ = cancel => Err(Cut::Cancelled),
+        };
+        match res {
+            Ok(Ok(())) => self.finish(cmd, stdout, status).await,
+            Ok(Err(PumpError::Refused)) => {
                 stop(&w).await;
                 Err(self.refused(cmd))
             }
-            Err(PumpError::Io(e)) => {
-                // The local side cannot take more: stop the command rather than leave it
-                // blocked on a full channel.
-                stop(&w).await;
+            Ok(Err(PumpError::Io(e))) => {
+                if writing {
+                    // The local side cannot take more: end the command rather than leave it
+                    // blocked on a full channel.
+                    self.end_group(&mut r, &w, &mut status).await;
+                }
                 Err(self.stream_error(cmd, e))
             }
+            Err(cut) => {
+                self.end_group(&mut r, &w, &mut status).await;
+                Err(match cut {
+                    Cut::Timeout => SshError::ExecTimeout {
+                        target: self.inner.name.clone(),
+                        command: cmd.to_owned(),
+                        after: timeout,
+                    },
+                    Cut::Cancelled => SshError::ExecCancelled {
+                        target: self.inner.name.clone(),
+                        command: cmd.to_owned(),
+                    },
+                })
+            }
         }
+    }
+
+    /// Ends a [`wrap`]ped command that is still running: its process group gets TERM, then
+    /// KILL, over a second channel; then its own channel is closed. When the group id never
+    /// arrived (the command had not started yet), the channel is sent KILL and closed.
+    async fn end_group(
+        &self,
+        r: &mut ChannelReadHalf,
+        w: &ChannelWriteHalf<Msg>,
+        status: &mut Status,
+    ) {
+        let _ = tokio::time::timeout(KILL_GRACE, async {
+            while status.pgid.is_none() {
+                match r.wait().await {
+                    Some(ChannelMsg::ExtendedData { data, ext: 1 }) => status.push_stderr(&data),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        })
+        .await;
+        if let Some(pgid) = status.pgid {
+            debug!(target = %self.inner.name, pgid, "ending a command's process group");
+            if let Err(e) = self
+                .exec_plain(
+                    &kill_group_script(pgid),
+                    KILL_GRACE + Duration::from_secs(20),
+                )
+                .await
+            {
+                info!(target = %self.inner.name, pgid, error = %e, "cannot end a command's process group");
+            }
+            // The outer shell exits once the group is gone; wait for it so that nothing of
+            // the command is left when this returns.
+            let _ =
+                tokio::time::timeout(KILL_GRACE, async { while r.wait().await.is_some() {} }).await;
+        }
+        stop(w).await;
     }
 
     /// Runs `cmd`, feeds it `input` on stdin followed by EOF, and collects its output. If

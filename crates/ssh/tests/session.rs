@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use burrow_ssh::{HostKeyPolicy, Session, SshError};
-use burrow_testkit::sshd::Sshd;
+use burrow_testkit::sshd::{Sshd, group_members};
 use common::{fingerprint, public_line, target};
 
 const T: Duration = Duration::from_secs(20);
@@ -200,14 +200,70 @@ async fn exec_timeout_stops_the_command_and_the_session_lives_on() {
     let Some(sshd) = Sshd::start() else { return };
     let s = Session::connect(&target(&sshd)).await.unwrap();
     let started = Instant::now();
+    let pidfile = sshd.dir.path().join("cmd.pid");
+    // The shell forks `sleep` into its process group: the whole group must go.
+    let cmd = format!("echo $$ > {}; sleep 30; true", pidfile.display());
+    let e = s.exec(&cmd, Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(e, SshError::ExecTimeout { .. }), "{e}");
+    assert!(e.to_string().contains("sleep 30"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let pgid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        group_members(pgid),
+        Vec::<u32>::new(),
+        "the command's group must be gone"
+    );
+    assert_eq!(s.exec("echo ok", T).await.unwrap().stdout, b"ok\n");
+}
+
+#[tokio::test]
+async fn exec_to_writer_is_ended_with_its_group_on_timeout_and_on_cancel() {
+    let Some(sshd) = Sshd::start() else { return };
+    let s = Session::connect(&target(&sshd)).await.unwrap();
+    let pidfile = sshd.dir.path().join("dump.pid");
+    let cmd = format!(
+        "echo $$ > {}; echo some; sleep 300; true",
+        pidfile.display()
+    );
+    let pgid = || -> u32 {
+        std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    // long enough for the login shell's startup files to reach `echo some` on a busy machine
     let e = s
-        .exec("sleep 30", Duration::from_secs(1))
+        .exec_to_writer(
+            &cmd,
+            &mut buf,
+            Duration::from_secs(5),
+            std::future::pending(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, SshError::ExecTimeout { .. }), "{e}");
-    assert!(e.to_string().contains("sleep 30"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(s.exec("echo ok", T).await.unwrap().stdout, b"ok\n");
+    assert_eq!(buf, b"some\n");
+    assert_eq!(group_members(pgid()), Vec::<u32>::new());
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = tx.send(());
+    });
+    let e = s
+        .exec_to_writer(&cmd, &mut buf, T, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SshError::ExecCancelled { .. }), "{e}");
+    assert_eq!(group_members(pgid()), Vec::<u32>::new());
 }
 
 #[tokio::test]
@@ -216,7 +272,12 @@ async fn exec_to_writer_streams_output_unchanged() {
     let s = Session::connect(&target(&sshd)).await.unwrap();
     let mut buf: Vec<u8> = Vec::new();
     let out = s
-        .exec_to_writer("seq 1 200000; echo done >&2", &mut buf)
+        .exec_to_writer(
+            "seq 1 200000; echo done >&2",
+            &mut buf,
+            T,
+            std::future::pending(),
+        )
         .await
         .unwrap();
     let want: String = (1..=200000).map(|i| format!("{i}\n")).collect();

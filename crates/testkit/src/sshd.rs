@@ -16,6 +16,9 @@ use tempfile::TempDir;
 const SSHD: &str = "/usr/sbin/sshd";
 const SSH_KEYGEN: &str = "ssh-keygen";
 const SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
+/// Set in the environment of every session of a server (`SetEnv`), so that whatever a session
+/// started can be found again, even when it left its process tree (`setsid`, `nohup … &`).
+const SESSION_TAG: &str = "BURROW_TEST_SSHD";
 
 pub struct Sshd {
     pub port: u16,
@@ -191,6 +194,30 @@ impl Sshd {
         }
     }
 
+    /// The live processes that sessions of this server started (found by the `SetEnv` tag
+    /// in their environment, so detached ones too), as (pid, command line).
+    pub fn session_processes(&self) -> Vec<(u32, String)> {
+        let tag = format!("{SESSION_TAG}={}", self.dir.path().display());
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir("/proc") else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(env) = fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            if env.split(|&b| b == 0).any(|v| v == tag.as_bytes()) {
+                let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                out.push((pid, cmdline.trim().to_owned()));
+            }
+        }
+        out
+    }
+
     /// True while the server process runs.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -335,7 +362,9 @@ fn write_config(config: &Path, dir: &Path, host_key: &Path, authorized: &Path, p
          MaxSessions 100\n\
          MaxStartups 100\n\
          LogLevel VERBOSE\n\
+         SetEnv {SESSION_TAG}={dir}\n\
          Subsystem sftp {SFTP_SERVER}\n",
+        dir = dir.display(),
         host_key = host_key.display(),
         pid = dir.join("sshd.pid").display(),
         authorized = authorized.display(),
@@ -343,9 +372,9 @@ fn write_config(config: &Path, dir: &Path, host_key: &Path, authorized: &Path, p
     fs::write(config, text).expect("write sshd_config");
 }
 
-/// All descendants of `root`, children before their parents' siblings (read from /proc).
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
+/// (pid, state, ppid, process group) of every process, from /proc.
+fn proc_stats() -> Vec<(u32, char, u32, u32)> {
+    let mut out = Vec::new();
     if let Ok(rd) = fs::read_dir("/proc") {
         for e in rd.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -358,11 +387,35 @@ fn descendants(root: u32) -> Vec<u32> {
             let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
                 continue;
             };
-            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
-                parents.push((pid, ppid));
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if let (Some(state), Some(Ok(ppid)), Some(Ok(pgrp))) = (
+                f.first().and_then(|s| s.chars().next()),
+                f.get(1).map(|s| s.parse()),
+                f.get(2).map(|s| s.parse()),
+            ) {
+                out.push((pid, state, ppid, pgrp));
             }
         }
     }
+    out
+}
+
+/// The live members of process group `pgid` (zombies have ended: they only wait for a
+/// parent that may never reap them).
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    proc_stats()
+        .into_iter()
+        .filter(|&(_, state, _, pgrp)| pgrp == pgid && state != 'Z')
+        .map(|(pid, ..)| pid)
+        .collect()
+}
+
+/// All descendants of `root`, children before their parents' siblings (read from /proc).
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = proc_stats()
+        .into_iter()
+        .map(|(pid, _, ppid, _)| (pid, ppid))
+        .collect();
     let mut out = Vec::new();
     let mut frontier = vec![root];
     while let Some(p) = frontier.pop() {
