@@ -879,10 +879,14 @@ impl Session {
         let status = Arc::new(Mutex::new(Status::default()));
         let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
+        // The writer closes the channel only once the reader has seen its end (or after a
+        // moment): a close sent while the command is exiting can cost its exit status.
+        let read_done = Arc::new(tokio::sync::Notify::new());
         let name = self.inner.name.clone();
         {
             let status = status.clone();
             let refused = refused.clone();
+            let read_done = read_done.clone();
             tokio::spawn(async move {
                 let mut forwarding = true;
                 while let Some(msg) = r.wait().await {
@@ -922,6 +926,7 @@ impl Session {
                     }
                 }
                 let _ = to_client.shutdown().await;
+                read_done.notify_one();
                 let _ = ended_tx.send(());
             });
         }
@@ -929,6 +934,7 @@ impl Session {
             // Ends when the SFTP session is dropped (its end of the pipe closes).
             let _ = w.data(from_client).await;
             let _ = w.eof().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), read_done.notified()).await;
             let _ = w.close().await;
         });
 

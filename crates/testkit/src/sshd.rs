@@ -19,6 +19,9 @@ const SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
 /// Set in the environment of every session of a server (`SetEnv`), so that whatever a session
 /// started can be found again, even when it left its process tree (`setsid`, `nohup … &`).
 const SESSION_TAG: &str = "BURROW_TEST_SSHD";
+// Sessions also get `SHLVL=1`: bash (the login shell of root on most test machines) then
+// does not read `~/.bashrc` for commands run over SSH, so the tests do not depend on what a
+// machine's shell startup does (a `pyenv init` there waits up to a minute on a stale lock).
 
 pub struct Sshd {
     pub port: u16,
@@ -362,7 +365,7 @@ fn write_config(config: &Path, dir: &Path, host_key: &Path, authorized: &Path, p
          MaxSessions 100\n\
          MaxStartups 100\n\
          LogLevel VERBOSE\n\
-         SetEnv {SESSION_TAG}={dir}\n\
+         SetEnv {SESSION_TAG}={dir} SHLVL=1\n\
          Subsystem sftp {SFTP_SERVER}\n",
         dir = dir.display(),
         host_key = host_key.display(),
