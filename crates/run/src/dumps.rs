@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use burrow_config::Dump;
+use burrow_config::Job;
 use burrow_core::Problems;
 use burrow_core::local::FileContent;
 use burrow_core::source::{Entry, EntryKind, Meta, Time};
@@ -96,20 +96,20 @@ async fn cancelled(mut cancel: watch::Receiver<bool>) {
     }
 }
 
-/// Runs every dump, each for at most `timeout` (`dump_timeout`); failures (a timeout too) are
+/// Runs every dump of `job`, each for at most its `dump_timeout`; failures (a timeout too) are
 /// logged and recorded in `problems`, the others spooled.
 /// The caller holds the repository lock, so spool directories of other runs are leftovers of
 /// a crash and are removed first.
 pub async fn spool(
     host: &Host,
-    dumps: &[Dump],
-    timeout: Duration,
+    job: &Job,
     spool_root: &Path,
     run_id: &str,
     problems: &Problems,
     log: &RunLog,
     cancel: &watch::Receiver<bool>,
 ) -> Result<Spooled, String> {
+    let (dumps, timeout) = (job.dumps.as_slice(), job.dump_timeout);
     if let Ok(entries) = std::fs::read_dir(spool_root) {
         for e in entries.flatten() {
             log.info(format!(

@@ -500,8 +500,7 @@ async fn pull(
         Some(
             dumps::spool(
                 host,
-                &job.dumps,
-                job.dump_timeout,
+                job,
                 &place.spool_dir,
                 &run.ctl.run_id,
                 problems,
