@@ -791,7 +791,8 @@ impl Session {
         };
         let script = format!("groups=$({groups}); {STOP_GROUPS}");
         let out = self
-            .exec(
+            // Unwrapped: the script finds this connection's sshd from its own parent.
+            .exec_plain(
                 &format!("exec /bin/sh -c {}", sh_quote(&script)),
                 Duration::from_secs(10),
             )
