@@ -108,6 +108,24 @@ fn accept(cfg: &Config, job: &str) -> Exit {
     }
 }
 
+/// The result of work done on a blocking thread: its error (or the thread's) is printed once
+/// and becomes [`Exit::Failed`].
+fn joined<T, E: std::fmt::Display>(
+    res: Result<Result<T, E>, tokio::task::JoinError>,
+) -> Result<T, Exit> {
+    match res {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            eprintln!("burrow: {e}");
+            Err(Exit::Failed)
+        }
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            Err(Exit::Failed)
+        }
+    }
+}
+
 fn check_config(cfg: &Config) -> Exit {
     let enabled = cfg.jobs.values().filter(|j| j.enabled).count();
     println!(
@@ -424,16 +442,9 @@ async fn forget<D: DiskManager>(
         }
     })
     .await;
-    let plan = match res {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
-            eprintln!("burrow: {e}");
-            return Exit::Failed;
-        }
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            return Exit::Failed;
-        }
+    let plan = match joined(res) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     if !dry_run {
         // Forgetting by hand is the user's look at the job: a paused retention resumes.
@@ -558,16 +569,9 @@ async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreAr
                 repo.restore_file(&job_name, &snap, &path, &target)
             })
             .await;
-            let out = match res {
-                Ok(Ok(out)) => out,
-                Ok(Err(e)) => {
-                    eprintln!("burrow: {e}");
-                    return Exit::Failed;
-                }
-                Err(e) => {
-                    eprintln!("burrow: {e}");
-                    return Exit::Failed;
-                }
+            let out = match joined(res) {
+                Ok(v) => v,
+                Err(code) => return code,
             };
             let dest = args.target.unwrap_or(Path::new("")).join(name);
             if out.complete() {
