@@ -31,6 +31,15 @@ pub struct Cli {
 pub enum Command {
     /// Check the configuration file and print every error in it.
     CheckConfig,
+    /// Check this machine for what the config needs: UDisks2 and its LUKS plugin, the key stick
+    /// and the backup disk, CA certificates for pings, the time zone, free space, restic. Each
+    /// problem is printed with its fix; nothing is changed. Exit 0 when nothing fails (warnings
+    /// allowed), 1 otherwise.
+    Doctor {
+        /// Print the findings as one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create the repository (on the backup volume when `disk` is configured).
     Init,
     /// Run one job now (handed to the daemon when it runs).

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use burrow_config::Config;
 use burrow_core::Exit;
+use burrow_core::bytes::human;
 use burrow_core::disk::DiskManager;
 use burrow_core::monitor::Monitor;
 use burrow_core::{RunStatus, RunSummary};
@@ -18,9 +19,11 @@ use burrow_run::{RunControl, run_job};
 use crate::cli::{Cli, Command, Generate};
 
 pub async fn dispatch(cli: Cli) -> Exit {
-    let quiet_run =
-        matches!(&cli.command, Command::Run { json: false, .. }) && std::io::stderr().is_terminal();
-    let default_level = if quiet_run { "warn" } else { "info" };
+    // A run on a terminal shows its progress instead; doctor's findings are its output.
+    let quiet = (matches!(&cli.command, Command::Run { json: false, .. })
+        && std::io::stderr().is_terminal())
+        || matches!(&cli.command, Command::Doctor { .. });
+    let default_level = if quiet { "warn" } else { "info" };
     crate::logging::init(cli.log_level.as_deref(), default_level);
 
     match &cli.command {
@@ -43,6 +46,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
     };
     match cli.command {
         Command::CheckConfig => check_config(&cfg),
+        Command::Doctor { json } => doctor(&cfg, json).await,
         Command::Init => with_disk(&cfg, async |d| init(&cfg, d).await).await,
         Command::Run { job, json } => run(&cfg, &job, json).await,
         Command::Snapshots { job, json } => {
@@ -153,6 +157,35 @@ fn check_config(cfg: &Config) -> Exit {
         );
     }
     Exit::Ok
+}
+
+async fn doctor(cfg: &Config, json: bool) -> Exit {
+    use burrow_run::doctor::{self, Verdict};
+    let findings = doctor::judge(cfg, &doctor::gather(cfg).await);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&findings).expect("findings serialise")
+        );
+    } else {
+        println!("{}:", cfg.file.display());
+        for f in &findings {
+            let v = match f.verdict {
+                Verdict::Ok => "ok",
+                Verdict::Warn => "warn",
+                Verdict::Fail => "FAIL",
+            };
+            println!("  {v:<5} {:<16} {}", f.check, f.detail);
+            if let Some(fix) = &f.fix {
+                println!("  {:<5} {:<16} fix: {fix}", "", "");
+            }
+        }
+    }
+    if findings.iter().any(|f| f.verdict == Verdict::Fail) {
+        Exit::Failed
+    } else {
+        Exit::Ok
+    }
 }
 
 /// Runs `f` with the real disk manager when the config has `disk`, with none otherwise.
@@ -330,7 +363,7 @@ async fn snapshots<D: DiskManager>(
             s.job.as_deref().unwrap_or("-"),
             s.host,
             s.files.map_or("-".into(), |f| f.to_string()),
-            s.bytes.map_or("-".into(), human_bytes),
+            s.bytes.map_or("-".into(), human),
             s.paths.join(" "),
             if s.partial { "  [partial]" } else { "" }
         );
@@ -610,7 +643,7 @@ async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreAr
                     .unwrap_or_default(),
                 out.files,
                 out.dirs,
-                human_bytes(out.bytes)
+                human(out.bytes)
             );
             if out.complete() {
                 Exit::Ok
@@ -745,30 +778,12 @@ fn spinner(
     let pb2 = pb.clone();
     let task = tokio::spawn(async move {
         loop {
-            pb2.set_message(format!(
-                "{} read",
-                human_bytes(bytes.load(Ordering::Relaxed))
-            ));
+            pb2.set_message(format!("{} read", human(bytes.load(Ordering::Relaxed))));
             pb2.tick();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     (pb, task)
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// Prints a run summary and returns its exit code.
@@ -792,8 +807,8 @@ pub fn report(s: &RunSummary, json: bool) -> Exit {
                 s.files_new,
                 s.files_changed,
                 s.files_unmodified,
-                human_bytes(s.bytes_read),
-                human_bytes(s.bytes_added),
+                human(s.bytes_read),
+                human(s.bytes_added),
                 s.duration_s
             );
         }

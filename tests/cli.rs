@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{burrow, json, text};
+use common::{burrow, burrow_command, json, text};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 struct Env {
     tmp: tempfile::TempDir,
@@ -797,12 +797,7 @@ fn password_file_reads_as_stock_restic_reads_it() {
 fn log_lines_have_no_colour_codes_when_stderr_is_not_a_terminal() {
     let e = env_with("");
     assert_eq!(burrow(&e.cfg, &["init"]).status.code(), Some(0));
-    let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .arg("--config")
-        .arg(&e.cfg)
-        .args(["run", "files"])
-        .env("BURROW_SOCKET", e.cfg.with_extension("sock"))
-        .env_remove("RUST_LOG")
+    let out = burrow_command(&e.cfg, &["run", "files"])
         .env_remove("NO_COLOR")
         .env_remove("JOURNAL_STREAM")
         .output()
@@ -814,4 +809,69 @@ fn log_lines_have_no_colour_codes_when_stderr_is_not_a_terminal() {
         !err.contains("\x1b["),
         "colour codes in piped stderr: {err:?}"
     );
+}
+
+/// A machine without CA certificates, as rustls sees it: no bundle at either place it looks.
+fn without_ca_certificates(mut c: Command) -> Output {
+    c.env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        .env("SSL_CERT_DIR", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_ping_that_cannot_be_sent_never_stops_the_backup() {
+    // Port 9 (discard) on loopback: nothing is ever sent there, the client cannot be built.
+    let e = env_with("    healthcheck: http://127.0.0.1:9/ping/abc\n");
+    assert_eq!(burrow(&e.cfg, &["init"]).status.code(), Some(0));
+    let out = without_ca_certificates(burrow_command(&e.cfg, &["run", "files", "--json"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(json(&out)["status"], "ok", "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("install ca-certificates"), "{err}");
+    assert_eq!(
+        err.matches("install ca-certificates").count(),
+        1,
+        "one error, not one per ping: {err}"
+    );
+    let out = burrow(&e.cfg, &["snapshots", "files", "--json"]);
+    assert_eq!(
+        json(&out).as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn doctor_names_each_problem_with_its_fix_and_changes_nothing() {
+    let e = env_with("    schedule: \"0 3 * * *\"\n    healthcheck: http://127.0.0.1:9/ping/abc\n");
+    let out = without_ca_certificates(burrow_command(&e.cfg, &["doctor"]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("FAIL  ca-certificates"), "{t}");
+    assert!(t.contains("fix: apt-get install ca-certificates"), "{t}");
+    assert!(t.contains("ok    udisks2          not needed"), "{t}");
+    // it looked, and created nothing: no repository, no state directory
+    assert!(!e.tmp.path().join("repo").exists());
+    assert!(!e.tmp.path().join("state").exists());
+
+    // With CA certificates (CI installs them) and a zone, every check passes; --json lists them.
+    let out = burrow_command(&e.cfg, &["doctor", "--json"])
+        .env("TZ", "Europe/Paris")
+        .output()
+        .unwrap();
+    let v = json(&out);
+    let checks: Vec<(&str, &str)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["check"].as_str().unwrap(), f["verdict"].as_str().unwrap()))
+        .collect();
+    assert!(checks.contains(&("ca-certificates", "ok")), "{checks:?}");
+    assert!(checks.contains(&("time-zone", "ok")), "{checks:?}");
+    assert!(checks.contains(&("state-dir", "ok")), "{checks:?}");
+    assert!(checks.contains(&("free-space", "ok")), "{checks:?}");
+    // restic is optional: a warning at most, never a failure
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

@@ -7,15 +7,19 @@ use std::process::{Command, Output};
 /// Runs `burrow --config CFG ARGS` with a private control socket next to the config, so a
 /// daemon of another test (or of the machine) is never reached by accident.
 pub fn burrow(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .arg("--config")
+    burrow_command(cfg, args).output().unwrap()
+}
+
+/// The command [`burrow`] runs, for a test that sets more of its environment.
+pub fn burrow_command(cfg: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_burrow"));
+    c.arg("--config")
         .arg(cfg)
         .args(args)
         .env("BURROW_SOCKET", cfg.with_extension("sock"))
         .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .unwrap()
+        .env_remove("NOTIFY_SOCKET");
+    c
 }
 
 /// stdout and stderr together, for assertion messages.

@@ -220,6 +220,29 @@ jobs:
 }
 
 #[test]
+fn ping_urls_the_healthchecks_adapter_would_refuse_are_config_errors() {
+    for (url, why) in [
+        ("https://hc-ping.com/abc?x=1", "query"),
+        ("https://hc-ping.com/abc#top", "query"),
+        ("https:///abc", "no host"),
+        ("http://", "no host"),
+        ("ftp://hc-ping.com/abc", "http(s)"),
+    ] {
+        let text = format!(
+            "repository: {{path: /r, password_file: /dev/null}}\njobs:\n  a:\n    paths: [/x]\n    healthcheck: \"{url}\"\n"
+        );
+        let errs = invalid(&text);
+        assert_eq!(errs.len(), 1, "{url}: {errs:?}");
+        assert_eq!(errs[0].path, "jobs.a.healthcheck");
+        assert!(errs[0].message.contains(why), "{url}: {errs:?}");
+        assert!(
+            !errs[0].message.contains("abc"),
+            "the URL is a secret: {errs:?}"
+        );
+    }
+}
+
+#[test]
 fn presets_expand_to_quoted_commands() {
     let text = "\
 repository: {path: /r, password_file: /dev/null}

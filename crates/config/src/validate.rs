@@ -147,6 +147,22 @@ fn ping(
                 );
                 return None;
             }
+            // The same rules as the healthchecks adapter, so that a URL check-config accepts
+            // never stops the daemon.
+            let host = u.split_once("://").map_or("", |(_, rest)| {
+                rest.split(['/', '?', '#']).next().unwrap_or("")
+            });
+            if host.is_empty() || host.contains(char::is_whitespace) {
+                errs.add(path, "the URL has no host, e.g. https://hc-ping.com/<uuid>");
+                return None;
+            }
+            if u.contains('?') || u.contains('#') {
+                errs.add(
+                    path,
+                    "the URL must not have a query or fragment (burrow adds ?rid=)",
+                );
+                return None;
+            }
             Some(Ping::new(u.trim_end_matches('/').to_owned()))
         }
         RawPing::Slug { slug } => match key {

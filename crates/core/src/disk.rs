@@ -28,6 +28,8 @@ pub struct DiskState {
     pub key_present: bool,
     pub key_mount: Option<PathBuf>,
     pub disk_present: bool,
+    /// The backup disk is a LUKS container (known only while it is present).
+    pub encrypted: bool,
     pub unlocked: bool,
     pub mount_point: Option<PathBuf>,
     pub free_bytes: Option<u64>,

@@ -4,6 +4,7 @@
 //! Nothing here knows about russh, rustic_core, zbus or tokio: adapters live in their own
 //! crates and convert foreign types into these at their boundary.
 
+pub mod bytes;
 pub mod disk;
 pub mod exclude;
 pub mod exit;

@@ -87,6 +87,14 @@ impl Schedule {
         self.next_after(start).is_some_and(|t| t < end)
     }
 
+    /// The IANA zone the schedule was given, or `None` for the machine's local time.
+    pub fn zone_name(&self) -> Option<&'static str> {
+        match &self.zone {
+            Zone::Local => None,
+            Zone::Named(tz) => Some(tz.name()),
+        }
+    }
+
     pub fn expr(&self) -> &str {
         &self.expr
     }

@@ -370,7 +370,7 @@ impl<D: DiskManager> Daemon<D> {
             return format!(
                 "{}: pulling, {} read",
                 c.job,
-                human(c.bytes_read.load(Ordering::Relaxed))
+                burrow_core::bytes::human(c.bytes_read.load(Ordering::Relaxed))
             );
         }
         match next {
@@ -661,23 +661,6 @@ impl<D: DiskManager> Daemon<D> {
                 }
             }
         }
-    }
-}
-
-fn human(n: u64) -> String {
-    let mut v = n as f64;
-    let mut unit = "B";
-    for u in ["KB", "MB", "GB", "TB"] {
-        if v < 1000.0 {
-            break;
-        }
-        v /= 1000.0;
-        unit = u;
-    }
-    if unit == "B" {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {unit}")
     }
 }
 

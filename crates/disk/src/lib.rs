@@ -30,6 +30,6 @@ mod settings;
 pub mod sim;
 mod udisks;
 
-pub use manager::UDisks2Manager;
+pub use manager::{UDisks2Manager, free_space, luks_plugin};
 pub use settings::DiskSettings;
 pub use sim::SimDisk;

@@ -386,6 +386,7 @@ impl UDisks2Manager {
         }
         if let Some(disk) = snap.by_uuid(&self.settings.backup_uuid) {
             st.disk_present = true;
+            st.encrypted = disk.is_luks();
             let fs = if disk.is_luks() {
                 snap.cleartext_of(disk)
             } else {
@@ -452,6 +453,16 @@ fn unlock_error(luks: &BlockInfo, settings: &DiskSettings, e: &zbus::Error) -> D
              it with `cryptsetup luksAddKey` or fix key_file",
             settings.key_file.display(),
             settings.key_fs_uuid,
+            settings.backup_uuid,
+            luks.device.display()
+        ))
+    } else if lower.contains("not implemented") {
+        // libblockdev without its crypto plugin: "The function 'bd_crypto_luks_open_blob'
+        // called, but not implemented!". UDisks2 only recommends the plugin package.
+        DiskError::Failed(format!(
+            "UDisks2 cannot unlock LUKS container {} ({}): its LUKS plugin is not installed \
+             ({text}); install libblockdev-crypto2 (Debian 12) or libblockdev-crypto3 \
+             (Debian 13), then `systemctl restart udisks2`",
             settings.backup_uuid,
             luks.device.display()
         ))
@@ -574,18 +585,63 @@ async fn wake(mount_point: &Path, timeout: Duration) -> Result<(), DiskError> {
 }
 
 async fn free_bytes(mp: PathBuf) -> Option<u64> {
-    let probe = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&mp));
+    let probe = tokio::task::spawn_blocking(move || free_space(&mp));
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
-        Ok(Ok(Ok(s))) => Some(available_bytes(&s)),
+        Ok(Ok(Ok(n))) => Some(n),
         _ => None,
     }
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    nix::sys::statvfs::statvfs(path)
+        .map(|s| available_bytes(&s))
+        .map_err(io::Error::from)
+}
+
+/// Where libblockdev's crypto plugin is installed, if it is: without it UDisks2 cannot unlock
+/// LUKS ("bd_crypto_luks_open_blob called, but not implemented"). Debian ships it as
+/// libblockdev-crypto2 (`libbd_crypto.so.2`, Debian 12) or libblockdev-crypto3 (`.so.3`).
+pub fn luks_plugin() -> Option<PathBuf> {
+    luks_plugin_in(&[Path::new("/usr/lib"), Path::new("/lib")])
+}
+
+fn luks_plugin_in(roots: &[&Path]) -> Option<PathBuf> {
+    let is_plugin = |name: &std::ffi::OsStr| {
+        name.to_str()
+            .is_some_and(|n| n.starts_with("libbd_crypto.so.") && n.len() > 16)
+    };
+    for root in roots {
+        // The library directory itself and its multiarch subdirectories (x86_64-linux-gnu, …).
+        let mut dirs = vec![root.to_path_buf()];
+        if let Ok(rd) = std::fs::read_dir(root) {
+            dirs.extend(
+                rd.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|n| n.contains("-linux-"))
+                    })
+                    .map(|e| e.path()),
+            );
+        }
+        for dir in dirs {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            if let Some(e) = rd.flatten().find(|e| is_plugin(&e.file_name())) {
+                return Some(e.path());
+            }
+        }
+    }
+    None
 }
 
 /// Bytes available to unprivileged writers.
 // The casts are no-ops on 64-bit targets but widen on 32-bit Raspberry Pi OS, where the
 // statvfs fields are 32 bits wide.
 #[allow(clippy::unnecessary_cast)]
-pub(crate) fn available_bytes(s: &nix::sys::statvfs::Statvfs) -> u64 {
+fn available_bytes(s: &nix::sys::statvfs::Statvfs) -> u64 {
     (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64)
 }
 
@@ -634,6 +690,21 @@ mod tests {
     }
 
     #[test]
+    fn the_luks_plugin_is_found_in_a_multiarch_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let lib = d.path().join("usr/lib");
+        std::fs::create_dir_all(lib.join("aarch64-linux-gnu")).unwrap();
+        std::fs::write(lib.join("aarch64-linux-gnu/libbd_crypto.so"), b"").unwrap();
+        // the unversioned .so is the -dev package's link, not the plugin UDisks2 loads
+        assert_eq!(luks_plugin_in(&[&lib]), None);
+        std::fs::write(lib.join("aarch64-linux-gnu/libbd_crypto.so.3"), b"").unwrap();
+        assert_eq!(
+            luks_plugin_in(&[&lib]),
+            Some(lib.join("aarch64-linux-gnu/libbd_crypto.so.3"))
+        );
+    }
+
+    #[test]
     fn unlock_errors_name_the_key_file() {
         let s = DiskSettings::new("k-uuid", "keyfile", "luks-uuid");
         let luks = BlockInfo {
@@ -645,6 +716,15 @@ mod tests {
             panic!()
         };
         assert!(m.contains("does not open LUKS container luks-uuid"), "{m}");
+        let e = zbus::Error::Failure(
+            "Error unlocking /dev/sdb: The function 'bd_crypto_luks_open_blob' called, but not \
+             implemented!"
+                .into(),
+        );
+        let DiskError::Failed(m) = unlock_error(&luks, &s, &e) else {
+            panic!()
+        };
+        assert!(m.contains("install libblockdev-crypto2"), "{m}");
         let e = zbus::Error::Failure("Operation not permitted".into());
         let DiskError::Failed(m) = unlock_error(&luks, &s, &e) else {
             panic!()

@@ -159,16 +159,14 @@ impl DiskManager for SimDisk {
     async fn state(&self) -> DiskState {
         let s = *self.state.lock().unwrap();
         let mount_point = s.mounted.then(|| self.volume_dir.clone());
-        let free_bytes = match &mount_point {
-            Some(mp) => nix::sys::statvfs::statvfs(mp)
-                .ok()
-                .map(|v| crate::manager::available_bytes(&v)),
-            None => None,
-        };
+        let free_bytes = mount_point
+            .as_deref()
+            .and_then(|mp| crate::free_space(mp).ok());
         DiskState {
             key_present: s.key,
             key_mount: self.key_dir.clone().filter(|_| s.key),
             disk_present: s.disk,
+            encrypted: s.disk && self.encrypted,
             unlocked: s.disk && (s.unlocked || !self.encrypted),
             mount_point,
             free_bytes,

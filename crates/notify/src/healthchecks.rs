@@ -8,8 +8,14 @@
 //! Monitoring never fails a backup: every request has a timeout, transient failures are retried
 //! a bounded number of times, and whatever still fails is logged and dropped. The ping URL is a
 //! secret (anyone who has it can report on the check), so logs only ever show a redacted form.
+//!
+//! The HTTP client (TLS roots and all) is built at the first ping, not before: a machine with
+//! no ping URL configured needs neither CA certificates nor anything else of it, and one whose
+//! client cannot be built (no CA certificates) still runs every backup; the pings are then
+//! dropped, with one error that says what to install.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -55,14 +61,15 @@ pub enum HealthchecksError {
         "job {job:?}: invalid healthchecks ping url ({reason}); expected e.g. https://hc-ping.com/<uuid>"
     )]
     InvalidUrl { job: String, reason: String },
-    #[error("cannot set up the http client for healthchecks pings: {0}")]
+    #[error("healthchecks pings cannot be sent from this machine: {0}")]
     Client(String),
 }
 
 /// The healthchecks.io adapter. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Healthchecks {
-    client: reqwest::Client,
+    /// Built at the first ping; `None` once building failed (logged then, pings dropped).
+    client: OnceLock<Option<reqwest::Client>>,
     urls: HashMap<String, Url>,
     policy: RetryPolicy,
     /// Learned from the `Ping-Body-Limit` header of any response; one server serves all
@@ -88,14 +95,8 @@ impl Healthchecks {
             })?;
             parsed.insert(job, url);
         }
-        let client = reqwest::Client::builder()
-            .timeout(policy.timeout)
-            .connect_timeout(policy.timeout)
-            .user_agent(concat!("burrow/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| HealthchecksError::Client(e.to_string()))?;
         Ok(Healthchecks {
-            client,
+            client: OnceLock::new(),
             urls: parsed,
             policy: RetryPolicy {
                 attempts: policy.attempts.max(1),
@@ -103,6 +104,19 @@ impl Healthchecks {
             },
             body_limit: AtomicUsize::new(DEFAULT_BODY_LIMIT),
         })
+    }
+
+    /// The client, built on first use. A failure is logged once, with what to install.
+    fn client(&self) -> Option<&reqwest::Client> {
+        self.client
+            .get_or_init(|| match build_client(self.policy.timeout) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!("{e}; the runs go on without pings");
+                    None
+                }
+            })
+            .as_ref()
     }
 
     /// The body limit in use: the server's announced one, or the default.
@@ -137,11 +151,19 @@ impl Healthchecks {
 
     /// Sends one ping with bounded retries. Never fails: the outcome is only logged.
     async fn send(&self, job: &str, what: &str, url: Url, log: Option<&str>) {
+        let Some(client) = self.client() else {
+            tracing::debug!(
+                job,
+                ping = what,
+                "healthchecks ping dropped: no http client"
+            );
+            return;
+        };
         let body = log.map(|l| tail(l, self.body_limit()).to_owned());
         let mut backoff = self.policy.backoff;
         for attempt in 1..=self.policy.attempts {
             let last = attempt == self.policy.attempts;
-            let mut req = self.client.post(url.clone());
+            let mut req = client.post(url.clone());
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
@@ -230,6 +252,34 @@ impl Monitor for Healthchecks {
         self.send(job, outcome.status.as_str(), url, Some(&outcome.log))
             .await;
     }
+}
+
+/// Builds the HTTP client pings are sent with. Fails on a machine without CA certificates, with
+/// the fix in the message. `burrow doctor` calls it to check the machine.
+pub fn build_client(timeout: Duration) -> Result<reqwest::Client, HealthchecksError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("burrow/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| HealthchecksError::Client(client_error_text(&e)))
+}
+
+/// reqwest's own message is only "builder error"; the cause is further down the chain.
+fn client_error_text(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    if text.contains("CA certificates") {
+        text.push_str(
+            " (no CA certificates: install ca-certificates, or point SSL_CERT_FILE at a bundle)",
+        );
+    }
+    text
 }
 
 /// The ping after a run: the plain URL for success, `/fail` for a run skipped because the

@@ -13,6 +13,7 @@
 //! log tail for monitoring; nothing here panics on bad input or a vanished server.
 
 pub mod anomaly;
+pub mod doctor;
 pub mod dumps;
 pub mod hooks;
 pub mod host;
