@@ -103,7 +103,7 @@ in_root() {
 mount_and_chroot() {
     local root=$1
     shift
-    local mounted=()
+    mounted=()
     unmount_all() {
         local i
         for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
