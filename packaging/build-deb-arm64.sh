@@ -20,6 +20,7 @@
 # Needs: root, debootstrap, unshare (util-linux), the Rust toolchain, Debian's mirror and the
 # crate registry. The cross binary needs glibc 2.39: Debian 13 or newer, not Debian 12.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 

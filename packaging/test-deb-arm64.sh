@@ -13,6 +13,7 @@
 #
 # Needs: root, debootstrap, qemu-user-static, restic, and what build-deb-arm64.sh needs.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
