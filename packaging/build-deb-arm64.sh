@@ -135,10 +135,7 @@ host_target_dir() {
 # cargo-deb, this machine's burrow (renders the man pages) and the crates, for the root.
 prepare_host() {
     local root=$1
-    if ! cargo deb --version >/dev/null 2>&1; then
-        log "installing cargo-deb"
-        cargo install cargo-deb --locked
-    fi
+    bash packaging/cargo-deb.sh
     log "crates (cargo fetch on this machine)"
     time cargo fetch --locked
     log "release build for this machine (renders the man pages; a no-op when up to date)"

@@ -14,10 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TIMEFORMAT="   %R s wall, %U s user + %S s system CPU"
 
-if ! cargo deb --version >/dev/null 2>&1; then
-    echo "== installing cargo-deb" >&2
-    cargo install cargo-deb --locked
-fi
+bash packaging/cargo-deb.sh
 
 echo "== release build" >&2
 # shellcheck disable=SC2086
