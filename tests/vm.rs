@@ -42,7 +42,7 @@ const SECOND_BOOT_CLOCK: &str = "2027-01-10T03:30:00";
 const DISK_SERIAL: &str = "BURROWDISK";
 const KEY_SERIAL: &str = "BURROWKEY";
 /// The disk's LUKS passphrase (step 2 of docs/install.md), kept in the guest as /root/passphrase.
-const PASSPHRASE: &str = "the vm test's disk passphrase, long enough";
+const PASSPHRASE: &str = "a long passphrase for the disk of the VM test";
 /// Files in /srv/many (made by tests/vm/rootfs.sh).
 const MANY_FILES: usize = 100_000;
 
