@@ -352,11 +352,13 @@ impl Vm {
             "UserKnownHostsFile=/dev/null",
         ])
         .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
+        // An emulated guest on a busy host can stall for a minute (kernel soft lockups while
+        // 100,000 files are restored): keep the session for 5 minutes of silence.
         .args([
             "-o",
             "ServerAliveInterval=10",
             "-o",
-            "ServerAliveCountMax=6",
+            "ServerAliveCountMax=30",
         ])
         .arg("-i")
         .arg(&self.ssh_key)
