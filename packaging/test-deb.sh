@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Builds the .deb, installs it, checks what it put where, and removes it again (purge), leaving
 # the machine as it was. Needs root and a Debian system; refuses to touch an existing install.
+# That the package's Depends are complete is proven by the VM tier (tests/vm.rs, run by
+# .ci/run): tests/vm/rootfs.sh installs the .deb with `apt-get install --no-install-recommends`
+# into a clean Debian 12 root and checks that UDisks2, its LUKS plugin, D-Bus and the CA
+# certificates came with it; the guest then unlocks LUKS and backs up with that install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

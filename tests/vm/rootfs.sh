@@ -10,7 +10,7 @@
 #   Debian has, plus restic (a Recommends of burrow, installed by the admin) and the tools the
 #   tests use, and the .debs of burrow's dependencies in apt's cache (downloaded, not
 #   installed), so the per-run install needs no network. Built once (about 2 minutes).
-# - per run: a copy of the base, 100,000 tiny files in /srv/many, `apt-get install --no-install-recommends ./burrow_*.deb` in a
+# - per run: a copy of the base, `apt-get install --no-install-recommends ./burrow_*.deb` in a
 #   chroot (which proves the package's Depends: it must pull in UDisks2, D-Bus, the LUKS plugin
 #   and CA certificates by itself), root's SSH key, then DIR/root.img made by `mkfs.ext4 -d`.
 #   DIR/vmlinuz and DIR/initrd.img are the guest's kernel. Prints DIR/root.img last.
@@ -123,17 +123,10 @@ for p in burrow "${deps_expected[@]}"; do
 done
 chroot "$root" apt-get clean
 
-# 100,000 tiny files for the restore test (made here: the guest's emulated CPU is slow at it).
-mkdir -p "$root/srv/many"
-for d in $(seq -w 0 99); do
-    mkdir "$root/srv/many/$d"
-    for f in $(seq -w 0 999); do echo "$d/$f" >"$root/srv/many/$d/$f"; done
-done
-
 install -d -m 700 "$root/root/.ssh"
 install -m 600 "$authorized_key" "$root/root/.ssh/authorized_keys"
 
-# Inodes for the base, /srv/many and a restore of it.
+# Inodes for the base and a restore of 100,000 files.
 mkfs.ext4 -q -F -N 400000 -L burrow-vm-root -d "$root" "$dir/root.img" 3G >&2
 rm -rf "$root"
 echo "vm rootfs: per-run image in $((SECONDS - start)) s" >&2
