@@ -301,10 +301,14 @@ async fn run_inner<D: DiskManager>(
         match pull(run, &host, &place, repo, &problems).await {
             Ok(p) => outcome = Some(p),
             Err(e) if place.volume.is_some() && !place.repo_path.exists() => {
-                failure = Some(format!(
+                // What the repository said next ("no repository config file found") is only
+                // the consequence: kept in the debug log, not in the reason.
+                tracing::debug!(error = %e, "the repository failed after the disk went away");
+                failure = Some(
                     "the backup disk went away during the run (nothing was written elsewhere; \
-                     earlier snapshots are intact): {e}"
-                ))
+                     earlier snapshots are intact)"
+                        .into(),
+                )
             }
             Err(e) => failure = Some(e),
         }
