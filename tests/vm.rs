@@ -22,6 +22,8 @@
 //! `tests/vm/rootfs.sh`). Without them the test reports itself skipped through
 //! `burrow_testkit::missing` (a failure under `CI=true`).
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -236,14 +238,7 @@ fn many_files_repository(dir: &Path) -> PathBuf {
     )
     .unwrap();
     for args in [&["init"][..], &["run", "many"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_burrow"))
-            .arg("--config")
-            .arg(&host_cfg)
-            .args(args)
-            .env("BURROW_SOCKET", dir.join("many.sock"))
-            .env_remove("NOTIFY_SOCKET")
-            .output()
-            .unwrap();
+        let out = common::burrow(&host_cfg, args);
         assert!(
             out.status.success(),
             "burrow {args:?} of the many-files job: {}",
@@ -447,18 +442,7 @@ impl Vm {
 
     /// Runs a bash script in the guest (after [`PRELUDE`]).
     fn run(&self, script: &str) -> Output {
-        let mut child = self
-            .ssh_command()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running ssh");
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(PRELUDE.as_bytes()).unwrap();
-        stdin.write_all(script.as_bytes()).unwrap();
-        drop(stdin);
-        child.wait_with_output().unwrap()
+        self.spawn(script).wait_with_output().unwrap()
     }
 
     /// Runs a script that must succeed; returns its stdout.
@@ -474,7 +458,7 @@ impl Vm {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts a script in the guest without waiting for it.
+    /// Starts a script in the guest without waiting for it (its stdin, the script, is closed).
     fn spawn(&self, script: &str) -> Child {
         let mut child = self
             .ssh_command()
