@@ -17,12 +17,16 @@
 //!
 //! rustic_core is blocking (rayon, std threads): callers in async code use `spawn_blocking`.
 
-mod adapter;
+mod chunker;
+mod crypto;
+mod keys;
 pub mod lock;
 mod node;
+mod pack;
 mod parent;
 mod pinned;
 mod restore;
+mod writer;
 
 use pinned::SnapshotGate;
 use std::collections::{BTreeSet, HashSet};
@@ -35,11 +39,11 @@ use std::time::Duration;
 use burrow_core::Problems;
 use burrow_core::retention::{self, Snap};
 use burrow_core::source::{Entry, NoParent, ParentIndex, WalkContext};
-use rustic_core::repofile::{SnapshotFile, SnapshotId};
+use rustic_core::repofile::{Chunker, SnapshotFile, SnapshotId, SnapshotSummary};
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, FileType, Id, KeyOptions, OpenStatus,
-    ParentOptions, PruneOptions, ReadSubsetOption, RepairIndexOptions, Repository,
-    RepositoryBackends, RepositoryOptions, RusticError, SnapshotOptions, WriteBackend,
+    CheckOptions, ConfigOptions, Credentials, FileType, Id, KeyOptions, OpenStatus, PruneOptions,
+    ReadSubsetOption, RepairIndexOptions, Repository, RepositoryBackends, RepositoryOptions,
+    RusticError, SnapshotOptions, WriteBackend,
 };
 use serde::Serialize;
 
@@ -434,6 +438,13 @@ pub fn init(path: &Path, password: &Password) -> Result<Repo, RepoError> {
         &KeyOptions::default(),
         &ConfigOptions::default(),
     )?;
+    // rustic_core's key costs 128 MiB at every open: replaced by one at restic's cost.
+    let (bytes, id) = keys::key_file(&repo.key(), &password.0, keys::calibrate())
+        .map_err(|e| RepoError::Rustic(format!("cannot make the key file: {e}")))?;
+    be.write_bytes(FileType::Key, &id, false, bytes::Bytes::from(bytes).into())?;
+    if let Some(old) = repo.key_id() {
+        be.remove(FileType::Key, old, false)?;
+    }
     Ok(Repo {
         path: path.to_owned(),
         repo,
@@ -447,13 +458,9 @@ impl Repo {
     /// A second handle on the same repository: rustic_core's typestate conversions
     /// (`to_indexed*`) consume the handle, and an open handle cannot be cloned.
     fn reopen(&self) -> Result<Repository<OpenStatus>, RepoError> {
-        self.reopen_with(Arc::default())
-    }
-
-    fn reopen_with(&self, gate: Arc<SnapshotGate>) -> Result<Repository<OpenStatus>, RepoError> {
         // With the master key of the open handle: no second key derivation (scrypt costs
         // about half a second and 128 MiB on a Pi).
-        Ok(unopened(&self.path, gate)?
+        Ok(unopened(&self.path, Arc::default())?
             .0
             .open(&Credentials::Masterkey(self.repo.key()))?)
     }
@@ -671,44 +678,107 @@ impl Repo {
     /// exists, and the data written is unreferenced until a prune). Unreadable entries end up
     /// in `req.problems`. A walk cut short by `req.cancel` gives [`RepoError::Interrupted`].
     pub fn archive(&self, req: BackupRequest<'_>) -> Result<Pending, RepoError> {
-        let gate = Arc::new(SnapshotGate::default());
-        gate.hold();
-        let indexed = self.reopen_with(gate)?.to_indexed_ids()?;
+        let indexed = self.reopen()?.to_indexed_ids()?;
         let parent = self.job_snapshots(Some(req.job))?.pop();
         let parent_index: Arc<dyn ParentIndex> = match &parent {
             Some(p) => parent::SnapshotParent::load_or_none(&indexed, p),
             None => Arc::new(NoParent),
         };
-        let mut ctx = WalkContext::new(parent_index, req.problems.clone());
+        let mut ctx = WalkContext::new(parent_index.clone(), req.problems.clone());
         ctx.bytes_read = req.bytes_read.clone();
-        let cancel = req.cancel.clone();
         let walk = req.source.entries(ctx);
-        let walk: Box<dyn Iterator<Item = Entry> + Send> =
-            Box::new(walk.take_while(move |_| !cancel.load(Ordering::Relaxed)));
-        let walk = if req.extra.is_empty() {
+        let walk: Box<dyn Iterator<Item = Entry> + Send> = if req.extra.is_empty() {
             walk
         } else {
             burrow_core::source::merge_walks(walk, Box::new(req.extra.into_iter()))
         };
-        let src = adapter::Adapter::new(walk, req.problems.clone(), req.cancel.clone());
 
-        let snap_opts = SnapshotOptions::default()
-            .host(req.host.to_owned())
-            .add_tags(&format!("{TAG},{}", job_tag(req.job)))?;
-        let snap = snap_opts.to_snapshot()?;
-        let mut parent_opts = ParentOptions::default();
-        match &parent {
-            Some(p) => parent_opts.parents = vec![p.id.to_hex().to_string()],
-            None => parent_opts.force = true,
+        let config = self.repo.config();
+        if config.chunker() != Chunker::Rabin {
+            return Err(RepoError::Rustic(
+                "this repository cuts files into fixed-size chunks, which burrow does not \
+                 write; back up into a repository made by `burrow init` or `restic init`"
+                    .into(),
+            ));
         }
-        let opts = BackupOptions::default().parent_opts(parent_opts);
-        let mut paths = req.paths.clone();
-        paths.sort();
-        let snap = indexed.archive(&opts, &src, snap, &paths)?;
+        let chunking = chunker::Chunking::new(
+            config.poly()?,
+            config.chunk_size(),
+            config.chunk_min_size(),
+            config.chunk_max_size(),
+        );
+        let sealer = crypto::Sealer::new(&self.repo.key())
+            .ok_or_else(|| RepoError::Rustic("the repository key has an unknown form".into()))?;
+        let be = &self.be;
+        let place = || {
+            be.check_place()
+                .map_err(|e| std::io::Error::other(e.display_log()))
+        };
+        let save_index = |data: Vec<u8>, id: Id| {
+            be.write_bytes(FileType::Index, &id, false, bytes::Bytes::from(data).into())
+                .map_err(|e| std::io::Error::other(e.display_log()))
+        };
+        let start = Zoned::now();
+        let target = writer::Target {
+            sealer,
+            zstd: config.zstd()?,
+            chunking,
+            data_dir: self.path.join("data"),
+            place: &place,
+            save_index: &save_index,
+            repo: &indexed,
+            parent_tree: parent.as_ref().map(|p| p.tree),
+            parent_index,
+            problems: req.problems.clone(),
+            cancel: req.cancel.clone(),
+            workers: 0,
+        };
+        let w = guarded("backup", || {
+            writer::write(&target, walk).map_err(|e| RepoError::Rustic(e.to_string()))
+        })?;
         if req.cancel.load(Ordering::Relaxed) {
-            // The walk was cut short: the snapshot was held back and is dropped here.
+            // The walk was cut short: what was stored stays (the next run reuses it), but no
+            // snapshot is made of it.
             return Err(RepoError::Interrupted);
         }
+
+        let mut snap = SnapshotOptions::default()
+            .host(req.host.to_owned())
+            .add_tags(&format!("{TAG},{}", job_tag(req.job)))?
+            .to_snapshot()?;
+        snap.tree = w.tree;
+        snap.parent = parent.as_ref().map(|p| p.id);
+        let mut paths = req.paths.clone();
+        paths.sort();
+        for p in &paths {
+            snap.paths.add(p.display().to_string());
+        }
+        let end = Zoned::now();
+        let secs = |from: &Zoned| end.duration_since(from).as_secs_f64().max(0.0);
+        let mut sum = SnapshotSummary::default();
+        sum.files_new = w.files_new;
+        sum.files_changed = w.files_changed;
+        sum.files_unmodified = w.files_unmodified;
+        sum.total_files_processed = w.files;
+        sum.total_bytes_processed = w.file_bytes;
+        sum.dirs_new = w.dirs_new;
+        sum.dirs_changed = w.dirs_changed;
+        sum.dirs_unmodified = w.dirs_unmodified;
+        sum.total_dirs_processed = w.dirs;
+        sum.data_blobs = w.data_blobs;
+        sum.tree_blobs = w.tree_blobs;
+        sum.data_added = w.data_added + w.tree_added;
+        sum.data_added_packed = w.data_added_packed + w.tree_added_packed;
+        sum.data_added_files = w.data_added;
+        sum.data_added_files_packed = w.data_added_packed;
+        sum.data_added_trees = w.tree_added;
+        sum.data_added_trees_packed = w.tree_added_packed;
+        sum.command = "burrow".into();
+        sum.backup_duration = secs(&start);
+        sum.total_duration = secs(&snap.time);
+        sum.backup_start = start;
+        sum.backup_end = end;
+        snap.summary = Some(sum);
         Ok(Pending {
             partial: req.partial || !req.problems.is_empty(),
             snap,

@@ -31,14 +31,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use aes256ctr_poly1305aes::aead::Aead;
-use aes256ctr_poly1305aes::{Aes256CtrPoly1305Aes, Key, Nonce};
 use rustic_core::jiff::{SignedDuration, Timestamp, Zoned};
 use rustic_core::repofile::MasterKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::RepoError;
+use crate::crypto::{Sealer, hex};
 
 /// restic's `StaleLockTimeout`: a lock not refreshed for this long is stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -193,7 +192,7 @@ fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> RepoError {
 #[derive(Clone)]
 pub struct Locks {
     root: PathBuf,
-    key: Key,
+    key: Sealer,
     dev: u64,
     refresh_every: Duration,
 }
@@ -207,16 +206,8 @@ impl std::fmt::Debug for Locks {
 impl Locks {
     /// The lock files of the repository at `root`, sealed with its master key.
     pub(crate) fn new(root: &Path, master: &MasterKey) -> Result<Locks, RepoError> {
-        let (enc, k, r) = (&master.encrypt, &master.mac.k, &master.mac.r);
-        if enc.len() != 32 || k.len() != 16 || r.len() != 16 {
-            return Err(RepoError::Rustic(
-                "the repository key has an unknown form".into(),
-            ));
-        }
-        let mut key = Key::default();
-        key[..32].copy_from_slice(enc);
-        key[32..48].copy_from_slice(k);
-        key[48..].copy_from_slice(r);
+        let key = Sealer::new(master)
+            .ok_or_else(|| RepoError::Rustic("the repository key has an unknown form".into()))?;
         if !root.join("config").is_file() {
             return Err(RepoError::NotInitialised {
                 path: root.to_owned(),
@@ -276,15 +267,7 @@ impl Locks {
         if data.len() < 32 {
             return Err("too short".into());
         }
-        let plain = Aes256CtrPoly1305Aes::new(&self.key)
-            .decrypt(Nonce::from_slice(&data[..16]), &data[16..])
-            .map_err(|_| "it does not decrypt with this repository's key".to_owned())?;
-        let json = match plain.first() {
-            Some(b'{') | Some(b'[') => plain,
-            // Repository version 2: a version byte, then a zstd frame.
-            Some(2) => zstd::decode_all(&plain[1..]).map_err(|e| format!("zstd: {e}"))?,
-            _ => return Err("unknown encoding".into()),
-        };
+        let json = self.key.open_file(&data)?;
         let j: Json = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
         let time = j
             .time
@@ -332,14 +315,8 @@ impl Locks {
             program: info.program.clone(),
         })
         .map_err(|e| RepoError::Rustic(format!("lock: {e}")))?;
-        let mut nonce = Nonce::default();
-        rand::Rng::fill(&mut rand::rng(), nonce.as_mut_slice());
-        let sealed = Aes256CtrPoly1305Aes::new(&self.key)
-            .encrypt(&nonce, json.as_slice())
-            .map_err(|_| RepoError::Rustic("cannot encrypt the lock file".into()))?;
-        let mut data = nonce.to_vec();
-        data.extend_from_slice(&sealed);
-        let id = hex(&Sha256::digest(&data));
+        let (data, id) = self.key.seal_file(&json, false);
+        let id = id.to_hex().to_string();
 
         let dir = self.dir();
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
@@ -455,10 +432,6 @@ impl Locks {
     pub fn exclusive(&self) -> Result<RepoLockGuard, RepoError> {
         self.acquire(true)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct Held {

@@ -6,11 +6,8 @@
 //! remove that the repository directory still lives on the same device (`st_dev`) as when it
 //! was opened, and refuses otherwise, so the run fails instead of filling the root filesystem.
 //!
-//! The wrapper also holds back snapshot files while a backup runs ([`SnapshotGate`]):
-//! rustic_core's archiver writes the snapshot as its last step, before burrow knows whether
-//! the run was cut short or must be tagged `partial`/`anomaly`. The held snapshot is never
-//! written; burrow writes the final one itself (`Pending::commit`), so no snapshot with the
-//! wrong tags ever exists, not even for a moment.
+//! The wrapper also tells which snapshot file a save wrote ([`SnapshotGate`]), so that
+//! `Pending::commit` can return its id.
 //!
 //! It also knows the local backend's file layout for two repairs rustic_core has no API for:
 //! removing `-tmp-` debris of interrupted writes, and telling a damaged pack file from an
@@ -40,39 +37,24 @@ pub struct Pinned {
     hidden: Mutex<HashSet<Id>>,
 }
 
-/// What happens to snapshot files written through a [`Pinned`] backend.
+/// The ids of the snapshot files written through a [`Pinned`] backend (rustic_core's
+/// `save_snapshots` does not return them).
 #[derive(Debug, Default)]
 pub struct SnapshotGate {
-    state: Mutex<GateState>,
-}
-
-#[derive(Debug, Default)]
-struct GateState {
-    /// Snapshot writes are swallowed (recorded, not written).
-    hold: bool,
-    /// Ids of the snapshot files written or swallowed since the last [`SnapshotGate::take`].
-    seen: Vec<Id>,
+    seen: Mutex<Vec<Id>>,
 }
 
 impl SnapshotGate {
-    pub fn hold(&self) {
-        self.lock().hold = true;
-    }
-
-    /// The ids of the snapshot files seen since the last call.
+    /// The ids of the snapshot files written since the last call.
     pub fn take(&self) -> Vec<Id> {
-        std::mem::take(&mut self.lock().seen)
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records a snapshot write; true when it must be written.
-    fn pass(&self, id: &Id) -> bool {
-        let mut s = self.lock();
-        s.seen.push(*id);
-        !s.hold
+    fn pass(&self, id: &Id) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(*id);
     }
 }
 
@@ -181,8 +163,9 @@ impl Pinned {
     /// Removes `-tmp-` files last modified more than `age` ago: what a write interrupted by
     /// a kill or a power cut leaves. Never follows a symlink. Returns the removed paths.
     pub fn remove_tmp_debris(&self, age: Duration) -> RusticResult<Vec<PathBuf>> {
-        self.check()?;
-        let mut dirs: Vec<PathBuf> = vec![self.root.clone()];
+        self.check_place()?;
+        // `data/` itself holds the packs being written (`pack.rs`).
+        let mut dirs: Vec<PathBuf> = vec![self.root.clone(), self.root.join("data")];
         dirs.extend(WRITE_DIRS.iter().map(|d| self.root.join(d)));
         if let Ok(rd) = std::fs::read_dir(self.root.join("data")) {
             for e in rd.flatten() {
@@ -225,7 +208,8 @@ impl Pinned {
         Ok(removed)
     }
 
-    fn check(&self) -> RusticResult<()> {
+    /// Refuses when the repository directory is no longer on the device it was opened on.
+    pub fn check_place(&self) -> RusticResult<()> {
         if device_of(&self.root) == Some(self.dev) {
             return Ok(());
         }
@@ -276,7 +260,7 @@ impl ReadBackend for Pinned {
 
 impl WriteBackend for Pinned {
     fn create(&self) -> RusticResult<()> {
-        self.check()?;
+        self.check_place()?;
         self.inner.create()
     }
 
@@ -287,15 +271,15 @@ impl WriteBackend for Pinned {
         cacheable: bool,
         content: BytesList,
     ) -> RusticResult<()> {
-        self.check()?;
-        if tpe == FileType::Snapshot && !self.gate.pass(id) {
-            return Ok(());
+        self.check_place()?;
+        if tpe == FileType::Snapshot {
+            self.gate.pass(id);
         }
         self.inner.write_bytes(tpe, id, cacheable, content)
     }
 
     fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
-        self.check()?;
+        self.check_place()?;
         self.inner.remove(tpe, id, cacheable)
     }
 }
