@@ -206,11 +206,15 @@ mod tests {
     #[test]
     fn cuts_where_the_rule_says_whatever_the_reads() {
         // Small sizes so that a few MiB give many chunks.
-        let c = Chunking::new(POLY, 1 << 13, 1 << 12, 1 << 16);
-        let data = pseudo_random(3 << 20, 7);
+        let c = Chunking::new(POLY, 1 << 13, 1 << 12, 1 << 14);
+        let data = pseudo_random(2 << 20, 7);
         let want = reference(&c, &data);
         assert!(want.len() > 50, "{}", want.len());
-        assert!(want.iter().any(|&n| n == 1 << 16), "some chunk hits max");
+        assert!(want.iter().any(|&n| n == 1 << 14), "some chunk hits max");
+        assert!(
+            want.iter().any(|&n| n > 1 << 12 && n < 1 << 14),
+            "some are cut early"
+        );
         for first in [0, 100, 1 << 12, (1 << 12) + 5, 70_000] {
             assert_eq!(sizes(&c, &data, first), want, "first {first}");
         }
@@ -219,9 +223,9 @@ mod tests {
     #[test]
     fn restic_sizes_on_a_large_file() {
         let c = Chunking::new(POLY, 1 << 20, 512 << 10, 8 << 20);
-        let data = pseudo_random(20 << 20, 99);
+        let data = pseudo_random(12 << 20, 99);
         let want = reference(&c, &data);
-        assert!(want.len() > 5);
+        assert!(want.len() >= 3, "{want:?}");
         assert_eq!(sizes(&c, &data, 0), want);
         assert!(want[..want.len() - 1].iter().all(|&n| n >= 512 << 10));
     }

@@ -292,12 +292,12 @@ mod tests {
     fn writes_are_refused_once_the_directory_moved_to_another_device() {
         let tmp = tempfile::tempdir().unwrap();
         let p = Pinned::new(tmp.path(), Arc::default()).unwrap();
-        assert!(p.check().is_ok());
+        assert!(p.check_place().is_ok());
         let moved = Pinned {
             dev: p.dev.wrapping_add(1),
             ..Pinned::new(tmp.path(), Arc::default()).unwrap()
         };
-        let err = moved.check().unwrap_err();
+        let err = moved.check_place().unwrap_err();
         assert!(err.to_string().contains("refusing to write"), "{err}");
         assert!(moved.remove_tmp_debris(Duration::ZERO).is_err());
     }

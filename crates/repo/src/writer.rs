@@ -772,7 +772,11 @@ impl<'a, 's> Builder<'a, 's> {
                     None => None,
                 },
                 (None, Some(unread)) => match &old {
-                    Some(o) if o.meta.size == node.meta.size && o.meta.mtime == node.meta.mtime => {
+                    Some(o)
+                        if o.meta.size == node.meta.size
+                            && o.meta.mtime == node.meta.mtime
+                            && self.all_known(o) =>
+                    {
                         self.w.files_unmodified += 1;
                         self.w.files += 1;
                         self.w.file_bytes += node.meta.size;
@@ -795,13 +799,31 @@ impl<'a, 's> Builder<'a, 's> {
             }
             self.w.files += 1;
             self.w.file_bytes += node.meta.size;
+        } else {
+            // Symlinks, FIFOs, devices and sockets count as files, as in restic's summary.
+            match Self::parent_node(self.stack.last().expect("root"), &node.name) {
+                None => self.w.files_new += 1,
+                Some(o) if *o == node => self.w.files_unmodified += 1,
+                Some(_) => self.w.files_changed += 1,
+            }
+            self.w.files += 1;
         }
         self.stack.last_mut().expect("root").nodes.push(node);
         Ok(())
     }
 
-    /// Reads a file the walk skipped although the parent does not have it unchanged (a hash
-    /// collision in the parent index): rare, so on this thread.
+    /// Every blob of the parent's `node` is still in the repository (a check may have taken
+    /// a damaged pack out of the index since the parent was made).
+    fn all_known(&self, node: &Node) -> bool {
+        let known = lock(&self.shared.known_data);
+        node.content
+            .iter()
+            .flatten()
+            .all(|id| known.contains(&**id))
+    }
+
+    /// Reads a file the walk skipped although the parent's copy cannot be taken over (a hash
+    /// collision in the parent index, or blobs lost to a repair): rare, so on this thread.
     fn read_here(
         &mut self,
         path: &Path,
@@ -855,7 +877,9 @@ impl<'a, 's> Builder<'a, 's> {
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         self.w.dirs += 1;
         match parent {
-            Some((id, old)) if old.nodes == nodes => {
+            Some((id, old))
+                if old.nodes == nodes && lock(&self.shared.known_trees).contains(&*id) =>
+            {
                 self.w.dirs_unmodified += 1;
                 return Ok(id);
             }
