@@ -875,3 +875,71 @@ fn doctor_names_each_problem_with_its_fix_and_changes_nothing() {
     // restic is optional: a warning at most, never a failure
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// The repository of a run killed (SIGKILL) at some moment: stock restic must find it clean,
+/// and the next run must complete.
+#[test]
+fn a_run_killed_at_any_moment_leaves_a_clean_repository_and_the_next_run_completes() {
+    let e = env_with("");
+    fs::create_dir_all(e.src.join("big")).unwrap();
+    let write_big = |round: u64| {
+        for i in 0..8u64 {
+            let len = (1 + (i % 3) as usize) << 20;
+            fs::write(e.src.join(format!("big/{i}")), noise(round * 100 + i, len)).unwrap();
+        }
+    };
+    write_big(0);
+    for i in 0..300 {
+        fs::write(
+            e.src.join(format!("d/s{i:03}")),
+            noise(i, 100 + i as usize * 7),
+        )
+        .unwrap();
+    }
+    let out = burrow(&e.cfg, &["init"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let repo = e.tmp.path().join("repo");
+    let pw = e.tmp.path().join("pw");
+    if common::restic(&repo, &pw, &["version"]).is_none() {
+        return;
+    }
+    // Spread over the run: at its start, while packs are written, near its end.
+    for (round, ms) in [40u64, 250, 600, 1100, 1800, 2600].into_iter().enumerate() {
+        write_big(round as u64 + 1);
+        let mut child = burrow_command(&e.cfg, &["run", "files"]).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let out = common::restic(&repo, &pw, &["check"]).unwrap();
+        assert!(
+            out.status.success(),
+            "restic check after a kill at {ms} ms: {}",
+            text(&out)
+        );
+    }
+    let out = burrow(&e.cfg, &["run", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(json(&out)["status"], "ok");
+    let out = common::restic(&repo, &pw, &["check", "--read-data"]).unwrap();
+    assert!(
+        out.status.success(),
+        "restic check --read-data: {}",
+        text(&out)
+    );
+    let target = e.tmp.path().join("restored");
+    let out = common::restic(
+        &repo,
+        &pw,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    )
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let back = target.join(e.src.strip_prefix("/").unwrap());
+    for i in 0..8 {
+        let name = format!("big/{i}");
+        assert!(
+            fs::read(back.join(&name)).unwrap() == fs::read(e.src.join(&name)).unwrap(),
+            "{name} restored as it is now"
+        );
+    }
+}

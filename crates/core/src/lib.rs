@@ -10,6 +10,7 @@ pub mod exclude;
 pub mod exit;
 pub mod fsutil;
 pub mod local;
+pub mod mem;
 pub mod monitor;
 pub mod problems;
 pub mod retention;

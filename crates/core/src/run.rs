@@ -66,6 +66,9 @@ pub struct RunSummary {
     /// Bytes added to the repository after deduplication and compression.
     pub bytes_added: u64,
     pub duration_s: f64,
+    /// The highest resident memory of burrow's process during the run, in bytes.
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
     /// Unreadable files, failed dumps, failed hooks.
     pub errors: Vec<ErrorItem>,
     /// Why the run failed or was skipped, when it did not produce a snapshot; for a `warning`,
@@ -112,6 +115,7 @@ impl RunSummary {
             bytes_read: 0,
             bytes_added: 0,
             duration_s,
+            peak_rss_bytes: None,
             errors: Vec::new(),
             reason: Some(reason),
         }

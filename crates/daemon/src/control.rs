@@ -165,8 +165,12 @@ pub fn render_status(v: &serde_json::Value) -> String {
         let last_txt = if last.is_null() {
             "never ran".to_owned()
         } else {
+            let peak = last["peak_rss_bytes"]
+                .as_u64()
+                .map(|b| format!(", peak memory {}", burrow_core::bytes::human(b)))
+                .unwrap_or_default();
             format!(
-                "last {} at {} ({:.1}s, {} bytes added)",
+                "last {} at {} ({:.1}s, {} bytes added{peak})",
                 s(&last["status"]),
                 s(&last["started"]),
                 last["duration_s"].as_f64().unwrap_or(0.0),

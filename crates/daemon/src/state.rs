@@ -45,6 +45,9 @@ pub struct RunRecord {
     pub started: DateTime<Utc>,
     pub duration_s: f64,
     pub bytes_added: u64,
+    /// The run's peak resident memory, in bytes.
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
     pub snapshot_id: Option<String>,
     /// Why the run failed or was skipped.
     pub reason: Option<String>,
@@ -61,6 +64,7 @@ impl RunRecord {
             started,
             duration_s: summary.duration_s,
             bytes_added: summary.bytes_added,
+            peak_rss_bytes: summary.peak_rss_bytes,
             snapshot_id: summary.snapshot_id.clone(),
             reason: summary.reason.clone(),
         }
@@ -303,6 +307,7 @@ mod tests {
             started: utc("2026-11-20T03:00:00Z"),
             duration_s: 12.5,
             bytes_added: n as u64,
+            peak_rss_bytes: Some(50 << 20),
             snapshot_id: Some(format!("snap{n}")),
             reason: None,
         }

@@ -331,6 +331,8 @@ pub struct BackupOutcome {
     pub dirs: u64,
     pub bytes_read: u64,
     pub bytes_added: u64,
+    /// Data blobs this run stored (new content after deduplication).
+    pub data_blobs: u64,
     pub partial: bool,
 }
 
@@ -392,6 +394,7 @@ impl Pending {
             dirs: s.total_dirs_processed,
             bytes_read: self.bytes_read,
             bytes_added: s.data_added_packed,
+            data_blobs: s.data_blobs,
             partial: tags.contains(&TAG_PARTIAL),
         })
     }

@@ -5,7 +5,7 @@
 //! then the header's stored length as 4 bytes little-endian. A pack is named by the SHA-256 of
 //! all its bytes, which is computed while they are written.
 //!
-//! A pack is written under a temporary `<random>-tmp-pack` name in `data/`, so a kill leaves
+//! A pack is written under a temporary `<random>-tmp-pack` name in `data/<xx>/`, so a kill leaves
 //! debris that [`crate::Repo::remove_tmp_debris`] removes, never a file under a pack's name
 //! with other bytes. Once complete it is synced, renamed to `data/<xx>/<id>` (on the
 //! filesystem the repository was opened on, see `pinned`) and its directory synced; only then
@@ -65,7 +65,10 @@ impl PackWriter {
     pub fn create(data: &Path) -> io::Result<PackWriter> {
         let mut name = [0u8; 32];
         rand::Rng::fill(&mut rand::rng(), &mut name[..]);
-        let tmp = data.join(format!("{}-tmp-pack", hex(&name)));
+        let name = hex(&name);
+        // In a `data/<xx>/` directory like every pack (listings of `data/` expect nothing
+        // else there), under a name no pack can have.
+        let tmp = data.join(&name[..2]).join(format!("{name}-tmp-pack"));
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -158,7 +161,11 @@ impl PackWriter {
         self.file.get_ref().sync_all()?;
         let id: [u8; 32] = std::mem::take(&mut self.hash).finalize().into();
         let hex_id = hex(&id);
-        let data = self.tmp.parent().expect("a pack has a directory");
+        let data = self
+            .tmp
+            .parent()
+            .and_then(Path::parent)
+            .expect("a pack is in data/<xx>/");
         let dir = data.join(&hex_id[..2]);
         place()?;
         match fs::create_dir(&dir) {

@@ -164,8 +164,7 @@ impl Pinned {
     /// a kill or a power cut leaves. Never follows a symlink. Returns the removed paths.
     pub fn remove_tmp_debris(&self, age: Duration) -> RusticResult<Vec<PathBuf>> {
         self.check_place()?;
-        // `data/` itself holds the packs being written (`pack.rs`).
-        let mut dirs: Vec<PathBuf> = vec![self.root.clone(), self.root.join("data")];
+        let mut dirs: Vec<PathBuf> = vec![self.root.clone()];
         dirs.extend(WRITE_DIRS.iter().map(|d| self.root.join(d)));
         if let Ok(rd) = std::fs::read_dir(self.root.join("data")) {
             for e in rd.flatten() {

@@ -379,3 +379,111 @@ fn stock_restic_reads_what_burrow_wrote() {
     assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
     assert_eq!(fs::read(target.join("burrow-dumps/db.dump")).unwrap(), dump);
 }
+
+fn noise(len: usize, mut x: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+/// Files of 1–10 MiB (and one just above the minimum chunk size), the sizes at which the
+/// content-defined chunker decides everything.
+fn large_files(root: &Path) {
+    fs::create_dir_all(root.join("d")).unwrap();
+    for (i, mib) in [1usize, 2, 5, 10].into_iter().enumerate() {
+        fs::write(root.join(format!("d/f{i}")), noise(mib << 20, i as u64 + 1)).unwrap();
+    }
+    fs::write(root.join("just-above-min"), noise((512 << 10) + 1, 77)).unwrap();
+    fs::write(root.join("small"), "small\n").unwrap();
+}
+
+/// `restic backup --json`'s summary line.
+fn restic_summary(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "restic backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message_type"] == "summary")
+        .expect("a summary line")
+}
+
+fn restic_check(repo: &Path, pwfile: &Path) {
+    let out = restic(repo, pwfile, &["check", "--read-data"]).unwrap();
+    assert!(
+        out.status.success(),
+        "restic check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn restics_chunks_are_burrows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    large_files(&src);
+    let pwfile = tmp.path().join("pw");
+    fs::write(&pwfile, "pw\n").unwrap();
+    let src_arg = src.to_str().unwrap();
+    if restic(tmp.path(), &pwfile, &["version"]).is_none() {
+        return;
+    }
+
+    // burrow first: restic then finds every data blob already there.
+    let a = tmp.path().join("a");
+    let repo = init(&a, &Password::from_file(&pwfile).unwrap()).unwrap();
+    let (out, _) = backup(&repo, "j", &src);
+    assert!(out.data_blobs >= 10, "{out:?}");
+    let s = restic_summary(&restic(&a, &pwfile, &["backup", "--json", src_arg]).unwrap());
+    assert_eq!(s["data_blobs"], 0, "restic stored data burrow had: {s}");
+    restic_check(&a, &pwfile);
+
+    // restic first (its own key and config): burrow stores no data blob either.
+    let b = tmp.path().join("b");
+    let out = restic(&b, &pwfile, &["init"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = restic_summary(&restic(&b, &pwfile, &["backup", "--json", src_arg]).unwrap());
+    assert!(s["data_blobs"].as_u64().unwrap() >= 10, "{s}");
+    let repo = Repo::open(&b, &Password::from_file(&pwfile).unwrap()).unwrap();
+    let (out, _) = backup(&repo, "j", &src);
+    assert_eq!(out.data_blobs, 0, "burrow stored data restic had: {out:?}");
+    assert!(out.bytes_read > 18 << 20, "it did read the files: {out:?}");
+    restic_check(&b, &pwfile);
+    // rustic_core's own check agrees.
+    repo.check(Some("all")).unwrap();
+}
+
+#[test]
+fn new_keys_cost_what_restics_cost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("repo");
+    init(&path, &Password::new("pw")).unwrap();
+    let keys: Vec<_> = fs::read_dir(path.join("keys")).unwrap().collect();
+    assert_eq!(keys.len(), 1, "one key file, the one burrow made");
+    let key: serde_json::Value =
+        serde_json::from_slice(&fs::read(keys[0].as_ref().unwrap().path()).unwrap()).unwrap();
+    assert_eq!(
+        (key["N"].as_u64(), key["r"].as_u64()),
+        (Some(1 << 15), Some(8)),
+        "{key}"
+    );
+    assert!(key["p"].as_u64().unwrap() >= 1);
+    assert!(Repo::open(&path, &Password::new("pw")).is_ok());
+    assert!(matches!(
+        Repo::open(&path, &Password::new("other")),
+        Err(RepoError::WrongPassword { .. })
+    ));
+}

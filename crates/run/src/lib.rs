@@ -204,7 +204,13 @@ pub async fn run_job<D: DiskManager>(
         "run {} of job {} started",
         run.ctl.run_id, job.name
     ));
-    run_inner(&run, server, disk).await
+    burrow_core::mem::reset_peak();
+    let mut report = run_inner(&run, server, disk).await;
+    report.summary.peak_rss_bytes = burrow_core::mem::peak_rss();
+    if let Some(b) = report.summary.peak_rss_bytes {
+        tracing::debug!(job = %job.name, "peak memory {}", burrow_core::bytes::human(b));
+    }
+    report
 }
 
 async fn run_inner<D: DiskManager>(
@@ -436,6 +442,7 @@ async fn run_inner<D: DiskManager>(
             bytes_read: out.bytes_read,
             bytes_added: out.bytes_added,
             duration_s: run.t0.elapsed().as_secs_f64(),
+            peak_rss_bytes: None,
             errors,
             reason,
         },
