@@ -74,6 +74,9 @@ pub enum Command {
         /// Stream the dump into its restore_command on the job's server.
         #[arg(long, requires = "dump", conflicts_with = "target")]
         to_server: bool,
+        /// Threads writing file contents (default: one per core).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        workers: usize,
     },
     /// Accept an anomaly of JOB (its newest snapshot looked nothing like the one before: no
     /// files, most files gone or changed): the change was real, so retention of the job

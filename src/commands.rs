@@ -62,6 +62,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
             path,
             dump,
             to_server,
+            workers,
         } => {
             let req = RestoreArgs {
                 job: &job,
@@ -70,6 +71,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
                 path: path.as_deref(),
                 dump: dump.as_deref(),
                 to_server,
+                workers,
             };
             with_disk(&cfg, async |d| restore(&cfg, d, req).await).await
         }
@@ -570,6 +572,7 @@ pub struct RestoreArgs<'a> {
     path: Option<&'a Path>,
     dump: Option<&'a str>,
     to_server: bool,
+    workers: usize,
 }
 
 async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreArgs<'_>) -> Exit {
@@ -624,13 +627,14 @@ async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreAr
     let Some(target) = args.target.map(Path::to_owned) else {
         return Exit::Usage;
     };
-    let (job_name, snap, sub) = (
+    let (job_name, snap, sub, workers) = (
         job.name.clone(),
         args.snapshot.to_owned(),
         args.path.map(Path::to_owned),
+        args.workers,
     );
     let res = tokio::task::spawn_blocking(move || {
-        repo.restore(&job_name, &snap, &target, sub.as_deref())
+        repo.restore(&job_name, &snap, &target, sub.as_deref(), workers)
     })
     .await;
     match res {

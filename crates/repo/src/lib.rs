@@ -813,16 +813,18 @@ impl Repo {
     /// Restores `snapshot` (an id prefix or `latest`) of `job` into `target`, or only
     /// `subpath` of it (a directory's contents go into `target`, a single entry to
     /// `target/<name>`). Nothing is written outside `target`; entries that were not written
-    /// are listed in the outcome (`refused`, `failed`), the rest is restored.
+    /// are listed in the outcome (`refused`, `failed`), the rest is restored. `workers`
+    /// threads write file contents (0: one per core).
     pub fn restore(
         &self,
         job: &str,
         snapshot: &str,
         target: &Path,
         subpath: Option<&Path>,
+        workers: usize,
     ) -> Result<RestoreOutcome, RepoError> {
         let snap = self.find(job, snapshot)?;
-        restore::restore(self.reopen()?, &snap, target, subpath, false)
+        restore::restore(self.reopen()?, &snap, target, subpath, false, workers)
     }
 
     /// Restores the regular file `path` of a snapshot (a dump, `/burrow-dumps/<name>`) as
@@ -836,7 +838,7 @@ impl Repo {
         target: &Path,
     ) -> Result<RestoreOutcome, RepoError> {
         let snap = self.find(job, snapshot)?;
-        restore::restore(self.reopen()?, &snap, target, Some(path), true)
+        restore::restore(self.reopen()?, &snap, target, Some(path), true, 1)
     }
 
     /// Writes one file of a snapshot to `w` (a dump, to a file or to the server).

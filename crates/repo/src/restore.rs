@@ -28,13 +28,14 @@
 //!   could give whoever reads the target raw access to a disk, and a socket file is made by the
 //!   program that listens on it.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, renameat};
@@ -108,8 +109,9 @@ fn safe_entries(items: Vec<(PathBuf, Node)>, refused: &mut Vec<PathBuf>) -> Vec<
     out
 }
 
-/// Where listings and content come from: the repository, or a fake in tests.
-trait Store {
+/// Where listings and content come from: the repository, or a fake in tests. Shared by the
+/// file workers.
+trait Store: Sync {
     /// The entries of the directory stored as tree `id`.
     fn tree(&self, id: &TreeId) -> Result<Vec<Node>, String>;
     /// Writes the content of file `node` to `w`.
@@ -206,26 +208,112 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_CLOEXEC);
 
 /// A directory being filled: its handle, its node (`None` for the target itself), its path in
-/// the snapshot, and the entries still to write.
+/// the snapshot, the entries still to write, and how many of its files the workers still
+/// have.
 struct Frame {
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     node: Option<Node>,
     path: PathBuf,
     entries: std::vec::IntoIter<(PathBuf, Node)>,
+    left: Arc<AtomicUsize>,
 }
 
-struct Writer<'a> {
+/// A directory whose entries are all handed out; its own metadata is set once the workers
+/// have placed its last file (placing a file changes the directory's mtime).
+struct Waiting {
+    dir: Arc<OwnedFd>,
+    node: Node,
+    path: PathBuf,
+    left: Arc<AtomicUsize>,
+}
+
+/// Directories waiting for their files at most; beyond that the walk waits (each holds an
+/// open handle).
+const MAX_WAITING: usize = 256;
+
+/// One regular file for a worker.
+struct FileJob {
+    dir: Arc<OwnedFd>,
+    name: OsString,
+    node: Node,
+    path: PathBuf,
+    left: Arc<AtomicUsize>,
+}
+
+/// What a worker did with a [`FileJob`].
+struct FileDone {
+    path: PathBuf,
+    fate: Fate,
+    bytes: u64,
+}
+
+/// Makes entries; shared by the walk and the file workers.
+#[derive(Clone, Copy)]
+struct Maker<'a> {
     store: &'a dyn Store,
     /// Owners are set only when running as root.
     as_root: bool,
+}
+
+struct Writer<'a> {
+    maker: Maker<'a>,
+    jobs: crossbeam_channel::Sender<FileJob>,
+    done: crossbeam_channel::Receiver<FileDone>,
+    waiting: VecDeque<Waiting>,
+    /// Files sent to the workers whose results are not in yet.
+    in_flight: usize,
     out: RestoreOutcome,
 }
 
-impl Writer<'_> {
-    fn new(store: &dyn Store, snapshot_id: String) -> Writer<'_> {
-        Writer {
-            store,
-            as_root: Uid::effective().is_root(),
+/// What [`write_all`] restores: these entries, or what is below this directory.
+enum Items {
+    These(Vec<(PathBuf, Node)>),
+    Below(Node),
+}
+
+/// Restores `items` (paths relative to `base`, the snapshot path of `target`) into `target`
+/// with `workers` threads writing file contents (at least one), and what is below the
+/// directories among them.
+fn write_all(
+    store: &dyn Store,
+    snapshot_id: String,
+    target: OwnedFd,
+    base: &Path,
+    items: Items,
+    workers: usize,
+) -> RestoreOutcome {
+    let maker = Maker {
+        store,
+        as_root: Uid::effective().is_root(),
+    };
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    std::thread::scope(|s| {
+        let (jobs, job_rx) = crossbeam_channel::bounded::<FileJob>(workers * 4);
+        let (done_tx, done) = crossbeam_channel::unbounded::<FileDone>();
+        for _ in 0..workers {
+            let (rx, tx) = (job_rx.clone(), done_tx.clone());
+            s.spawn(move || {
+                for job in rx {
+                    let (fate, bytes) = maker.write_entry(job.dir.as_fd(), &job.name, &job.node);
+                    job.left.fetch_sub(1, Ordering::AcqRel);
+                    let _ = tx.send(FileDone {
+                        path: job.path,
+                        fate,
+                        bytes,
+                    });
+                }
+            });
+        }
+        drop((job_rx, done_tx));
+        let mut w = Writer {
+            maker,
+            jobs,
+            done,
+            waiting: VecDeque::new(),
+            in_flight: 0,
             out: RestoreOutcome {
                 snapshot_id,
                 files: 0,
@@ -234,9 +322,23 @@ impl Writer<'_> {
                 refused: Vec::new(),
                 failed: Vec::new(),
             },
-        }
-    }
+        };
+        let items = match items {
+            Items::These(items) => items,
+            Items::Below(dir) => w.listing(base, Path::new(""), &dir),
+        };
+        w.run(target, base, items);
+        w.settle(true);
+        let Writer { jobs, mut out, .. } = w;
+        drop(jobs);
+        // The workers finish in any order; the report is in path order.
+        out.refused.sort_by(|a, b| a.path.cmp(&b.path));
+        out.failed.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    })
+}
 
+impl Writer<'_> {
     fn refuse(&mut self, path: &Path, reason: impl Into<String>) {
         self.out.refused.push(NotRestored {
             path: path.to_string_lossy().into_owned(),
@@ -256,19 +358,24 @@ impl Writer<'_> {
     fn run(&mut self, target: OwnedFd, base: &Path, items: Vec<(PathBuf, Node)>) {
         let entries = self.checked(base, items);
         let mut stack = vec![Frame {
-            dir: target,
+            dir: Arc::new(target),
             node: None,
             path: base.to_owned(),
             entries: entries.into_iter(),
+            left: Arc::default(),
         }];
         while let Some(frame) = stack.last_mut() {
             let Some((rel, node)) = frame.entries.next() else {
                 let done = stack.pop().expect("the stack is not empty");
-                if let Some(node) = &done.node
-                    && let Err(e) = self.set_meta(done.dir.as_fd(), node)
-                {
-                    self.fail(&done.path, e);
+                if let Some(node) = done.node {
+                    self.waiting.push_back(Waiting {
+                        dir: done.dir,
+                        node,
+                        path: done.path,
+                        left: done.left,
+                    });
                 }
+                self.settle(false);
                 continue;
             };
             let path = base.join(&rel);
@@ -280,21 +387,90 @@ impl Writer<'_> {
                         let children = self.listing(base, &rel, &node);
                         let children = self.checked(base, children);
                         stack.push(Frame {
-                            dir,
+                            dir: Arc::new(dir),
                             node: Some(node),
                             path,
                             entries: children.into_iter(),
+                            left: Arc::default(),
                         });
                     }
                     Err(e) => self.fail(&path, format!("{e}; nothing below it was restored")),
                 }
                 continue;
             }
-            let dir = frame.dir.as_fd();
-            match self.write_entry(dir, &name, &node) {
-                Fate::Written => self.out.files += 1,
-                Fate::Refused(r) => self.refuse(&path, r),
-                Fate::Failed(r) => self.fail(&path, r),
+            if node.is_file() {
+                frame.left.fetch_add(1, Ordering::AcqRel);
+                let job = FileJob {
+                    dir: frame.dir.clone(),
+                    name,
+                    node,
+                    path,
+                    left: frame.left.clone(),
+                };
+                match self.jobs.send(job) {
+                    Ok(()) => self.in_flight += 1,
+                    Err(e) => {
+                        // No worker left (one panicked): the file is not restored.
+                        let job = e.into_inner();
+                        job.left.fetch_sub(1, Ordering::AcqRel);
+                        self.fail(&job.path, "no file worker is left");
+                    }
+                }
+                self.settle(false);
+                continue;
+            }
+            let (fate, bytes) = self.maker.write_entry(frame.dir.as_fd(), &name, &node);
+            self.record(&path, fate, bytes);
+        }
+    }
+
+    fn done(&mut self, d: FileDone) {
+        self.in_flight -= 1;
+        self.record(&d.path, d.fate, d.bytes);
+    }
+
+    fn record(&mut self, path: &Path, fate: Fate, bytes: u64) {
+        self.out.bytes += bytes;
+        match fate {
+            Fate::Written => self.out.files += 1,
+            Fate::Refused(r) => self.refuse(path, r),
+            Fate::Failed(r) => self.fail(path, r),
+        }
+    }
+
+    /// Takes the workers' results and finishes the directories whose files are all placed,
+    /// oldest first (a directory is queued after those below it). With `all`, or when too
+    /// many wait, it waits for them.
+    fn settle(&mut self, all: bool) {
+        loop {
+            while let Ok(d) = self.done.try_recv() {
+                self.done(d);
+            }
+            while let Some(front) = self.waiting.front() {
+                if front.left.load(Ordering::Acquire) != 0 {
+                    break;
+                }
+                let w = self.waiting.pop_front().expect("front exists");
+                if let Err(e) = self.maker.set_meta(w.dir.as_fd(), &w.node) {
+                    self.fail(&w.path, e);
+                }
+            }
+            let must_wait = (all && (self.in_flight > 0 || !self.waiting.is_empty()))
+                || self.waiting.len() > MAX_WAITING;
+            if !must_wait {
+                return;
+            }
+            match self.done.recv() {
+                Ok(d) => self.done(d),
+                Err(_) => {
+                    // Every worker is gone: what they had is lost; finish the directories.
+                    for w in std::mem::take(&mut self.waiting) {
+                        if let Err(e) = self.maker.set_meta(w.dir.as_fd(), &w.node) {
+                            self.fail(&w.path, e);
+                        }
+                    }
+                    return;
+                }
             }
         }
     }
@@ -316,7 +492,7 @@ impl Writer<'_> {
         let Some(id) = node.subtree else {
             return Vec::new();
         };
-        match guarded(|| self.store.tree(&id)) {
+        match guarded(|| self.maker.store.tree(&id)) {
             Ok(nodes) => nodes
                 .into_iter()
                 .map(|n| (rel.join(&*n.name()), n))
@@ -333,42 +509,56 @@ impl Writer<'_> {
             }
         }
     }
+}
 
-    fn write_entry(&mut self, dir: BorrowedFd<'_>, name: &OsStr, node: &Node) -> Fate {
+impl Maker<'_> {
+    /// Writes one non-directory entry; what became of it and the content bytes written.
+    fn write_entry(&self, dir: BorrowedFd<'_>, name: &OsStr, node: &Node) -> (Fate, u64) {
+        let mut bytes = 0;
         let made = match &node.node_type {
-            NodeType::File => self.make_file(dir, node),
+            NodeType::File => self.make_file(dir, node, &mut bytes),
             NodeType::Symlink { .. } => self.make_symlink(dir, node),
             NodeType::Fifo => self.make_fifo(dir, node),
             NodeType::Dev { .. } | NodeType::Chardev { .. } => {
-                return Fate::Refused(
-                    "device nodes are not recreated (make it with mknod if it is needed)".into(),
+                return (
+                    Fate::Refused(
+                        "device nodes are not recreated (make it with mknod if it is needed)"
+                            .into(),
+                    ),
+                    0,
                 );
             }
             NodeType::Socket => {
-                return Fate::Refused(
-                    "sockets are not recreated (the program that listens on it makes it)".into(),
+                return (
+                    Fate::Refused(
+                        "sockets are not recreated (the program that listens on it makes it)"
+                            .into(),
+                    ),
+                    0,
                 );
             }
             NodeType::Dir => unreachable!("directories are opened by the caller"),
         };
         let (tmp, meta_err) = match made {
             Ok(v) => v,
-            Err(e) => return Fate::Failed(e),
+            Err(e) => return (Fate::Failed(e), 0),
         };
-        match place(dir, &tmp, name) {
+        let fate = match place(dir, &tmp, name) {
             Fate::Written => match meta_err {
                 None => Fate::Written,
                 Some(e) => Fate::Failed(format!("written, but {e}")),
             },
             other => other,
-        }
+        };
+        (fate, bytes)
     }
 
     /// A regular file with the node's content and metadata, under a temporary name.
     fn make_file(
-        &mut self,
+        &self,
         dir: BorrowedFd<'_>,
         node: &Node,
+        bytes: &mut u64,
     ) -> Result<(OsString, Option<String>), String> {
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -386,13 +576,13 @@ impl Writer<'_> {
             let _ = unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
             return Err(format!("content unreadable: {e}"));
         }
-        self.out.bytes += n;
+        *bytes = n;
         let meta = self.set_meta(file.as_fd(), node).err();
         Ok((tmp, meta))
     }
 
     fn make_symlink(
-        &mut self,
+        &self,
         dir: BorrowedFd<'_>,
         node: &Node,
     ) -> Result<(OsString, Option<String>), String> {
@@ -419,7 +609,7 @@ impl Writer<'_> {
     }
 
     fn make_fifo(
-        &mut self,
+        &self,
         dir: BorrowedFd<'_>,
         node: &Node,
     ) -> Result<(OsString, Option<String>), String> {
@@ -538,6 +728,7 @@ pub fn restore(
     target: &Path,
     subpath: Option<&Path>,
     only_file: bool,
+    workers: usize,
 ) -> Result<RestoreOutcome, RepoError> {
     let repo = guarded(|| repo.to_indexed().map_err(|e| describe(&e)))
         .map_err(|e| RepoError::Rustic(format!("cannot read the repository index: {e}")))?;
@@ -562,17 +753,22 @@ pub fn restore(
     }
     let dir = open_target(target)?;
     let store = RepoStore(&repo);
-    let mut w = Writer::new(&store, snap.id.to_hex().to_string());
+    let id = snap.id.to_hex().to_string();
     let sub = subpath.unwrap_or(Path::new("/"));
     if node.is_dir() {
-        let items = w.listing(sub, Path::new(""), &node);
-        w.run(dir, sub, items);
+        Ok(write_all(&store, id, dir, sub, Items::Below(node), workers))
     } else {
         let base = sub.parent().unwrap_or(Path::new("/"));
         let name = PathBuf::from(node.name().into_owned());
-        w.run(dir, base, vec![(name, node)]);
+        Ok(write_all(
+            &store,
+            id,
+            dir,
+            base,
+            Items::These(vec![(name, node)]),
+            workers,
+        ))
     }
-    Ok(w.out)
 }
 
 pub fn dump(
@@ -711,14 +907,21 @@ mod tests {
         }
     }
 
+    /// With three file workers, so the tests see files placed in any order.
     fn restore_into(store: &Fake, target: &Path, items: Vec<Node>) -> RestoreOutcome {
-        let mut w = Writer::new(store, "0".repeat(64));
         let items = items
             .into_iter()
             .map(|n| (PathBuf::from(n.name().into_owned()), n))
             .collect();
-        w.run(open_target(target).unwrap(), Path::new("/"), items);
-        w.out
+        let target = open_target(target).unwrap();
+        write_all(
+            store,
+            "0".repeat(64),
+            target,
+            Path::new("/"),
+            Items::These(items),
+            3,
+        )
     }
 
     fn names(dir: &Path) -> Vec<String> {

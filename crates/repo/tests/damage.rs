@@ -121,14 +121,14 @@ fn a_garbage_snapshot_file_is_named_and_skipped() {
     );
     assert_eq!(third.files_unmodified, 2, "{third:?}");
     let out = tmp.path().join("restored");
-    repo.restore("j", "latest", &out, None).unwrap();
+    repo.restore("j", "latest", &out, None, 0).unwrap();
     let restored = out.join(src.strip_prefix("/").unwrap());
     assert_eq!(
         fs::read(restored.join("d/big")).unwrap(),
         noise(2_000_000, 7)
     );
     let err = repo
-        .restore("j", &bad[..10], &tmp.path().join("r2"), None)
+        .restore("j", &bad[..10], &tmp.path().join("r2"), None, 0)
         .unwrap_err();
     assert!(err.to_string().contains("cannot be read"), "{err}");
 
@@ -197,7 +197,8 @@ fn a_truncated_pack_is_found_taken_out_of_the_index_and_stored_again() {
 
     // the first snapshot shares those blobs: it is whole again
     let out = tmp.path().join("restored");
-    repo.restore("j", &first.snapshot_id, &out, None).unwrap();
+    repo.restore("j", &first.snapshot_id, &out, None, 0)
+        .unwrap();
     let restored = out.join(src.strip_prefix("/").unwrap());
     assert_eq!(
         fs::read(restored.join("d/big")).unwrap(),

@@ -126,14 +126,14 @@ fn backup_parent_reuse_and_restore() {
     assert!(repo.snapshots(Some("other")).unwrap().is_empty());
 
     let out = tmp.path().join("restored");
-    let r = repo.restore("files", "latest", &out, None).unwrap();
+    let r = repo.restore("files", "latest", &out, None, 0).unwrap();
     assert!(r.refused.is_empty());
     assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
 
     // by id prefix, and only a sub path
     let out2 = tmp.path().join("restored2");
     let sub = src.join("sub");
-    repo.restore("files", &first.snapshot_id[..8], &out2, Some(&sub))
+    repo.restore("files", &first.snapshot_id[..8], &out2, Some(&sub), 0)
         .unwrap();
     assert_eq!(fs::read(out2.join("b.bin")).unwrap().len(), 300_000);
 
