@@ -205,6 +205,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Per-thread buffers for [`Shared::encode`].
 struct Encoder {
     zstd: Option<zstd::bulk::Compressor<'static>>,
+    packed: Vec<u8>,
     sealed: Vec<u8>,
 }
 
@@ -213,6 +214,7 @@ impl Encoder {
         let zstd = level.map(zstd::bulk::Compressor::new).transpose()?;
         Ok(Encoder {
             zstd,
+            packed: Vec::new(),
             sealed: Vec::new(),
         })
     }
@@ -221,9 +223,13 @@ impl Encoder {
     /// length when compressed.
     fn encode(&mut self, sealer: &Sealer, plain: &[u8]) -> io::Result<Option<u32>> {
         if let Some(z) = &mut self.zstd {
-            let packed = z.compress(plain)?;
-            if packed.len() < plain.len() {
-                sealer.seal_into(&packed, &mut self.sealed);
+            // Both buffers are kept for the next blob: no allocation per blob.
+            self.packed.clear();
+            self.packed
+                .reserve(zstd::zstd_safe::compress_bound(plain.len()));
+            z.compress_to_buffer(plain, &mut self.packed)?;
+            if self.packed.len() < plain.len() {
+                sealer.seal_into(&self.packed, &mut self.sealed);
                 return Ok(Some(plain.len() as u32));
             }
         }
