@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    burrow_core::mem::return_large_buffers();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -5,6 +5,26 @@
 //! `/proc/self/clear_refs`. Runs are one at a time, so resetting at the start of a run and
 //! reading at its end gives that run's peak, the daemon's own baseline included.
 
+/// Buffers of this size and more are mapped for themselves and returned to the kernel when
+/// freed.
+pub const RETURNED_ABOVE: usize = 1 << 20;
+
+/// Makes large buffers go back to the kernel when freed. glibc's default raises its mmap
+/// threshold to the size of the largest block freed so far (up to 32 MiB), after which
+/// blob-sized buffers (chunks up to 8 MiB, pack ranges) come from each thread's heap arena
+/// and stay resident: measured on a restore of 100,000 files with 4 workers, 192 MiB peak
+/// against 115 MiB with a fixed threshold of 1 MiB, at the same speed. Call it first in
+/// `main`, before any thread exists.
+#[allow(unsafe_code)]
+pub fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before other threads
+    // exist, so no allocation runs concurrently with it.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, RETURNED_ABOVE as libc::c_int);
+    }
+}
+
 /// Starts a new measurement; false where the kernel does not allow it.
 pub fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
