@@ -268,7 +268,7 @@ struct Writer<'a> {
 /// What [`write_all`] restores: these entries, or what is below this directory.
 enum Items {
     These(Vec<(PathBuf, Node)>),
-    Below(Node),
+    Below(Box<Node>),
 }
 
 /// Restores `items` (paths relative to `base`, the snapshot path of `target`) into `target`
@@ -756,7 +756,14 @@ pub fn restore(
     let id = snap.id.to_hex().to_string();
     let sub = subpath.unwrap_or(Path::new("/"));
     if node.is_dir() {
-        Ok(write_all(&store, id, dir, sub, Items::Below(node), workers))
+        Ok(write_all(
+            &store,
+            id,
+            dir,
+            sub,
+            Items::Below(Box::new(node)),
+            workers,
+        ))
     } else {
         let base = sub.parent().unwrap_or(Path::new("/"));
         let name = PathBuf::from(node.name().into_owned());

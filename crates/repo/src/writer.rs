@@ -411,10 +411,10 @@ pub fn write(
     };
     // The last, partly filled data pack, then every index entry not yet in a file.
     let last = lock(&shared.data_pack).take();
-    if let Some(pack) = last.filter(|p| !p.is_empty()) {
-        if let Err(e) = shared.pack_done(pack) {
-            shared.fail(format!("cannot write a pack: {e}"));
-        }
+    if let Some(pack) = last.filter(|p| !p.is_empty())
+        && let Err(e) = shared.pack_done(pack)
+    {
+        shared.fail(format!("cannot write a pack: {e}"));
     }
     let rest = std::mem::take(&mut *lock(&shared.index));
     if let Err(e) = shared.save_index(&rest) {
