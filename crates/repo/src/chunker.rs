@@ -161,17 +161,6 @@ mod tests {
         out
     }
 
-    fn pseudo_random(n: usize, mut seed: u64) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 24) as u8
-            })
-            .collect()
-    }
-
     /// A reader handing out odd-sized pieces.
     struct Jagged<'a>(&'a [u8], usize);
     impl Read for Jagged<'_> {
@@ -207,7 +196,7 @@ mod tests {
     fn cuts_where_the_rule_says_whatever_the_reads() {
         // Small sizes so that a few MiB give many chunks.
         let c = Chunking::new(POLY, 1 << 13, 1 << 12, 1 << 14);
-        let data = pseudo_random(2 << 20, 7);
+        let data = burrow_testkit::noise(2 << 20, 7);
         let want = reference(&c, &data);
         assert!(want.len() > 50, "{}", want.len());
         assert!(want.contains(&(1 << 14)), "some chunk hits max");
@@ -223,7 +212,7 @@ mod tests {
     #[test]
     fn restic_sizes_on_a_large_file() {
         let c = Chunking::new(POLY, 1 << 20, 512 << 10, 8 << 20);
-        let data = pseudo_random(12 << 20, 99);
+        let data = burrow_testkit::noise(12 << 20, 99);
         let want = reference(&c, &data);
         assert!(want.len() >= 3, "{want:?}");
         assert_eq!(sizes(&c, &data, 0), want);
@@ -234,7 +223,7 @@ mod tests {
     fn short_files_are_one_chunk_and_empty_ones_none() {
         let c = Chunking::new(POLY, 1 << 13, 1 << 12, 1 << 16);
         assert_eq!(sizes(&c, &[], 0), Vec::<usize>::new());
-        let d = pseudo_random(1 << 12, 3);
+        let d = burrow_testkit::noise(1 << 12, 3);
         assert_eq!(sizes(&c, &d, 0), vec![1 << 12]);
         assert_eq!(sizes(&c, &d[..10], 10), vec![10]);
     }

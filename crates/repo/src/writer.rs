@@ -542,18 +542,9 @@ impl Walker<'_, '_> {
 
     fn read(&mut self, path: &Path, size: u64, content: Box<dyn Content>, slot: &Arc<Slot>) {
         let t = self.shared.t;
-        let mut reader = match content.open() {
-            Ok(r) => Reader {
-                inner: r,
-                path,
-                problems: &t.problems,
-                cancel: &t.cancel,
-            },
-            Err(e) => {
-                push_once(&t.problems, path, format!("cannot read: {e}"));
-                slot.close(0, 0, true);
-                return;
-            }
+        let Some(mut reader) = Reader::open(content, path, t) else {
+            slot.close(0, 0, true);
+            return;
         };
         let min = t.chunking.min;
         let mut first = Vec::with_capacity(size.min(min as u64 + 1) as usize);
@@ -602,6 +593,24 @@ struct Reader<'a> {
     path: &'a Path,
     problems: &'a Problems,
     cancel: &'a AtomicBool,
+}
+
+impl<'a> Reader<'a> {
+    /// Opens `content`; `None` (the file named in the problems) when it cannot be.
+    fn open(content: Box<dyn Content>, path: &'a Path, t: &'a Target<'_>) -> Option<Self> {
+        match content.open() {
+            Ok(inner) => Some(Reader {
+                inner,
+                path,
+                problems: &t.problems,
+                cancel: &t.cancel,
+            }),
+            Err(e) => {
+                push_once(&t.problems, path, format!("cannot read: {e}"));
+                None
+            }
+        }
+    }
 }
 
 impl Read for Reader<'_> {
@@ -837,18 +846,7 @@ impl<'a, 's> Builder<'a, 's> {
         node: &mut Node,
     ) -> Option<Vec<rustic_core::Id>> {
         let t = self.shared.t;
-        let mut reader = match unread.open() {
-            Ok(r) => Reader {
-                inner: r,
-                path,
-                problems: &t.problems,
-                cancel: &t.cancel,
-            },
-            Err(e) => {
-                push_once(&t.problems, path, format!("cannot read: {e}"));
-                return None;
-            }
-        };
+        let mut reader = Reader::open(unread, path, t)?;
         let mut enc = match Encoder::new(t.zstd) {
             Ok(e) => e,
             Err(e) => {

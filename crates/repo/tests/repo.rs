@@ -380,16 +380,7 @@ fn stock_restic_reads_what_burrow_wrote() {
     assert_eq!(fs::read(target.join("burrow-dumps/db.dump")).unwrap(), dump);
 }
 
-fn noise(len: usize, mut x: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
+use burrow_testkit::noise;
 
 /// Files of 1–10 MiB (and one just above the minimum chunk size), the sizes at which the
 /// content-defined chunker decides everything.

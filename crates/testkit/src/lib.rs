@@ -19,3 +19,17 @@ pub fn missing(what: &str, why: &str) {
         "\n*** SKIPPED: {what} is not available: {why} (set CI=true to make this a failure)\n"
     );
 }
+
+/// `len` bytes that do not compress and repeat nowhere (xorshift64 from `seed`): file
+/// content for tests of chunking and deduplication.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
