@@ -3,6 +3,7 @@
 
 mod common;
 
+use burrow_testkit::noise;
 use common::{burrow, burrow_command, json, text};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -511,17 +512,6 @@ fn a_single_file_restore_logs_no_error() {
 }
 
 /// Bytes that zstd cannot shrink, so a file of them fills a pack of its own size.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
 
 fn pack_files(repo: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
@@ -537,13 +527,13 @@ fn pack_files(repo: &Path) -> Vec<PathBuf> {
 fn a_truncated_pack_fails_only_its_files() {
     let e = env_with("");
     burrow(&e.cfg, &["init"]);
-    let kept = noise(1, 1_500_000);
+    let kept = noise(1_500_000, 1);
     fs::write(e.src.join("kept"), &kept).unwrap();
     let out = burrow(&e.cfg, &["run", "files"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let repo = e.tmp.path().join("repo");
     let before = pack_files(&repo);
-    fs::write(e.src.join("lost"), noise(2, 1_500_000)).unwrap();
+    fs::write(e.src.join("lost"), noise(1_500_000, 2)).unwrap();
     let out = burrow(&e.cfg, &["run", "files"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // the new data pack holds the new file only (tree packs are small)
@@ -885,14 +875,14 @@ fn a_run_killed_at_any_moment_leaves_a_clean_repository_and_the_next_run_complet
     let write_big = |round: u64| {
         for i in 0..8u64 {
             let len = (1 + (i % 3) as usize) << 20;
-            fs::write(e.src.join(format!("big/{i}")), noise(round * 100 + i, len)).unwrap();
+            fs::write(e.src.join(format!("big/{i}")), noise(len, round * 100 + i)).unwrap();
         }
     };
     write_big(0);
     for i in 0..300 {
         fs::write(
             e.src.join(format!("d/s{i:03}")),
-            noise(i, 100 + i as usize * 7),
+            noise(100 + i as usize * 7, i),
         )
         .unwrap();
     }
