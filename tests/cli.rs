@@ -511,8 +511,6 @@ fn a_single_file_restore_logs_no_error() {
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }
 
-/// Bytes that zstd cannot shrink, so a file of them fills a pack of its own size.
-
 fn pack_files(repo: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     for d in fs::read_dir(repo.join("data")).unwrap() {
