@@ -190,7 +190,6 @@ struct Shared<'a> {
     known_trees: Mutex<HashSet<rustic_core::Id>>,
     data_pack: Mutex<Option<PackWriter>>,
     index: Mutex<Vec<PackDone>>,
-    index_blobs: AtomicU64,
     error: Mutex<Option<String>>,
     abort: AtomicBool,
     data_blobs: AtomicU64,
@@ -285,12 +284,10 @@ impl Shared<'_> {
 
     fn pack_done(&self, pack: PackWriter) -> io::Result<()> {
         let done = pack.finish(&self.t.sealer, self.t.place)?;
-        let n = done.blobs.len() as u64;
         let full = {
             let mut index = lock(&self.index);
             index.push(done);
-            if self.index_blobs.fetch_add(n, Ordering::Relaxed) + n >= INDEX_BLOBS as u64 {
-                self.index_blobs.store(0, Ordering::Relaxed);
+            if index.iter().map(|p| p.blobs.len()).sum::<usize>() >= INDEX_BLOBS {
                 std::mem::take(&mut *index)
             } else {
                 Vec::new()
@@ -365,7 +362,6 @@ pub fn write(
         known_trees: Mutex::new(known_trees),
         data_pack: Mutex::new(None),
         index: Mutex::new(Vec::new()),
-        index_blobs: AtomicU64::new(0),
         error: Mutex::new(None),
         abort: AtomicBool::new(false),
         data_blobs: AtomicU64::new(0),
