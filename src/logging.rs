@@ -8,8 +8,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// rustic_core logs every step at info; only its warnings matter to a burrow user.
-const QUIET_DEPS: &str =
-    "rustic_core=warn,rustic_backend=warn,russh=warn,russh_sftp=warn,zbus=warn";
+const QUIET_DEPS: &str = "rustic_core=warn,rustic_backend=warn,russh=warn,zbus=warn";
 
 pub fn init(level: Option<&str>, default: &str) {
     let filter = match (level, std::env::var("RUST_LOG")) {

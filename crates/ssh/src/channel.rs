@@ -24,24 +24,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use russh_sftp::client::SftpSession;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::session::{ServerProcess, Session, SftpChannel};
+use crate::sftp::{Sftp, SftpLimits};
 
 /// Channels replaced after a stall before the rest of the pull is given up.
 pub const MAX_STALLS: usize = 8;
 
 /// The default of `servers.NAME.io_timeout`.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// russh-sftp's own per-request timeout on these channels. [`Channels::step`] decides about
-/// stalls; this only catches a request that is never answered while others keep the channel
-/// busy for that long.
-pub(crate) const BACKSTOP_TIMEOUT_SECS: u64 = 3600;
 
 /// A stopped sftp-server gets this long to go after TERM before KILL (in the exec script),
 /// and the whole stop this long at most.
@@ -125,7 +120,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
 /// One SFTP channel and what is pending on it.
 pub(crate) struct Gen {
-    pub(crate) sftp: Arc<SftpSession>,
+    pub(crate) sftp: Arc<Sftp>,
     activity: Arc<Activity>,
     server: ServerProcess,
     pending: Mutex<BTreeSet<u64>>,
@@ -198,7 +193,7 @@ impl Channels {
         io_timeout: Duration,
         cancel: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, crate::SshError> {
-        let first = session.sftp_channel(BACKSTOP_TIMEOUT_SECS).await?;
+        let first = session.sftp_channel().await?;
         Ok(Arc::new(Channels {
             session,
             io_timeout,
@@ -224,6 +219,11 @@ impl Channels {
             return Err(io::Error::other(why));
         }
         Ok(lock(&self.current).clone())
+    }
+
+    /// What the server allows (as the first channel's server said).
+    pub(crate) fn limits(&self) -> SftpLimits {
+        lock(&self.current).sftp.limits()
     }
 
     /// Runs one request on `chan`. See the module docs for when it counts as stalled.
@@ -307,7 +307,7 @@ impl Channels {
     /// `f` on the current channel, sent again on a fresh one when its channel is abandoned.
     pub(crate) async fn run<T, F, Fut>(&self, what: &str, mut f: F) -> io::Result<T>
     where
-        F: FnMut(Arc<SftpSession>) -> Fut,
+        F: FnMut(Arc<Sftp>) -> Fut,
         Fut: Future<Output = io::Result<T>>,
     {
         loop {
@@ -342,7 +342,7 @@ impl Channels {
         // Starting a server process may take longer than answering a request.
         let fresh = tokio::time::timeout(
             self.io_timeout.max(FRESH_CHANNEL_BOUND),
-            self.session.sftp_channel(BACKSTOP_TIMEOUT_SECS),
+            self.session.sftp_channel(),
         )
         .await;
         match fresh {
@@ -387,24 +387,9 @@ async fn stop_server(session: &Session, chan: &Gen) {
         Ok(Err(e)) => warn!(error = %e, "could not stop the abandoned sftp-server"),
         Err(_) => warn!("stopping the abandoned sftp-server did not finish in time"),
     }
-    let _ = chan.sftp.close().await;
+    chan.sftp.close();
 }
 
 fn stopping() -> io::Error {
     io::Error::other("burrow is stopping")
-}
-
-/// russh-sftp's errors as I/O errors, keeping "not found" and "permission denied" apart.
-pub(crate) fn sftp_io_error(e: russh_sftp::client::error::Error) -> io::Error {
-    use russh_sftp::client::error::Error as E;
-    use russh_sftp::protocol::StatusCode;
-    let kind = match &e {
-        E::Status(s) if s.status_code == StatusCode::NoSuchFile => io::ErrorKind::NotFound,
-        E::Status(s) if s.status_code == StatusCode::PermissionDenied => {
-            io::ErrorKind::PermissionDenied
-        }
-        E::Timeout => io::ErrorKind::TimedOut,
-        _ => io::ErrorKind::Other,
-    };
-    io::Error::new(kind, e.to_string())
 }

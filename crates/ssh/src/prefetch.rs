@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use burrow_core::problems::Problems;
 use burrow_core::source::{Content, CountingReader};
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
-use crate::channel::{Channels, Step, sftp_io_error};
+use crate::channel::{Channels, Step};
+use crate::sftp::SftpLimits;
+use crate::wire::{self, Reply};
 
 /// Concurrency and memory limits of an [`crate::SftpSource`] walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,53 +28,53 @@ pub struct PrefetchLimits {
     /// Directories listed ahead of the walk.
     pub listings: usize,
     /// Files of at most `chunk` bytes fetched (and buffered whole) ahead of the archiver.
-    /// Each costs two round trips (open, read), so on a distant link this count is what
-    /// bounds the rate: 96 in flight at 50 ms is ~1,000 files/s.
+    /// Each costs two round trips (OPEN, then READ + FSTAT + CLOSE), so on a distant link
+    /// this count is what bounds the rate: 1,024 in flight at 50 ms is ~10,000 files/s.
     pub small_files: usize,
     /// Bytes of small files buffered at most (their sizes are known from the listing).
     pub small_bytes: u64,
     /// Larger files streamed ahead of the archiver.
     pub large_files: usize,
-    /// Read size and buffer unit, in bytes.
+    /// Read size and buffer unit, in bytes (at most what the server answers in one READ).
     pub chunk: usize,
-    /// Chunks buffered per large file before its fetch waits for the archiver.
+    /// READs in flight per large file, and chunks it buffers before its fetch waits for
+    /// the archiver.
     pub large_file_chunks: usize,
 }
 
-/// Open handles (directories being listed plus files being read) that stay below OpenSSH's
-/// handle number 128 with room for the archiver's on-demand opens (see the docs of
-/// [`PrefetchLimits::default`]).
-pub const MAX_OPEN_HANDLES: usize = 120;
+/// Handles kept free of the prefetch limits: files the archiver opens on demand (one per
+/// reading thread) and the walk's own requests.
+const RESERVED_HANDLES: usize = 8;
 
 impl PrefetchLimits {
-    /// These limits, with small files reduced so that every handle stays below
-    /// [`MAX_OPEN_HANDLES`].
-    pub fn clamped(mut self) -> Self {
-        let others = self.listings.max(1) + self.large_files.max(1) + 2;
+    /// These limits, kept within what the server allows: reads no larger than it answers,
+    /// and directories plus files in flight below its open handles (less
+    /// [`RESERVED_HANDLES`]). Every limit stays at least 1.
+    pub fn within(mut self, server: SftpLimits) -> Self {
+        self.chunk = self.chunk.min(server.max_read).max(1);
+        let budget = server.max_handles.saturating_sub(RESERVED_HANDLES).max(3);
+        self.listings = self.listings.clamp(1, (budget / 4).max(1));
+        self.large_files = self.large_files.clamp(1, (budget / 4).max(1));
         self.small_files = self
             .small_files
-            .min(MAX_OPEN_HANDLES.saturating_sub(others).max(1));
+            .clamp(1, budget - self.listings - self.large_files);
+        self.large_file_chunks = self.large_file_chunks.max(1);
         self
     }
 }
 
 impl Default for PrefetchLimits {
-    /// 16 listings in flight, up to 96 small files but at most 24 MiB of them, and 4 large
-    /// files × (1 MiB buffered + up to 4 MiB of russh-sftp read-ahead) (21 MiB): under 48 MiB
-    /// in flight, plus files the archiver opens on demand (one per archiver thread at most).
-    ///
-    /// Why not more: russh-sftp 3 decodes SFTP handles as UTF-8 text, and OpenSSH's
-    /// sftp-server numbers its handles; a handle number of 128 or more is not valid UTF-8 on
-    /// its own, comes back mangled and the server answers "Failure". So fewer than 128
-    /// handles (files plus directories) may be open at once; see [`MAX_OPEN_HANDLES`].
+    /// 64 listings in flight; up to 1,024 small files but at most 32 MiB of them; 4 large
+    /// files × 8 chunks of 256 KiB in flight and 8 buffered (16 MiB): under 50 MiB, plus
+    /// files the archiver opens on demand (one per reading thread).
     fn default() -> Self {
         PrefetchLimits {
-            listings: 16,
-            small_files: 96,
-            small_bytes: 24 << 20,
+            listings: 64,
+            small_files: 1024,
+            small_bytes: 32 << 20,
             large_files: 4,
             chunk: 256 * 1024,
-            large_file_chunks: 4,
+            large_file_chunks: 8,
         }
     }
 }
@@ -83,7 +84,7 @@ type Chunk = io::Result<Option<Bytes>>;
 
 struct Job {
     path: PathBuf,
-    remote: String,
+    remote: Bytes,
     size: u64,
     state: Mutex<JobState>,
 }
@@ -181,7 +182,7 @@ impl Prefetcher {
     pub(crate) fn content(
         &self,
         path: PathBuf,
-        remote: String,
+        remote: Bytes,
         size: u64,
         prefetch: bool,
     ) -> Box<dyn Content> {
@@ -219,12 +220,13 @@ impl Shared {
     }
 
     fn start(&self, job: &Job, slot: Option<Slot>) -> Stream {
-        let cap = if self.is_large(job.size) {
+        // READs in flight, and chunks buffered for the archiver.
+        let depth = if self.is_large(job.size) {
             self.limits.large_file_chunks.max(1)
         } else {
             1
         };
-        let (tx, rx) = mpsc::channel(cap);
+        let (tx, rx) = mpsc::channel(depth);
         if job.size == 0 {
             // Nothing to read: no round trip at all.
             let _ = tx.try_send(Ok(None));
@@ -237,6 +239,7 @@ impl Shared {
                     size: job.size,
                 },
                 self.limits.chunk,
+                depth,
                 self.problems.clone(),
                 tx,
             ));
@@ -285,13 +288,14 @@ fn pump(shared: &Arc<Shared>) {
 /// The file a fetch reads.
 struct Target {
     path: PathBuf,
-    remote: String,
+    remote: Bytes,
     /// As the listing showed it.
     size: u64,
 }
 
-/// Reads the `size` bytes the listing showed, in chunks, then checks the open handle with
-/// FSTAT (what the file is now):
+/// Reads the `size` bytes the listing showed, with up to `depth` READs in flight, then checks
+/// the open handle with FSTAT (what the file is now). The FSTAT and the CLOSE go out with the
+/// last READ, so a small file costs two round trips: OPEN, then READ + FSTAT + CLOSE.
 /// - fewer bytes than listed (the file shrank or was replaced while read): an error, so the
 ///   archiver leaves the file out of this snapshot rather than store a node whose size
 ///   differs from its content;
@@ -299,16 +303,17 @@ struct Target {
 /// - a different size now, after all listed bytes were read (it grew, or changed after the
 ///   read): the listed bytes are stored and the file is named as a problem.
 ///
-/// Every request runs under [`Channels::step`]; when a channel is abandoned mid-file, the
+/// Every reply is awaited under [`Channels::step`]; when a channel is abandoned mid-file, the
 /// file is opened again on the fresh one and read on from where it was.
 async fn fetch(
     ch: Arc<Channels>,
     t: Target,
     chunk: usize,
+    depth: usize,
     problems: Problems,
     tx: mpsc::Sender<Chunk>,
 ) {
-    match read_file(&ch, &t, chunk, &problems, &tx).await {
+    match read_file(&ch, &t, chunk, depth, &problems, &tx).await {
         Ok(true) => {
             let _ = tx.send(Ok(None)).await;
         }
@@ -320,76 +325,93 @@ async fn fetch(
     }
 }
 
+fn changed_while_read(t: &Target, done: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!(
+            "changed while read: listed {} bytes, read {done}; left out of this snapshot",
+            t.size
+        ),
+    )
+}
+
 /// False when the consumer went away.
 async fn read_file(
     ch: &Channels,
     t: &Target,
-    chunk: usize,
+    mut chunk: usize,
+    depth: usize,
     problems: &Problems,
     tx: &mpsc::Sender<Chunk>,
 ) -> io::Result<bool> {
     let mut done: u64 = 0;
     'channel: loop {
         let chan = ch.current()?;
-        let remote = t.remote.clone();
-        let open = async { chan.sftp.open(remote).await.map_err(sftp_io_error) };
-        let mut f = match ch.step(&chan, "OPEN", open).await {
-            Step::Done(f) => f,
+        let h = match ch.step(&chan, "OPEN", chan.sftp.open(&t.remote)).await {
+            Step::Done(h) => h,
             Step::Again => continue,
             Step::Fail(e) => return Err(e),
         };
-        if done > 0 {
-            let seek = f.seek(io::SeekFrom::Start(done));
-            match ch.step(&chan, "a seek", seek).await {
-                Step::Done(_) => {}
-                Step::Again => continue,
-                Step::Fail(e) => return Err(e),
+        let mut window = VecDeque::new();
+        let mut next = done;
+        let mut fstat = None;
+        loop {
+            {
+                let mut b = chan.sftp.batch();
+                while window.len() < depth && next < t.size {
+                    let len = (t.size - next).min(chunk as u64) as u32;
+                    window.push_back((len, b.read(&h, next, len)));
+                    next += u64::from(len);
+                }
+                if next >= t.size && fstat.is_none() {
+                    fstat = Some(b.fstat(&h));
+                    b.close(&h);
+                }
+                b.send();
             }
-        }
-        while done < t.size {
-            let want = (t.size - done).min(chunk as u64) as usize;
-            let mut buf = vec![0u8; want];
-            let mut n = 0;
-            let mut again = false;
-            while n < want {
-                match ch.step(&chan, "READ", f.read(&mut buf[n..])).await {
-                    Step::Done(0) => break,
-                    Step::Done(k) => n += k,
-                    Step::Again => {
-                        again = true;
-                        break;
+            let Some((len, read)) = window.pop_front() else {
+                break;
+            };
+            let data = match ch.step(&chan, "READ", read).await {
+                Step::Done(Reply::Data(d)) if !d.is_empty() && d.len() <= len as usize => d,
+                Step::Done(Reply::Status {
+                    code: wire::FX_EOF, ..
+                }) => {
+                    if fstat.is_none() {
+                        chan.sftp.close_handle(&h);
                     }
-                    Step::Fail(e) => return Err(e),
+                    return Err(changed_while_read(t, done));
                 }
-            }
-            let short = n < want && !again;
-            if n > 0 {
-                buf.truncate(n);
-                done += n as u64;
-                if tx.send(Ok(Some(Bytes::from(buf)))).await.is_err() {
-                    return Ok(false);
+                Step::Done(other) => return Err(wire::unexpected("READ", &other)),
+                Step::Again => continue 'channel,
+                Step::Fail(e) => return Err(e),
+            };
+            let n = data.len();
+            done += n as u64;
+            if tx.send(Ok(Some(data))).await.is_err() {
+                if fstat.is_none() {
+                    chan.sftp.close_handle(&h);
                 }
+                return Ok(false);
             }
-            if again {
-                continue 'channel;
-            }
-            if short {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "changed while read: listed {} bytes, read {done}; left out of this snapshot",
-                        t.size
-                    ),
-                ));
+            if n < len as usize {
+                // A short read: this server answers less than asked. Read on from here in
+                // its size; the READs already sent are dropped as their replies come.
+                chunk = n.max(1);
+                if fstat.is_some() {
+                    continue 'channel;
+                }
+                window.clear();
+                next = done;
             }
         }
-        let attrs = match ch
-            .step(&chan, "FSTAT", async {
-                f.metadata().await.map_err(sftp_io_error)
-            })
-            .await
-        {
-            Step::Done(a) => a,
+        // The fill that sends the last READ (or finds none left) sends the FSTAT.
+        let Some(fstat) = fstat else {
+            return Err(io::Error::other("no FSTAT was sent for the file"));
+        };
+        let attrs = match ch.step(&chan, "FSTAT", fstat).await {
+            Step::Done(Reply::Attrs(a)) => a,
+            Step::Done(other) => return Err(wire::unexpected("FSTAT", &other)),
             // Everything was read; only the check is missing: check on a fresh handle.
             Step::Again => continue,
             Step::Fail(e) => return Err(e),
@@ -510,14 +532,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_keep_handles_below_what_survives_russh_sftp() {
+    fn limits_stay_within_the_servers() {
         let d = PrefetchLimits::default();
-        assert!(d.listings + d.small_files + d.large_files + 2 <= MAX_OPEN_HANDLES);
-        let wide = PrefetchLimits {
-            small_files: 1000,
-            ..PrefetchLimits::default()
-        }
-        .clamped();
-        assert!(wide.listings + wide.small_files + wide.large_files + 2 <= MAX_OPEN_HANDLES);
+        let openssh = SftpLimits {
+            max_read: 261_120,
+            max_handles: 1019,
+        };
+        let l = d.within(openssh);
+        assert_eq!(l.chunk, 261_120, "the server's largest read");
+        assert!(l.listings + l.small_files + l.large_files + RESERVED_HANDLES <= 1019);
+        assert_eq!((l.listings, l.large_files), (64, 4));
+        let tiny = d.within(SftpLimits {
+            max_read: 32 * 1024,
+            max_handles: 16,
+        });
+        assert_eq!(tiny.chunk, 32 * 1024);
+        assert!(tiny.listings + tiny.small_files + tiny.large_files + RESERVED_HANDLES <= 16);
+        let none = d.within(SftpLimits {
+            max_read: 0,
+            max_handles: 0,
+        });
+        assert!(none.chunk >= 1 && none.listings >= 1 && none.small_files >= 1);
     }
 }

@@ -8,11 +8,11 @@ use std::time::Duration;
 use russh::client::{self, Handle, Msg};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig};
-use russh_sftp::client::SftpSession;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
 use crate::channel::{Activity, Watched};
+use crate::sftp::Sftp;
 use burrow_core::shell_quote;
 
 use crate::error::{SshError, is_network_error};
@@ -63,10 +63,6 @@ fn kill_group_script(pgid: u32) -> String {
          kill -s KILL -- -$g 2>/dev/null; exit 0"
     )
 }
-
-/// SFTP requests (reads of up to 256 KiB, 16 in flight per file) may queue behind each other on
-/// a slow link; a dead connection is caught by SSH keepalives instead.
-const SFTP_REQUEST_TIMEOUT_SECS: u64 = 60;
 
 /// The client's cipher preference: AES-GCM first where the CPU has AES instructions (it is
 /// then several times faster than ChaCha20-Poly1305), ChaCha20-Poly1305 first elsewhere (a
@@ -739,32 +735,24 @@ impl Session {
     }
 
     /// Starts an SFTP session: the `sftp` subsystem, or `sftp_command` on an exec channel
-    /// when the target sets one.
-    pub async fn sftp(&self) -> Result<Arc<SftpSession>, SshError> {
-        Ok(self.sftp_channel(SFTP_REQUEST_TIMEOUT_SECS).await?.sftp)
+    /// when the target sets one. Its requests have no timeout of their own (a dead
+    /// connection is caught by SSH keepalives); [`crate::SftpSource`] bounds its own.
+    pub async fn sftp(&self) -> Result<Arc<Sftp>, SshError> {
+        Ok(self.sftp_channel().await?.sftp)
     }
 
     /// An SFTP session with what is needed to tell that it stalled and to stop its server
     /// process (see `crate::channel`).
-    pub(crate) async fn sftp_channel(
-        &self,
-        request_timeout_secs: u64,
-    ) -> Result<SftpChannel, SshError> {
-        let cfg = russh_sftp::client::Config {
-            request_timeout_secs,
-            ..Default::default()
-        };
+    pub(crate) async fn sftp_channel(&self) -> Result<SftpChannel, SshError> {
         let activity = Activity::new();
         let (sftp, server) = match &self.inner.sftp_command {
             None => (
-                self.sftp_subsystem(cfg, activity.clone()).await?,
+                self.sftp_subsystem(activity.clone()).await?,
                 ServerProcess::Subsystem,
             ),
             Some(cmd) => {
                 let pid = Arc::new(Mutex::new(None));
-                let s = self
-                    .sftp_exec(cmd, cfg, activity.clone(), pid.clone())
-                    .await?;
+                let s = self.sftp_exec(cmd, activity.clone(), pid.clone()).await?;
                 (s, ServerProcess::Command(pid))
             }
         };
@@ -813,11 +801,7 @@ impl Session {
         }
     }
 
-    async fn sftp_subsystem(
-        &self,
-        cfg: russh_sftp::client::Config,
-        activity: Arc<Activity>,
-    ) -> Result<SftpSession, SshError> {
+    async fn sftp_subsystem(&self, activity: Arc<Activity>) -> Result<Sftp, SshError> {
         let start_error = |detail: String, temporary: bool| SshError::SftpStart {
             target: self.inner.name.clone(),
             how: "subsystem sftp".to_owned(),
@@ -852,7 +836,7 @@ impl Session {
                 Some(_) => {}
             }
         }
-        SftpSession::new_with_config(Watched::new(ch.into_stream(), activity), cfg)
+        Sftp::start(Watched::new(ch.into_stream(), activity))
             .await
             .map_err(|e| start_error(e.to_string(), true))
     }
@@ -866,10 +850,9 @@ impl Session {
     async fn sftp_exec(
         &self,
         cmd: &str,
-        cfg: russh_sftp::client::Config,
         activity: Arc<Activity>,
         pid: Arc<Mutex<Option<u32>>>,
-    ) -> Result<SftpSession, SshError> {
+    ) -> Result<Sftp, SshError> {
         let wrapped = format!(
             "exec /bin/sh -c {}",
             sh_quote(&format!("echo \"{PID_MARK}$$\" >&2; {cmd}"))
@@ -960,7 +943,7 @@ impl Session {
             }
         };
 
-        let init = SftpSession::new_with_config(Watched::new(client_end, activity), cfg);
+        let init = Sftp::start(Watched::new(client_end, activity));
         tokio::pin!(init);
         tokio::select! {
             res = &mut init => match res {
@@ -995,7 +978,7 @@ pub(crate) enum ServerProcess {
 
 /// An SFTP session, when bytes last arrived on it, and its server process.
 pub(crate) struct SftpChannel {
-    pub(crate) sftp: Arc<SftpSession>,
+    pub(crate) sftp: Arc<Sftp>,
     pub(crate) activity: Arc<Activity>,
     pub(crate) server: ServerProcess,
 }

@@ -7,8 +7,9 @@
 //! depth-first, byte-sorted order. File content is fetched ahead by [`crate::prefetch`].
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,20 +18,22 @@ use std::time::Duration;
 use burrow_core::exclude::Excludes;
 use burrow_core::problems::Problems;
 use burrow_core::source::{Entry, EntryKind, Meta, Source, Time, WalkContext, normalize_roots};
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use russh_sftp::protocol::FileAttributes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::channel::{Channels, sftp_io_error};
+use crate::channel::Channels;
 use crate::prefetch::{PrefetchLimits, Prefetcher};
+use crate::wire::Attrs;
 use crate::{Session, SshError};
 
 /// Entries the walk may run ahead of the archiver (metadata only; content is bounded by
-/// [`PrefetchLimits`]).
-const ENTRY_LOOKAHEAD: usize = 1024;
+/// [`PrefetchLimits`]). A file's fetch starts when the walk emits it, so this is also how
+/// many files can be in flight at most: above [`PrefetchLimits::small_files`].
+const ENTRY_LOOKAHEAD: usize = 2048;
 
 /// Symlink targets resolved at once per directory.
 const READLINK_CONCURRENCY: usize = 16;
@@ -94,19 +97,26 @@ impl SftpSource {
         excludes: Excludes,
     ) -> Result<Self, SshError> {
         let ch = Channels::start(session.clone(), io_timeout, cancel).await?;
+        let limits = PrefetchLimits::default().within(ch.limits());
         Ok(SftpSource {
             ch,
             runtime,
             roots: normalize_roots(roots),
             excludes,
-            limits: PrefetchLimits::default(),
+            limits,
         })
     }
 
-    /// Replaces the default concurrency and memory limits.
+    /// Replaces the default concurrency and memory limits (kept within what the server
+    /// allows: [`PrefetchLimits::within`]).
     pub fn with_limits(mut self, limits: PrefetchLimits) -> Self {
-        self.limits = limits.clamped();
+        self.limits = limits.within(self.ch.limits());
         self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> PrefetchLimits {
+        self.limits
     }
 }
 
@@ -188,10 +198,10 @@ impl Iterator for EntryIter {
 
 #[derive(Debug)]
 struct Child {
-    name: String,
-    attrs: FileAttributes,
+    name: Bytes,
+    attrs: Attrs,
     /// Target of a symlink; `Err` holds why it could not be read.
-    link: Option<Result<String, String>>,
+    link: Option<Result<Bytes, String>>,
 }
 
 impl Child {
@@ -261,10 +271,13 @@ struct Walker {
     ahead: Lookahead,
 }
 
-/// Remote paths are the local representation of what the server sent; everything the walk
-/// builds comes from UTF-8 names, so only roots can fail this.
-fn remote(path: &Path) -> Option<&str> {
-    path.to_str()
+/// A path as the server names it: the bytes it sent, joined with `/`.
+fn remote(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
+fn name_path(dir: &Path, name: &[u8]) -> PathBuf {
+    dir.join(OsStr::from_bytes(name))
 }
 
 impl Walker {
@@ -274,18 +287,10 @@ impl Walker {
             if self.excludes.is_excluded(&root) {
                 continue;
             }
-            let Some(r) = remote(&root) else {
-                self.ctx.problems.push(
-                    &root,
-                    "path is not valid UTF-8; sftp cannot name it; skipped",
-                );
-                continue;
-            };
+            let r = remote(&root);
             let attrs = match self
                 .ch
-                .run("LSTAT", |s| async move {
-                    s.symlink_metadata(r).await.map_err(sftp_io_error)
-                })
+                .run("LSTAT", |s| async move { s.lstat(r).await })
                 .await
             {
                 Ok(a) => a,
@@ -295,16 +300,14 @@ impl Walker {
                 }
             };
             let mut child = Child {
-                name: String::new(),
+                name: Bytes::new(),
                 attrs,
                 link: None,
             };
             if child.file_type() == S_IFLNK {
                 let link = self
                     .ch
-                    .run("READLINK", |s| async move {
-                        s.read_link(r).await.map_err(sftp_io_error)
-                    })
+                    .run("READLINK", |s| async move { s.read_link(r).await })
                     .await;
                 child.link = Some(link.map_err(|e| e.to_string()));
             }
@@ -319,13 +322,13 @@ impl Walker {
                 }
                 let i = frame.next;
                 frame.next += 1;
-                let path = frame.dir.join(&children[i].name);
+                let path = name_path(&frame.dir, &children[i].name);
                 // Children are emitted once; move the record out instead of cloning it.
                 let child = std::mem::replace(
                     &mut children[i],
                     Child {
-                        name: String::new(),
-                        attrs: FileAttributes::default(),
+                        name: Bytes::new(),
+                        attrs: Attrs::default(),
                         link: None,
                     },
                 );
@@ -344,15 +347,9 @@ impl Walker {
             S_IFDIR => EntryKind::Dir,
             S_IFREG => EntryKind::File,
             S_IFLNK => match &child.link {
-                Some(Ok(t)) if !t.contains('\u{FFFD}') => EntryKind::Symlink {
-                    target: OsString::from(t),
+                Some(Ok(t)) => EntryKind::Symlink {
+                    target: OsString::from(OsStr::from_bytes(t)),
                 },
-                Some(Ok(_)) => {
-                    self.ctx
-                        .problems
-                        .push(&path, "symlink target is not valid UTF-8; skipped");
-                    return true;
-                }
                 Some(Err(e)) => {
                     self.ctx
                         .problems
@@ -378,7 +375,7 @@ impl Walker {
         };
         let meta = meta_of(&child.attrs, kind == EntryKind::File);
         let content = if kind == EntryKind::File {
-            let r = remote(&path).unwrap_or_default().to_owned();
+            let r = Bytes::copy_from_slice(remote(&path));
             let prefetch = !self.ctx.parent.unchanged(&path, meta.size, meta.mtime);
             Some(self.prefetch.content(path.clone(), r, meta.size, prefetch))
         } else {
@@ -448,7 +445,6 @@ impl Walker {
             self.ch.clone(),
             path.clone(),
             self.excludes.clone(),
-            self.ctx.problems.clone(),
         ));
         let task = AbortOnDrop(handle);
         self.ahead.scheduled.insert(path.clone());
@@ -478,7 +474,7 @@ impl Walker {
             let l = &frame.listed;
             let first = l.dirs.partition_point(|&i| i < frame.next);
             for &i in &l.dirs[first..] {
-                let path = frame.dir.join(&l.children[i].name);
+                let path = name_path(&frame.dir, &l.children[i].name);
                 self.collect_unscheduled(path, &mut wanted, budget);
                 if wanted.len() >= budget {
                     break 'frames;
@@ -512,7 +508,7 @@ impl Walker {
                 continue;
             };
             *pos += 1;
-            let p = dir.join(&l.children[i].name);
+            let p = name_path(dir, &l.children[i].name);
             if !ahead.scheduled.contains(&p) {
                 wanted.push(p);
             } else if let Some(Ok(sub)) = ahead.done.get(&p) {
@@ -522,49 +518,27 @@ impl Walker {
     }
 }
 
-/// Lists a directory: excluded names are dropped, names the server's reply could not carry
-/// are recorded and dropped, symlink targets are read, and the result is sorted by name.
-async fn list_dir(
-    ch: Arc<Channels>,
-    dir: PathBuf,
-    excludes: Arc<Excludes>,
-    problems: Problems,
-) -> Listing {
-    let d = remote(&dir).ok_or("path is not valid UTF-8")?;
-    let rd = ch
-        .run("a directory listing", |s| async move {
-            s.read_dir(d).await.map_err(sftp_io_error)
-        })
+/// Lists a directory: excluded names are dropped, symlink targets are read, and the result
+/// is sorted by name bytes.
+async fn list_dir(ch: Arc<Channels>, dir: PathBuf, excludes: Arc<Excludes>) -> Listing {
+    let d = remote(&dir);
+    let names = ch
+        .run(
+            "a directory listing",
+            |s| async move { s.read_dir(d).await },
+        )
         .await
         .map_err(|e| e.to_string())?;
-    let mut children = Vec::new();
-    for de in rd {
-        let name = de.file_name();
-        let path = dir.join(&name);
-        if excludes.is_excluded(&path) {
-            continue;
-        }
-        // russh-sftp decodes names lossily; such a name cannot be opened again. A name that
-        // really contains U+FFFD still stats fine.
-        if name.contains('\u{FFFD}')
-            && ch
-                .run("LSTAT", |s| {
-                    let p = remote(&path).unwrap_or_default().to_owned();
-                    async move { s.symlink_metadata(p).await.map_err(sftp_io_error) }
-                })
-                .await
-                .is_err()
-        {
-            problems.push(&path, "name is not valid UTF-8; skipped");
-            continue;
-        }
-        children.push(Child {
-            name,
-            attrs: de.metadata(),
+    let mut children: Vec<Child> = names
+        .into_iter()
+        .filter(|de| !excludes.is_excluded(&name_path(&dir, &de.name)))
+        .map(|de| Child {
+            name: de.name,
+            attrs: de.attrs,
             link: None,
-        });
-    }
-    children.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        })
+        .collect();
+    children.sort_unstable_by(|a, b| a.name.cmp(&b.name));
 
     let links: Vec<usize> = children
         .iter()
@@ -573,17 +547,15 @@ async fn list_dir(
         .map(|(i, _)| i)
         .collect();
     if !links.is_empty() {
-        let resolved: Vec<(usize, Result<String, String>)> = futures::stream::iter(links)
+        let resolved: Vec<(usize, Result<Bytes, String>)> = futures::stream::iter(links)
             .map(|i| {
                 let ch = ch.clone();
-                let p = remote(&dir.join(&children[i].name))
-                    .unwrap_or_default()
-                    .to_owned();
+                let p = name_path(&dir, &children[i].name);
                 async move {
                     let link = ch
                         .run("READLINK", |s| {
-                            let p = p.clone();
-                            async move { s.read_link(p).await.map_err(sftp_io_error) }
+                            let p = &p;
+                            async move { s.read_link(remote(p)).await }
                         })
                         .await;
                     (i, link.map_err(|e| e.to_string()))
@@ -606,7 +578,7 @@ async fn list_dir(
     Ok(Listed { children, dirs })
 }
 
-fn meta_of(a: &FileAttributes, is_file: bool) -> Meta {
+fn meta_of(a: &Attrs, is_file: bool) -> Meta {
     Meta {
         mode: a.permissions.unwrap_or(0) & 0o7777,
         uid: a.uid,

@@ -344,20 +344,26 @@ async fn exec_with_stdin_kills_the_command_when_input_fails() {
 }
 
 async fn check_sftp(s: &Session, dir: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
     std::fs::write(dir.join("hello.txt"), "hello sftp").unwrap();
     let sftp = s.sftp().await.unwrap();
-    let names: Vec<String> = sftp
-        .read_dir(dir.to_str().unwrap())
+    let names: Vec<Vec<u8>> = sftp
+        .read_dir(dir.as_os_str().as_bytes())
         .await
         .unwrap()
-        .map(|e| e.file_name())
+        .into_iter()
+        .map(|e| e.name.to_vec())
         .collect();
-    assert!(names.contains(&"hello.txt".to_owned()), "{names:?}");
+    assert!(names.contains(&b"hello.txt".to_vec()), "{names:?}");
+    assert!(!names.contains(&b".".to_vec()) && !names.contains(&b"..".to_vec()));
     let data = sftp
-        .read(dir.join("hello.txt").to_str().unwrap())
+        .read(dir.join("hello.txt").as_os_str().as_bytes())
         .await
         .unwrap();
     assert_eq!(data, b"hello sftp");
+    // OpenSSH says what it allows.
+    let l = sftp.limits();
+    assert!(l.max_read >= 64 * 1024 && l.max_handles >= 100, "{l:?}");
 }
 
 #[tokio::test]
@@ -377,7 +383,7 @@ async fn sftp_over_a_command() {
     // Several sessions on one connection.
     let a = s.sftp().await.unwrap();
     let b = s.sftp().await.unwrap();
-    assert!(a.try_exists("/").await.unwrap() && b.try_exists("/").await.unwrap());
+    assert!(a.lstat(b"/").await.is_ok() && b.lstat(b"/").await.is_ok());
 }
 
 #[tokio::test]
