@@ -469,3 +469,168 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     }
     let _ = w.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Buf, BufMut};
+
+    use super::*;
+
+    /// A scripted server on the other end of a pipe: answers the version exchange (with
+    /// `limits@openssh.com`), then every request with `answer`, and records what it got.
+    fn server(
+        answer: impl Fn(u8, u32, &mut Bytes) -> Option<BytesMut> + Send + 'static,
+    ) -> (tokio::io::DuplexStream, Arc<Mutex<Vec<u8>>>) {
+        let (client, mut srv) = tokio::io::duplex(1 << 16);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let kinds = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(mut p)) = read_packet(&mut srv).await {
+                let kind = p.get_u8();
+                let mut out = BytesMut::new();
+                if kind == wire::INIT {
+                    let mut body = BytesMut::new();
+                    body.put_u8(wire::VERSION);
+                    body.put_u32(3);
+                    for s in [&b"limits@openssh.com"[..], b"1"] {
+                        body.put_u32(s.len() as u32);
+                        body.put_slice(s);
+                    }
+                    out.put_u32(body.len() as u32);
+                    out.put_slice(&body);
+                } else {
+                    let id = p.get_u32();
+                    lock(&kinds).push(kind);
+                    let reply = if kind == wire::EXTENDED {
+                        let mut r = BytesMut::new();
+                        r.put_u8(201);
+                        r.put_u32(id);
+                        for v in [1u64 << 18, 100_000, 1 << 18, 200] {
+                            r.put_u64(v);
+                        }
+                        Some(r)
+                    } else {
+                        answer(kind, id, &mut p)
+                    };
+                    if let Some(r) = reply {
+                        out.put_u32(r.len() as u32);
+                        out.put_slice(&r);
+                    }
+                }
+                if srv.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (client, seen)
+    }
+
+    fn reply(kind: u8, id: u32) -> BytesMut {
+        let mut r = BytesMut::new();
+        r.put_u8(kind);
+        r.put_u32(id);
+        r
+    }
+
+    fn string(r: &mut BytesMut, s: &[u8]) {
+        r.put_u32(s.len() as u32);
+        r.put_slice(s);
+    }
+
+    fn status(id: u32, code: u32) -> BytesMut {
+        let mut r = reply(101, id);
+        r.put_u32(code);
+        r
+    }
+
+    #[tokio::test]
+    async fn handles_are_bytes_dots_are_dropped_and_the_limits_are_the_servers() {
+        let handle = b"\x00\x00\x00\x80";
+        let listed = Arc::new(Mutex::new(0));
+        let (stream, seen) = server(move |kind, id, p| match kind {
+            wire::OPENDIR => {
+                let mut r = reply(102, id);
+                string(&mut r, handle);
+                Some(r)
+            }
+            wire::READDIR => {
+                let mut h = p.clone();
+                let n = h.get_u32() as usize;
+                assert_eq!(&h[..n], handle, "the handle comes back as it was sent");
+                let mut calls = lock(&listed);
+                *calls += 1;
+                if *calls > 1 {
+                    return Some(status(id, wire::FX_EOF));
+                }
+                let mut r = reply(104, id);
+                let names: [&[u8]; 4] = [b".", b"..", b"bad\xff", b"ok"];
+                r.put_u32(names.len() as u32);
+                for n in names {
+                    string(&mut r, n);
+                    string(&mut r, b"");
+                    r.put_u32(0x4);
+                    r.put_u32(0o100644);
+                }
+                Some(r)
+            }
+            // CLOSE is not waited for; this server does not even answer it.
+            _ => None,
+        });
+        let sftp = Sftp::start(stream).await.unwrap();
+        assert_eq!(
+            sftp.limits(),
+            SftpLimits {
+                max_read: 100_000,
+                max_handles: 200
+            }
+        );
+        let names: Vec<Bytes> = sftp
+            .read_dir(b"/d")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(names, [&b"bad\xff"[..], b"ok"]);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // OPENDIR, then two READDIRs in one go, then CLOSE.
+        assert_eq!(
+            *lock(&seen),
+            [
+                wire::EXTENDED,
+                wire::OPENDIR,
+                wire::READDIR,
+                wire::READDIR,
+                wire::CLOSE
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_fails_what_is_pending_and_everything_after() {
+        // A server that never answers anything but the version exchange and limits.
+        let (stream, _) = server(|_, _, _| None);
+        let sftp = Arc::new(Sftp::start(stream).await.unwrap());
+        let pending = tokio::spawn({
+            let sftp = sftp.clone();
+            async move { sftp.lstat(b"/stuck").await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        sftp.close();
+        let e = pending.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("closed"), "{e}");
+        assert!(sftp.lstat(b"/later").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_is_not_sftp_is_an_error_not_a_hang() {
+        let (client, mut srv) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let mut b = [0u8; 9];
+            let _ = srv.read_exact(&mut b).await;
+            let _ = srv.write_all(b"SSH-2.0-hello this is not sftp\r\n").await;
+        });
+        let e = Sftp::start(client).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+}

@@ -445,6 +445,7 @@ impl Walker {
             self.ch.clone(),
             path.clone(),
             self.excludes.clone(),
+            self.ctx.problems.clone(),
         ));
         let task = AbortOnDrop(handle);
         self.ahead.scheduled.insert(path.clone());
@@ -518,9 +519,14 @@ impl Walker {
     }
 }
 
-/// Lists a directory: excluded names are dropped, symlink targets are read, and the result
-/// is sorted by name bytes.
-async fn list_dir(ch: Arc<Channels>, dir: PathBuf, excludes: Arc<Excludes>) -> Listing {
+/// Lists a directory: excluded names are dropped, names no file can have are named as
+/// problems and dropped, symlink targets are read, and the result is sorted by name bytes.
+async fn list_dir(
+    ch: Arc<Channels>,
+    dir: PathBuf,
+    excludes: Arc<Excludes>,
+    problems: Problems,
+) -> Listing {
     let d = remote(&dir);
     let names = ch
         .run(
@@ -529,15 +535,29 @@ async fn list_dir(ch: Arc<Channels>, dir: PathBuf, excludes: Arc<Excludes>) -> L
         )
         .await
         .map_err(|e| e.to_string())?;
-    let mut children: Vec<Child> = names
-        .into_iter()
-        .filter(|de| !excludes.is_excluded(&name_path(&dir, &de.name)))
-        .map(|de| Child {
+    let mut children = Vec::with_capacity(names.len());
+    for de in names {
+        // `.` and `..` are dropped by the client. A name with a `/` or a NUL, or an empty
+        // one, is no file's name: only a broken or hostile server sends it.
+        if de.name.is_empty() || de.name.contains(&b'/') || de.name.contains(&0) {
+            problems.push(
+                &dir,
+                format!(
+                    "the server listed a name no file can have ({:?}); skipped",
+                    String::from_utf8_lossy(&de.name)
+                ),
+            );
+            continue;
+        }
+        if excludes.is_excluded(&name_path(&dir, &de.name)) {
+            continue;
+        }
+        children.push(Child {
             name: de.name,
             attrs: de.attrs,
             link: None,
-        })
-        .collect();
+        });
+    }
     children.sort_unstable_by(|a, b| a.name.cmp(&b.name));
 
     let links: Vec<usize> = children
