@@ -430,8 +430,11 @@ impl Walker {
                 listed,
                 next: 0,
             });
+            // What the walk will need next changes only here and when a listing arrives
+            // (`arrived`); a file emitted changes nothing, and scheduling walks the known
+            // future, so it is not done per file.
+            self.schedule();
         }
-        self.schedule();
         true
     }
 
