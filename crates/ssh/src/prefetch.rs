@@ -64,17 +64,19 @@ impl PrefetchLimits {
 }
 
 impl Default for PrefetchLimits {
-    /// 64 listings in flight; up to 1,024 small files but at most 32 MiB of them; 4 large
-    /// files × 8 chunks of 256 KiB in flight and 8 buffered (16 MiB): under 50 MiB, plus
-    /// files the archiver opens on demand (one per reading thread).
+    /// 64 listings in flight; up to 1,024 small files but at most 16 MiB of them; 4 large
+    /// files × 4 chunks of 256 KiB in flight and 4 buffered (8 MiB): under 25 MiB, plus
+    /// files the archiver opens on demand (one per reading thread). At 50 ms round trips
+    /// that is still ~20,000 small files/s or 80 MB/s of large files, more than a Pi's
+    /// cores store.
     fn default() -> Self {
         PrefetchLimits {
             listings: 64,
             small_files: 1024,
-            small_bytes: 32 << 20,
+            small_bytes: 16 << 20,
             large_files: 4,
             chunk: 256 * 1024,
-            large_file_chunks: 8,
+            large_file_chunks: 4,
         }
     }
 }

@@ -199,7 +199,9 @@ impl Sftp {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (r, mut w) = tokio::io::split(stream);
-        let mut r = BufReader::with_capacity(256 * 1024, r);
+        // Small: replies larger than the buffer are read straight into their own buffers
+        // (`read_packet`), past this one, so only small replies are copied twice.
+        let mut r = BufReader::with_capacity(16 * 1024, r);
         w.write_all(&wire::init()).await?;
         w.flush().await?;
         let version = read_packet(&mut r).await?.ok_or_else(|| {

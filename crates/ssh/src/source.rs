@@ -241,9 +241,13 @@ struct Frame {
 struct Lookahead {
     in_flight: FuturesUnordered<ListingFuture>,
     /// Listings that arrived and wait for the walk to reach their directory.
-    done: HashMap<PathBuf, Listing>,
-    /// Everything in flight or done.
-    scheduled: HashSet<PathBuf>,
+    done: HashMap<OsString, Listing>,
+    /// Everything in flight or done. (Keyed by the path's bytes: hashing and comparing a
+    /// `Path` goes component by component, and this is asked for every directory ahead.)
+    scheduled: HashSet<OsString>,
+    /// The last search found every directory known ahead already scheduled; only a listing
+    /// that arrives with directories in it can change that.
+    exhausted: bool,
     max_in_flight: usize,
     max_ahead: usize,
 }
@@ -255,6 +259,7 @@ impl Lookahead {
             in_flight: FuturesUnordered::new(),
             done: HashMap::new(),
             scheduled: HashSet::new(),
+            exhausted: false,
             max_in_flight,
             max_ahead: max_in_flight * 8,
         }
@@ -382,7 +387,7 @@ impl Walker {
             None
         };
         let is_dir = kind == EntryKind::Dir;
-        if is_dir && !self.ahead.scheduled.contains(&path) {
+        if is_dir && !self.ahead.scheduled.contains(path.as_os_str()) {
             // Request it before waiting for the consumer.
             self.spawn_listing(path.clone());
         }
@@ -407,8 +412,8 @@ impl Walker {
         }
         if is_dir {
             let listing = loop {
-                if let Some(l) = self.ahead.done.remove(&path) {
-                    self.ahead.scheduled.remove(&path);
+                if let Some(l) = self.ahead.done.remove(path.as_os_str()) {
+                    self.ahead.scheduled.remove(path.as_os_str());
                     break l;
                 }
                 match self.ahead.in_flight.next().await {
@@ -439,7 +444,10 @@ impl Walker {
     }
 
     fn arrived(&mut self, path: PathBuf, listing: Listing) {
-        self.ahead.done.insert(path, listing);
+        if listing.as_ref().is_ok_and(|l| !l.dirs.is_empty()) {
+            self.ahead.exhausted = false;
+        }
+        self.ahead.done.insert(path.into_os_string(), listing);
         self.schedule();
     }
 
@@ -451,7 +459,7 @@ impl Walker {
             self.ctx.problems.clone(),
         ));
         let task = AbortOnDrop(handle);
-        self.ahead.scheduled.insert(path.clone());
+        self.ahead.scheduled.insert(path.clone().into_os_string());
         self.ahead.in_flight.push(Box::pin(async move {
             let mut task = task;
             let listing = match (&mut task.0).await {
@@ -462,14 +470,21 @@ impl Walker {
         }));
     }
 
-    /// Requests listings in the order the walk will need them, within the limits.
+    /// Requests listings in the order the walk will need them, within the limits. Finding
+    /// them walks the known future past what is already scheduled, so it refills in batches:
+    /// only once at least half of the listings in flight have come back. (The listing the
+    /// walk waits for is requested by `emit` itself if it is not yet.)
     fn schedule(&mut self) {
         let mut wanted: Vec<PathBuf> = Vec::new();
         let room = self
             .ahead
             .max_in_flight
             .saturating_sub(self.ahead.in_flight.len());
-        if room == 0 || self.ahead.scheduled.len() >= self.ahead.max_ahead {
+        if room == 0
+            || self.ahead.exhausted
+            || room < self.ahead.max_in_flight.div_ceil(2)
+            || self.ahead.scheduled.len() >= self.ahead.max_ahead
+        {
             return;
         }
         let budget = room.min(self.ahead.max_ahead - self.ahead.scheduled.len());
@@ -485,6 +500,7 @@ impl Walker {
                 }
             }
         }
+        self.ahead.exhausted = wanted.len() < budget;
         for p in wanted {
             self.spawn_listing(p);
         }
@@ -495,12 +511,12 @@ impl Walker {
     /// `budget` others.
     fn collect_unscheduled(&self, path: PathBuf, wanted: &mut Vec<PathBuf>, budget: usize) {
         let ahead = &self.ahead;
-        if !ahead.scheduled.contains(&path) {
+        if !ahead.scheduled.contains(path.as_os_str()) {
             wanted.push(path);
             return;
         }
         let mut stack: Vec<(PathBuf, &Listed, usize)> = Vec::new();
-        if let Some(Ok(l)) = ahead.done.get(&path) {
+        if let Some(Ok(l)) = ahead.done.get(path.as_os_str()) {
             stack.push((path, l, 0));
         }
         while let Some((dir, l, pos)) = stack.last_mut() {
@@ -513,9 +529,9 @@ impl Walker {
             };
             *pos += 1;
             let p = name_path(dir, &l.children[i].name);
-            if !ahead.scheduled.contains(&p) {
+            if !ahead.scheduled.contains(p.as_os_str()) {
                 wanted.push(p);
-            } else if let Some(Ok(sub)) = ahead.done.get(&p) {
+            } else if let Some(Ok(sub)) = ahead.done.get(p.as_os_str()) {
                 stack.push((p, sub, 0));
             }
         }
