@@ -37,10 +37,14 @@ pub struct PrefetchLimits {
     pub large_files: usize,
     /// Read size and buffer unit, in bytes (at most what the server answers in one READ).
     pub chunk: usize,
-    /// READs in flight per large file, and chunks it buffers before its fetch waits for
-    /// the archiver.
+    /// READs in flight per large file (what hides the round trip). Besides these, a large
+    /// file buffers [`LARGE_FILE_BUFFERED`] chunks before its fetch waits for the archiver.
     pub large_file_chunks: usize,
 }
+
+/// Chunks a large file holds for the archiver beyond its READs in flight: the archiver reads
+/// them as fast as it stores them, so more would only cost memory.
+const LARGE_FILE_BUFFERED: usize = 2;
 
 /// Handles kept free of the prefetch limits: files the archiver opens on demand (one per
 /// reading thread) and the walk's own requests.
@@ -65,9 +69,9 @@ impl PrefetchLimits {
 
 impl Default for PrefetchLimits {
     /// 64 listings in flight; up to 1,024 small files but at most 16 MiB of them; 4 large
-    /// files × 4 chunks of 256 KiB in flight and 4 buffered (8 MiB): under 25 MiB, plus
+    /// files × (8 READs of 256 KiB in flight + 2 buffered) = 10 MiB: under 30 MiB, plus
     /// files the archiver opens on demand (one per reading thread). At 50 ms round trips
-    /// that is still ~20,000 small files/s or 80 MB/s of large files, more than a Pi's
+    /// that is still ~20,000 small files/s or 160 MB/s of large files, more than a Pi's
     /// cores store.
     fn default() -> Self {
         PrefetchLimits {
@@ -76,7 +80,7 @@ impl Default for PrefetchLimits {
             small_bytes: 16 << 20,
             large_files: 4,
             chunk: 256 * 1024,
-            large_file_chunks: 4,
+            large_file_chunks: 8,
         }
     }
 }
@@ -223,12 +227,12 @@ impl Shared {
 
     fn start(&self, job: &Job, slot: Option<Slot>) -> Stream {
         // READs in flight, and chunks buffered for the archiver.
-        let depth = if self.is_large(job.size) {
-            self.limits.large_file_chunks.max(1)
+        let (depth, buffered) = if self.is_large(job.size) {
+            (self.limits.large_file_chunks.max(1), LARGE_FILE_BUFFERED)
         } else {
-            1
+            (1, 1)
         };
-        let (tx, rx) = mpsc::channel(depth);
+        let (tx, rx) = mpsc::channel(buffered);
         if job.size == 0 {
             // Nothing to read: no round trip at all.
             let _ = tx.try_send(Ok(None));
