@@ -4,7 +4,7 @@
 
 use std::io;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 pub(crate) const INIT: u8 = 1;
 pub(crate) const VERSION: u8 = 2;
@@ -143,26 +143,27 @@ impl Cursor {
         self.data.is_empty()
     }
 
+    /// Fails unless `n` more bytes are there.
+    fn need(&self, n: usize) -> io::Result<()> {
+        if self.data.remaining() < n {
+            return Err(malformed("truncated"));
+        }
+        Ok(())
+    }
+
     pub(crate) fn u8(&mut self) -> io::Result<u8> {
-        let b = *self.data.first().ok_or_else(|| malformed("truncated"))?;
-        self.data = self.data.slice(1..);
-        Ok(b)
+        self.need(1)?;
+        Ok(self.data.get_u8())
     }
 
     pub(crate) fn u32(&mut self) -> io::Result<u32> {
-        let b: [u8; 4] = self
-            .data
-            .get(..4)
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| malformed("truncated"))?;
-        self.data = self.data.slice(4..);
-        Ok(u32::from_be_bytes(b))
+        self.need(4)?;
+        Ok(self.data.get_u32())
     }
 
     pub(crate) fn u64(&mut self) -> io::Result<u64> {
-        let hi = u64::from(self.u32()?);
-        let lo = u64::from(self.u32()?);
-        Ok(hi << 32 | lo)
+        self.need(8)?;
+        Ok(self.data.get_u64())
     }
 
     /// A length-prefixed string, as a slice of the packet (no copy).
@@ -171,9 +172,7 @@ impl Cursor {
         if n > self.data.len() {
             return Err(malformed("a string runs past the packet"));
         }
-        let s = self.data.slice(..n);
-        self.data = self.data.slice(n..);
-        Ok(s)
+        Ok(self.data.split_to(n))
     }
 
     fn attrs(&mut self) -> io::Result<Attrs> {
