@@ -561,6 +561,48 @@ fn after_runs_when_the_pull_fails() {
     );
 }
 
+/// The repository opens while the server is reached. A repository that cannot be opened
+/// ends the run with its own reason, nothing runs on the server and the connection (with its
+/// SFTP session) is closed; an unreachable server does not hide the repository's reason.
+#[test]
+fn a_repository_that_does_not_open_runs_nothing_on_the_server() {
+    let Some(s) = setup() else { return };
+    fs::write(s.src.join("f"), "x").unwrap();
+    let before = s.tmp.path().join("before-ran");
+    let job = format!(
+        "  j:\n    server: vps\n    paths: [{src}]\n    before: [\"touch {b}\"]\n",
+        src = s.src.display(),
+        b = before.display()
+    );
+    let cfg = s.config("o", None, &s.sshd.host_key_line, "", &job);
+    assert_eq!(burrow(&cfg, &["init"]).status.code(), Some(0));
+    fs::write(s.tmp.path().join("pw"), "not the password\n").unwrap();
+    let out = burrow(&cfg, &["run", "j", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = json(&out)["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("wrong password"), "{reason}");
+    assert!(
+        !before.exists(),
+        "a before command ran for a run that had failed"
+    );
+    assert_nothing_left_on_the_server(&s.sshd, Duration::from_secs(10));
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cfg = s.config("o2", Some(port), &s.sshd.host_key_line, "", &job);
+    let out = burrow(&cfg, &["run", "j", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = json(&out)["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("wrong password"), "{reason}");
+
+    fs::write(s.tmp.path().join("pw"), "pw\n").unwrap();
+    let out = burrow(&cfg, &["run", "j", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = json(&out)["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("cannot connect"), "{reason}");
+}
+
 /// The sftp-server processes of the test's own sshd, and what each has read so far.
 fn sftp_servers(sshd: &Sshd) -> Vec<(u32, u64)> {
     sshd.processes_named("sftp-server")

@@ -481,9 +481,8 @@ impl Repo {
                 path: path.to_owned(),
             });
         }
-        let repo = repo
-            .open(&Credentials::password(&password.0))
-            .map_err(|e| {
+        let repo =
+            keys::bounded(|| repo.open(&Credentials::password(&password.0))).map_err(|e| {
                 if e.is_code("C002") {
                     RepoError::WrongPassword {
                         path: path.to_owned(),

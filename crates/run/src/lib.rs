@@ -1,12 +1,15 @@
 //! One run of a job, from the backup volume to the retention policy:
 //!
 //! ```text
-//! lock ─► volume ready? ─► repository opened + marker ─► connect ─► arm dead-man ─► before
-//!   │ no: skipped (75)         │ wrong disk: skipped         │ fail: failed      │ fail ─┐
-//!   ▼                          ▼                             ▼                   ▼       │
+//! lock ─► volume ready? ─┬► repository opened + marker ─┬─► arm dead-man ─► before
+//!   │ no: skipped (75)    └► connect, start SFTP ────────┘ fail: failed       │ fail ─┐
+//!   │                         wrong disk: skipped (the connection is closed)   ▼       │
 //! dumps spooled ─► pull + snapshot ─► after (always, once before started) ─► retention  │
 //!                                      ▲─────────────────────────────────────────────────┘
 //! ```
+//!
+//! The repository opens (a key derivation of about half a second) while the server is
+//! reached; nothing is run or read on the server before both are done.
 //!
 //! Every outcome ends in a [`RunSummary`] (status ok / partial / warning / failed / skipped:
 //! warning when the snapshot is complete but retention failed) and the
@@ -232,41 +235,24 @@ async fn run_inner<D: DiskManager>(
         Ok(p) => p,
         Err(e) => return run.end(RunStatus::Failed, e.to_string()),
     };
-    let repo_path = place.repo_path.clone();
-    let repo = match tokio::task::spawn_blocking(move || Repo::open(&repo_path, &password)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return run.end(RunStatus::Failed, e.to_string()),
-        Err(e) => return run.end(RunStatus::Failed, format!("repository task failed: {e}")),
-    };
-    if let Err(e) = place::check_marker(&place, &repo.id()) {
-        return run.end(RunStatus::Skipped, e.to_string());
-    }
-    // restic's shared lock, held until retention: restic and burrows of other state dirs
-    // see the backup and do not prune under it.
-    let shared = match lock_repo(&repo, false).await {
-        Ok(g) => g,
-        Err(e) => return run.end(RunStatus::Failed, e),
-    };
-    log.info(format!("repository {} ready", place.repo_path.display()));
-    let repo = match tidy(repo, log, true).await {
-        Ok(r) => r,
-        Err(e) => return run.end(RunStatus::Failed, e),
-    };
-
-    let host = match server {
-        None => Host::Local,
-        Some(s) => {
-            log.info(format!("connecting to {}@{}:{}", s.user, s.host, s.port));
-            match Session::connect(&ssh_target(s)).await {
-                Ok(sess) => Host::Remote(sess),
-                Err(e) => {
-                    return run.end(
-                        RunStatus::Failed,
-                        format!("cannot connect to server {}: {e}", s.name),
-                    );
-                }
+    // The server is reached while the repository opens: the key derivation is the longest
+    // step of a run that finds nothing new, and neither waits for the other.
+    let connecting = server.map(|s| Connecting::start(run, s));
+    let (repo, shared) = match open_repository(run, &place, password).await {
+        Ok(opened) => opened,
+        Err(report) => {
+            if let Some(c) = connecting {
+                c.abandon().await;
             }
+            return report;
         }
+    };
+    let (host, sftp) = match connecting {
+        None => (Host::Local, None),
+        Some(c) => match c.finish().await {
+            Ok(r) => (Host::Remote(r.session), r.sftp),
+            Err(e) => return run.end(RunStatus::Failed, e),
+        },
     };
 
     let mut deadman = None;
@@ -304,7 +290,7 @@ async fn run_inner<D: DiskManager>(
     } else if cancelled() {
         failure = Some("burrow is shutting down; nothing was pulled".into());
     } else {
-        match pull(run, &host, &place, repo, &problems).await {
+        match pull(run, &host, sftp, &place, repo, &problems).await {
             Ok(p) => outcome = Some(p),
             Err(e) if place.volume.is_some() && !place.repo_path.exists() => {
                 // What the repository said next ("no repository config file found") is only
@@ -491,6 +477,105 @@ async fn lock_repo(repo: &Repo, exclusive: bool) -> Result<burrow_repo::RepoLock
     .map_err(|e| e.to_string())
 }
 
+/// Opens the repository on the located volume, checks its marker, takes restic's shared
+/// lock (held until retention: restic and burrows of other state dirs see the backup and do
+/// not prune under it) and tidies what interrupted writes left.
+async fn open_repository(
+    run: &Run<'_>,
+    place: &place::Place,
+    password: burrow_repo::Password,
+) -> Result<(Repo, burrow_repo::RepoLockGuard), RunReport> {
+    let repo_path = place.repo_path.clone();
+    let repo = match tokio::task::spawn_blocking(move || Repo::open(&repo_path, &password)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(run.end(RunStatus::Failed, e.to_string())),
+        Err(e) => {
+            return Err(run.end(RunStatus::Failed, format!("repository task failed: {e}")));
+        }
+    };
+    if let Err(e) = place::check_marker(place, &repo.id()) {
+        return Err(run.end(RunStatus::Skipped, e.to_string()));
+    }
+    let shared = lock_repo(&repo, false)
+        .await
+        .map_err(|e| run.end(RunStatus::Failed, e))?;
+    run.log
+        .info(format!("repository {} ready", place.repo_path.display()));
+    let repo = tidy(repo, &run.log, true)
+        .await
+        .map_err(|e| run.end(RunStatus::Failed, e))?;
+    Ok((repo, shared))
+}
+
+/// The server side of a run being set up: the SSH session and, for a job with paths, its
+/// SFTP source (started here, used once the before commands and dumps are done).
+struct Connecting(tokio::task::JoinHandle<Result<Remote, String>>);
+
+struct Remote {
+    session: Session,
+    /// `None` for a job of dumps only; an SFTP start that failed fails the pull, after the
+    /// before commands, as it always did.
+    sftp: Option<Result<SftpSource, String>>,
+}
+
+impl Connecting {
+    fn start(run: &Run<'_>, server: &Server) -> Connecting {
+        run.log.info(format!(
+            "connecting to {}@{}:{}",
+            server.user, server.host, server.port
+        ));
+        let target = ssh_target(server);
+        let name = server.name.clone();
+        let io_timeout = server.io_timeout;
+        let (paths, exclude) = (run.job.paths.clone(), run.job.exclude.clone());
+        let cancel = run.ctl.cancel.clone();
+        Connecting(tokio::spawn(async move {
+            let session = Session::connect(&target)
+                .await
+                .map_err(|e| format!("cannot connect to server {name}: {e}"))?;
+            if paths.is_empty() {
+                return Ok(Remote {
+                    session,
+                    sftp: None,
+                });
+            }
+            let sftp = match Excludes::new(&exclude) {
+                Err(e) => Err(e.to_string()),
+                Ok(excludes) => SftpSource::start(
+                    &session,
+                    io_timeout,
+                    cancel,
+                    tokio::runtime::Handle::current(),
+                    &paths,
+                    excludes,
+                )
+                .await
+                .map_err(|e| format!("cannot start SFTP: {e}")),
+            };
+            Ok(Remote {
+                session,
+                sftp: Some(sftp),
+            })
+        }))
+    }
+
+    async fn finish(self) -> Result<Remote, String> {
+        self.0
+            .await
+            .unwrap_or_else(|e| Err(format!("connect task failed: {e}")))
+    }
+
+    /// The run ended before it needed the server: stops the attempt and closes what it
+    /// had opened.
+    async fn abandon(self) {
+        self.0.abort();
+        if let Ok(Ok(remote)) = self.0.await {
+            drop(remote.sftp);
+            remote.session.close().await;
+        }
+    }
+}
+
 async fn close(host: &Host) {
     if let Host::Remote(s) = host {
         s.close().await;
@@ -501,6 +586,7 @@ async fn close(host: &Host) {
 async fn pull(
     run: &Run<'_>,
     host: &Host,
+    sftp: Option<Result<SftpSource, String>>,
     place: &place::Place,
     repo: Repo,
     problems: &Problems,
@@ -522,29 +608,13 @@ async fn pull(
             .await?,
         )
     };
-    let excludes = Excludes::new(&job.exclude).map_err(|e| e.to_string())?;
-    let source: Box<dyn Source> = match host {
-        Host::Local => Box::new(LocalSource::new(&job.paths, excludes)),
-        Host::Remote(s) if !job.paths.is_empty() => {
-            let io_timeout = job
-                .server
-                .as_ref()
-                .and_then(|name| run.cfg.servers.get(name))
-                .map_or(burrow_ssh::DEFAULT_IO_TIMEOUT, |server| server.io_timeout);
-            Box::new(
-                SftpSource::start(
-                    s,
-                    io_timeout,
-                    run.ctl.cancel.clone(),
-                    tokio::runtime::Handle::current(),
-                    &job.paths,
-                    excludes,
-                )
-                .await
-                .map_err(|e| format!("cannot start SFTP: {e}"))?,
-            )
-        }
-        Host::Remote(_) => Box::new(LocalSource::new(&[], Excludes::none())),
+    let source: Box<dyn Source> = match (host, sftp) {
+        (Host::Local, _) => Box::new(LocalSource::new(
+            &job.paths,
+            Excludes::new(&job.exclude).map_err(|e| e.to_string())?,
+        )),
+        (Host::Remote(_), Some(sftp)) => Box::new(sftp?),
+        (Host::Remote(_), None) => Box::new(LocalSource::new(&[], Excludes::none())),
     };
     let mut paths: Vec<PathBuf> = job.paths.clone();
     let extra = spooled
