@@ -504,6 +504,33 @@ impl Repo {
         &self.path
     }
 
+    /// restic's shared lock for a backup, without waiting out its settle: the lock file is
+    /// written and held at once, and the second look (200 ms later, `lock.rs`) runs on a
+    /// thread of its own while the backup reads its parent and walks the source. Every
+    /// write through this handle waits for that look, and is refused when it found another
+    /// process's exclusive lock; the pull then fails with that process named.
+    pub fn lock_for_backup(&self) -> Result<RepoLockGuard, RepoError> {
+        let (guard, look) = self.locks()?.shared_settling()?;
+        self.be.writes.hold();
+        let slot = Arc::new(Mutex::new(Some(look)));
+        let settle = |be: &pinned::Pinned, slot: &Mutex<Option<lock::SecondLook>>| {
+            let look = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(look) = look {
+                be.writes.settle(look.take().map_err(|e| e.to_string()));
+            }
+        };
+        let (be, theirs) = (self.be.clone(), slot.clone());
+        if let Err(e) = std::thread::Builder::new()
+            .name("lock-look".into())
+            .spawn(move || settle(&be, &theirs))
+        {
+            // The same look, taken here: the lock is the same, the backup only starts later.
+            tracing::debug!(error = %e, "no thread for the lock's second look");
+            settle(&self.be, &slot);
+        }
+        Ok(guard)
+    }
+
     /// The repository's restic lock files (`locks/`), for taking a lock on another thread.
     pub fn locks(&self) -> Result<Locks, RepoError> {
         Locks::new(&self.path, &self.repo.key())

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustic_core::jiff::{SignedDuration, Timestamp, Zoned};
 use rustic_core::repofile::MasterKey;
@@ -410,15 +410,32 @@ impl Locks {
     }
 
     fn acquire(&self, exclusive: bool) -> Result<RepoLockGuard, RepoError> {
+        let (guard, look) = self.acquire_settling(exclusive)?;
+        // On a conflict, `guard` is dropped here: our lock file is removed.
+        look.take()?;
+        Ok(guard)
+    }
+
+    /// The lock written and held, with its second look still to take.
+    fn acquire_settling(&self, exclusive: bool) -> Result<(RepoLockGuard, SecondLook), RepoError> {
         self.conflict(exclusive, None)?;
         let info = LockInfo::this_process(exclusive);
         let id = self.write(&info)?;
-        std::thread::sleep(SETTLE);
-        if let Err(e) = self.conflict(exclusive, Some(&id)) {
-            let _ = self.remove(&id);
-            return Err(e);
-        }
-        Ok(RepoLockGuard::start(self.clone(), info, id))
+        let written = Instant::now();
+        let guard = RepoLockGuard::start(self.clone(), info, id);
+        let look = SecondLook {
+            locks: self.clone(),
+            exclusive,
+            held: guard.held.clone(),
+            written,
+        };
+        Ok((guard, look))
+    }
+
+    /// A shared lock whose second look is left to the caller, who may read meanwhile but must
+    /// not write before [`SecondLook::take`] succeeded (the backup: `Repo::lock_for_backup`).
+    pub fn shared_settling(&self) -> Result<(RepoLockGuard, SecondLook), RepoError> {
+        self.acquire_settling(false)
     }
 
     /// A shared (non-exclusive) lock: for backup and check. Refused while an exclusive lock
@@ -431,6 +448,29 @@ impl Locks {
     /// stale exists; stale ones are removed.
     pub fn exclusive(&self) -> Result<RepoLockGuard, RepoError> {
         self.acquire(true)
+    }
+}
+
+/// The second half of taking a lock: [`SETTLE`] after ours was written, look again for a
+/// conflicting lock that a racing process wrote meanwhile.
+#[must_use = "a lock is taken only once its second look found no conflict"]
+pub struct SecondLook {
+    locks: Locks,
+    exclusive: bool,
+    /// Our lock as the guard holds it: a refresh may have replaced the file meanwhile.
+    held: Arc<Mutex<Held>>,
+    written: Instant,
+}
+
+impl SecondLook {
+    /// Waits out the rest of the settle and looks. On a conflict the error says who holds
+    /// the repository; our lock file goes when its guard is dropped, as the racing process
+    /// expects (both give up, neither wins).
+    pub fn take(self) -> Result<(), RepoError> {
+        std::thread::sleep(SETTLE.saturating_sub(self.written.elapsed()));
+        // Held while looking, so a refresh cannot swap the file between the id and the list.
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        self.locks.conflict(self.exclusive, Some(&held.id))
     }
 }
 
@@ -594,6 +634,33 @@ mod tests {
         let e = l.shared().unwrap_err().to_string();
         assert!(e.contains("(exclusive)"), "{e}");
         drop(x);
+        assert!(ids(&l).is_empty());
+    }
+
+    #[test]
+    fn the_second_look_sees_an_exclusive_lock_written_after_ours() {
+        let (_t, mut l) = repo();
+        // A refresh during the settle replaces our file: the look still knows it as ours.
+        l.refresh_every = Duration::from_millis(20);
+        let (guard, look) = l.shared_settling().unwrap();
+        let theirs = l
+            .write(&foreign(true, "otherhost", Duration::ZERO, 77))
+            .unwrap();
+        let e = look.take().unwrap_err().to_string();
+        assert!(e.contains("locked by") && e.contains("otherhost"), "{e}");
+        drop(guard);
+        assert_eq!(
+            ids(&l),
+            vec![theirs.clone()],
+            "ours is removed with its guard"
+        );
+        l.remove(&theirs).unwrap();
+
+        let (guard, look) = l.shared_settling().unwrap();
+        let other = l.shared().unwrap();
+        look.take()
+            .expect("a shared lock does not conflict with ours");
+        drop((guard, other));
         assert!(ids(&l).is_empty());
     }
 

@@ -7,7 +7,8 @@
 //! was opened, and refuses otherwise, so the run fails instead of filling the root filesystem.
 //!
 //! The wrapper also tells which snapshot file a save wrote ([`SnapshotGate`]), so that
-//! `Pending::commit` can return its id.
+//! `Pending::commit` can return its id, and holds every write while the backup's repository
+//! lock is still being taken ([`WriteGate`]).
 //!
 //! It also knows the local backend's file layout for two repairs rustic_core has no API for:
 //! removing `-tmp-` debris of interrupted writes, and telling a damaged pack file from an
@@ -18,7 +19,7 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -35,6 +36,7 @@ pub struct Pinned {
     dev: u64,
     gate: Arc<SnapshotGate>,
     hidden: Mutex<HashSet<Id>>,
+    pub(crate) writes: WriteGate,
 }
 
 /// The ids of the snapshot files written through a [`Pinned`] backend (rustic_core's
@@ -55,6 +57,48 @@ impl SnapshotGate {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(*id);
+    }
+}
+
+/// Writes wait here while restic's lock is settling (lock.rs: the second look, 200 ms after
+/// ours was written), so a backup reads its parent and walks the server meanwhile; once the
+/// look found another process's conflicting lock, every write is refused with its message.
+#[derive(Debug, Default)]
+pub struct WriteGate {
+    state: Mutex<Writes>,
+    settled: Condvar,
+}
+
+#[derive(Debug, Default)]
+enum Writes {
+    #[default]
+    Open,
+    Settling,
+    Refused(String),
+}
+
+impl WriteGate {
+    pub(crate) fn hold(&self) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Writes::Settling;
+    }
+
+    pub(crate) fn settle(&self, look: Result<(), String>) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = match look {
+            Ok(()) => Writes::Open,
+            Err(e) => Writes::Refused(e),
+        };
+        self.settled.notify_all();
+    }
+
+    fn pass(&self) -> Result<(), String> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while matches!(*state, Writes::Settling) {
+            state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        match &*state {
+            Writes::Refused(e) => Err(e.clone()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -107,6 +151,7 @@ impl Pinned {
             dev,
             gate,
             hidden: Mutex::default(),
+            writes: WriteGate::default(),
         })
     }
 
@@ -163,7 +208,7 @@ impl Pinned {
     /// Removes `-tmp-` files last modified more than `age` ago: what a write interrupted by
     /// a kill or a power cut leaves. Never follows a symlink. Returns the removed paths.
     pub fn remove_tmp_debris(&self, age: Duration) -> RusticResult<Vec<PathBuf>> {
-        self.check_place()?;
+        self.check_device()?;
         let mut dirs: Vec<PathBuf> = vec![self.root.clone()];
         dirs.extend(WRITE_DIRS.iter().map(|d| self.root.join(d)));
         if let Ok(rd) = std::fs::read_dir(self.root.join("data")) {
@@ -207,8 +252,19 @@ impl Pinned {
         Ok(removed)
     }
 
-    /// Refuses when the repository directory is no longer on the device it was opened on.
+    /// Refuses when the repository directory is no longer on the device it was opened on,
+    /// and while the lock is settling waits for it ([`WriteGate`]).
     pub fn check_place(&self) -> RusticResult<()> {
+        self.writes.pass().map_err(|e| {
+            RusticError::new(ErrorKind::Backend, "refusing to write: {reason}")
+                .attach_context("reason", e)
+        })?;
+        self.check_device()
+    }
+
+    /// The device half of [`Pinned::check_place`], for removing debris: that adds nothing a
+    /// racing process could lose, so it need not wait for the lock to settle.
+    fn check_device(&self) -> RusticResult<()> {
         if device_of(&self.root) == Some(self.dev) {
             return Ok(());
         }
@@ -299,6 +355,31 @@ mod tests {
         let err = moved.check_place().unwrap_err();
         assert!(err.to_string().contains("refusing to write"), "{err}");
         assert!(moved.remove_tmp_debris(Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn writes_wait_for_the_lock_to_settle_and_are_refused_when_it_did_not() {
+        let gate = Arc::new(WriteGate::default());
+        assert_eq!(gate.pass(), Ok(()), "open unless held");
+        gate.hold();
+        let waiting = {
+            let gate = gate.clone();
+            std::thread::spawn(move || gate.pass())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !waiting.is_finished(),
+            "a write went ahead of the second look"
+        );
+        gate.settle(Err("the repository is locked by restic".into()));
+        assert_eq!(
+            waiting.join().unwrap(),
+            Err("the repository is locked by restic".into())
+        );
+        assert!(gate.pass().is_err(), "and every write after it");
+        gate.hold();
+        gate.settle(Ok(()));
+        assert_eq!(gate.pass(), Ok(()));
     }
 
     #[test]

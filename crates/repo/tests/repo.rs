@@ -478,3 +478,91 @@ fn new_keys_cost_what_restics_cost() {
         Err(RepoError::WrongPassword { .. })
     ));
 }
+
+fn request<'a>(src: &Path, source: &'a LocalSource) -> BackupRequest<'a> {
+    BackupRequest {
+        job: "j",
+        host: "testhost",
+        paths: vec![src.to_owned()],
+        source,
+        extra: Vec::new(),
+        problems: Problems::new(),
+        partial: false,
+        bytes_read: Default::default(),
+        cancel: Default::default(),
+    }
+}
+
+/// Every file below `dir` (none when it does not exist).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// The backup's lock settles while it reads: an exclusive lock that another process wrote
+/// just after ours makes the backup fail at its first write, naming that process, and
+/// leaves no pack, index or snapshot behind. Without one the same backup is saved.
+#[test]
+fn a_backup_writes_nothing_when_its_lock_loses_the_race() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, path) = (tmp.path().join("src"), tmp.path().join("repo"));
+    tree(&src);
+    let repo = init(&path, &Password::new("pw")).unwrap();
+    let files = |dir: &str| {
+        walk_files(&path.join(dir))
+            .into_iter()
+            .filter(|p| !p.to_string_lossy().contains("-tmp-"))
+            .count()
+    };
+    let before = (files("data"), files("index"), files("snapshots"));
+    let source = LocalSource::new(std::slice::from_ref(&src), Excludes::none());
+    let locks = repo.locks().unwrap();
+    // The other lock must land inside the 200 ms before the second look; a machine that
+    // stalls this thread for longer tries again.
+    let err = (0..5)
+        .find_map(|_| {
+            let t0 = std::time::Instant::now();
+            let guard = repo.lock_for_backup().unwrap();
+            let theirs = locks
+                .write(&burrow_repo::LockInfo {
+                    hostname: "otherhost".into(),
+                    pid: 77,
+                    ..burrow_repo::LockInfo::this_process(true)
+                })
+                .unwrap();
+            if t0.elapsed() > std::time::Duration::from_millis(150) {
+                drop(guard);
+                locks.remove(&theirs).unwrap();
+                return None;
+            }
+            let out = repo.backup(request(&src, &source));
+            drop(guard);
+            locks.remove(&theirs).unwrap();
+            Some(out.expect_err("a backup was saved beside an exclusive lock"))
+        })
+        .expect("the lock was never written within 150 ms");
+    let e = err.to_string();
+    assert!(e.contains("locked by") && e.contains("otherhost"), "{e}");
+    assert_eq!(
+        (files("data"), files("index"), files("snapshots")),
+        before,
+        "nothing may be written when the lock was lost"
+    );
+
+    let guard = repo.lock_for_backup().unwrap();
+    let out = repo.backup(request(&src, &source)).unwrap();
+    drop(guard);
+    assert!(out.files_new > 0);
+    assert_eq!(files("snapshots"), before.2 + 1);
+}

@@ -479,7 +479,8 @@ async fn lock_repo(repo: &Repo, exclusive: bool) -> Result<burrow_repo::RepoLock
 
 /// Opens the repository on the located volume, checks its marker, takes restic's shared
 /// lock (held until retention: restic and burrows of other state dirs see the backup and do
-/// not prune under it) and tidies what interrupted writes left.
+/// not prune under it; its settle runs while the backup reads, `Repo::lock_for_backup`) and
+/// tidies what interrupted writes left.
 async fn open_repository(
     run: &Run<'_>,
     place: &place::Place,
@@ -496,9 +497,18 @@ async fn open_repository(
     if let Err(e) = place::check_marker(place, &repo.id()) {
         return Err(run.end(RunStatus::Skipped, e.to_string()));
     }
-    let shared = lock_repo(&repo, false)
-        .await
-        .map_err(|e| run.end(RunStatus::Failed, e))?;
+    let (repo, shared) = match tokio::task::spawn_blocking(move || {
+        let guard = repo.lock_for_backup();
+        (repo, guard)
+    })
+    .await
+    {
+        Ok((repo, Ok(guard))) => (repo, guard),
+        Ok((_, Err(e))) => return Err(run.end(RunStatus::Failed, e.to_string())),
+        Err(e) => {
+            return Err(run.end(RunStatus::Failed, format!("repository task failed: {e}")));
+        }
+    };
     run.log
         .info(format!("repository {} ready", place.repo_path.display()));
     let repo = tidy(repo, &run.log, true)
