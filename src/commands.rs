@@ -9,10 +9,9 @@ use burrow_config::Config;
 use burrow_core::Exit;
 use burrow_core::bytes::human;
 use burrow_core::disk::DiskManager;
-use burrow_core::monitor::Monitor;
 use burrow_core::{RunStatus, RunSummary};
 use burrow_disk::{SimDisk, UDisks2Manager};
-use burrow_repo::{Password, Repo};
+use burrow_repo::Repo;
 use burrow_run::place::{self, PlaceError, RepoLock};
 use burrow_run::{RunControl, run_job};
 
@@ -91,8 +90,10 @@ pub async fn dispatch(cli: Cli) -> Exit {
 
 fn accept(cfg: &Config, job: &str) -> Exit {
     if cfg.job(job).is_none() {
-        eprintln!("burrow: no job named {job:?} in {}", cfg.file.display());
-        return Exit::Usage;
+        return fail(
+            Exit::Usage,
+            format!("no job named {job:?} in {}", cfg.file.display()),
+        );
     }
     match burrow_run::anomaly::PauseFile::new(&cfg.state_dir).resume(job) {
         Ok(Some(p)) => {
@@ -107,11 +108,15 @@ fn accept(cfg: &Config, job: &str) -> Exit {
             println!("{job}: retention is not paused; nothing to accept");
             Exit::Ok
         }
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            Exit::Failed
-        }
+        Err(e) => fail(Exit::Failed, e),
     }
+}
+
+/// Prints `e` as burrow's error, the one way every command reports why it stopped, and
+/// gives `exit` back.
+fn fail(exit: Exit, e: impl std::fmt::Display) -> Exit {
+    eprintln!("burrow: {e}");
+    exit
 }
 
 /// The result of work done on a blocking thread: its error (or the thread's) is printed once
@@ -121,14 +126,8 @@ fn joined<T, E: std::fmt::Display>(
 ) -> Result<T, Exit> {
     match res {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            eprintln!("burrow: {e}");
-            Err(Exit::Failed)
-        }
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            Err(Exit::Failed)
-        }
+        Ok(Err(e)) => Err(fail(Exit::Failed, e)),
+        Err(e) => Err(fail(Exit::Failed, e)),
     }
 }
 
@@ -199,14 +198,14 @@ where
         None => f(None).await,
         Some(s) => match UDisks2Manager::connect(s).await {
             Ok(d) => f(Some(&d)).await,
-            Err(e) => {
-                eprintln!("burrow: {e}");
+            Err(e) => fail(
                 if e.is_skip() {
                     Exit::Skipped
                 } else {
                     Exit::Failed
-                }
-            }
+                },
+                e,
+            ),
         },
     }
 }
@@ -221,17 +220,11 @@ fn place_exit(e: &PlaceError) -> Exit {
 async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
     let _lock = match RepoLock::acquire(&cfg.state_dir) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            return Exit::Failed;
-        }
+        Err(e) => return fail(Exit::Failed, e),
     };
     let place = match place::locate_for_init(cfg, disk).await {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            return place_exit(&e);
-        }
+        Err(e) => return fail(place_exit(&e), e),
     };
     let password = match place.password() {
         Ok(p) => p,
@@ -251,54 +244,27 @@ async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
         Ok(repo.id())
     })
     .await;
-    match res {
-        Ok(Ok(id)) => {
-            if let Err(e) = place::write_marker(&place, &id) {
-                eprintln!(
-                    "burrow: repository created but the volume marker could not be written: {e}"
-                );
-                return Exit::Failed;
-            }
-            println!("created repository {id} at {}", place.repo_path.display());
-            Exit::Ok
-        }
-        Ok(Err(e)) => {
-            eprintln!("burrow: {e}");
-            Exit::Failed
-        }
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            Exit::Failed
-        }
+    let id = match joined(res) {
+        Ok(id) => id,
+        Err(code) => return code,
+    };
+    if let Err(e) = place::write_marker(&place, &id) {
+        return fail(
+            Exit::Failed,
+            format!("repository created but the volume marker could not be written: {e}"),
+        );
     }
+    println!("created repository {id} at {}", place.repo_path.display());
+    Exit::Ok
 }
 
 /// Opens the repository on its verified volume (the marker is checked). Listing and restoring
 /// need no lock (nothing is written); `forget` and `prune` hold [`RepoLock`] around it.
 async fn open_repo<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Result<Repo, Exit> {
-    let place = place::locate(cfg, disk).await.map_err(|e| {
-        eprintln!("burrow: {e}");
-        place_exit(&e)
-    })?;
-    let password: Password = place.password().map_err(|e| {
-        eprintln!("burrow: {e}");
-        Exit::Failed
-    })?;
-    let path = place.repo_path.clone();
-    let repo = tokio::task::spawn_blocking(move || Repo::open(&path, &password))
+    let place = place::locate(cfg, disk)
         .await
-        .map_err(|e| {
-            eprintln!("burrow: {e}");
-            Exit::Failed
-        })?
-        .map_err(|e| {
-            eprintln!("burrow: {e}");
-            Exit::Failed
-        })?;
-    place::check_marker(&place, &repo.id()).map_err(|e| {
-        eprintln!("burrow: {e}");
-        place_exit(&e)
-    })?;
+        .map_err(|e| fail(place_exit(&e), &e))?;
+    let repo = place.open().await.map_err(|e| fail(place_exit(&e), &e))?;
     Ok(repo)
 }
 
@@ -311,26 +277,22 @@ async fn snapshots<D: DiskManager>(
     if let Some(j) = job
         && cfg.job(j).is_none()
     {
-        eprintln!("burrow: no job named {j:?} in {}", cfg.file.display());
-        return Exit::Usage;
+        return fail(
+            Exit::Usage,
+            format!("no job named {j:?} in {}", cfg.file.display()),
+        );
     }
     let repo = match open_repo(cfg, disk).await {
         Ok(r) => r,
         Err(code) => return code,
     };
     let job = job.map(str::to_owned);
-    let listing =
-        match tokio::task::spawn_blocking(move || repo.snapshot_listing(job.as_deref())).await {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => {
-                eprintln!("burrow: {e}");
-                return Exit::Failed;
-            }
-            Err(e) => {
-                eprintln!("burrow: {e}");
-                return Exit::Failed;
-            }
-        };
+    let listing = match joined(
+        tokio::task::spawn_blocking(move || repo.snapshot_listing(job.as_deref())).await,
+    ) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     // Damaged files cannot be read, so they cannot be told apart by job: they are always
     // named, and make the exit code 3.
     let code = if listing.damaged.is_empty() {
@@ -385,8 +347,10 @@ async fn check(cfg: &Config, read_data: Option<&str>, json: bool) -> Exit {
     if let Some(rd) = read_data
         && !burrow_config::valid_read_data(rd)
     {
-        eprintln!("burrow: --read-data={rd}: expected all, a percentage (5%) or n/m (1/7)");
-        return Exit::Usage;
+        return fail(
+            Exit::Usage,
+            format!("--read-data={rd}: expected all, a percentage (5%) or n/m (1/7)"),
+        );
     }
     let ctl = RunControl::new(tokio::sync::watch::channel(false).1);
     let summary = match burrow_run::disk_settings(cfg) {
@@ -441,8 +405,10 @@ async fn forget<D: DiskManager>(
     json: bool,
 ) -> Exit {
     let Some(j) = cfg.job(job) else {
-        eprintln!("burrow: no job named {job:?} in {}", cfg.file.display());
-        return Exit::Usage;
+        return fail(
+            Exit::Usage,
+            format!("no job named {job:?} in {}", cfg.file.display()),
+        );
     };
     let Some(keep) = burrow_run::keep_of(j) else {
         eprintln!(
@@ -457,10 +423,7 @@ async fn forget<D: DiskManager>(
     } else {
         match RepoLock::acquire(&cfg.state_dir) {
             Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("burrow: {e}");
-                return Exit::Failed;
-            }
+            Err(e) => return fail(Exit::Failed, e),
         }
     };
     let repo = match open_repo(cfg, disk).await {
@@ -532,10 +495,7 @@ async fn forget<D: DiskManager>(
 async fn prune<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
     let _lock = match RepoLock::acquire(&cfg.state_dir) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            return Exit::Failed;
-        }
+        Err(e) => return fail(Exit::Failed, e),
     };
     let repo = match open_repo(cfg, disk).await {
         Ok(r) => r,
@@ -546,23 +506,17 @@ async fn prune<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
         let _exclusive = repo.lock_exclusive()?;
         repo.prune()
     });
-    match pruned.await {
-        Ok(Ok(())) => {
-            println!(
-                "pruned {}: data no snapshot references is removed",
-                path.display()
-            );
-            Exit::Ok
-        }
-        Ok(Err(e)) => {
-            eprintln!("burrow: prune failed: {e}");
-            Exit::Failed
-        }
-        Err(e) => {
-            eprintln!("burrow: prune failed: {e}");
-            Exit::Failed
-        }
+    let pruned = pruned
+        .await
+        .map(|r| r.map_err(|e| format!("prune failed: {e}")));
+    if let Err(code) = joined(pruned) {
+        return code;
     }
+    println!(
+        "pruned {}: data no snapshot references is removed",
+        path.display()
+    );
+    Exit::Ok
 }
 
 pub struct RestoreArgs<'a> {
@@ -590,8 +544,10 @@ async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreAr
     };
     if let Some(name) = args.dump {
         let Some(dump) = job.dumps.iter().find(|d| d.name == name) else {
-            eprintln!("burrow: job {} has no dump named {name:?}", job.name);
-            return Exit::Usage;
+            return fail(
+                Exit::Usage,
+                format!("job {} has no dump named {name:?}", job.name),
+            );
         };
         return if args.to_server {
             restore_dump_to_server(cfg, job, dump, repo, args.snapshot).await
@@ -619,8 +575,10 @@ async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreAr
                 Exit::Ok
             } else {
                 report_not_restored(&out);
-                eprintln!("burrow: dump {name} was not restored to {}", dest.display());
-                Exit::Failed
+                fail(
+                    Exit::Failed,
+                    format!("dump {name} was not restored to {}", dest.display()),
+                )
             }
         };
     }
@@ -637,55 +595,47 @@ async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreAr
         repo.restore(&job_name, &snap, &target, sub.as_deref(), workers)
     })
     .await;
-    match res {
-        Ok(Ok(out)) => {
-            println!(
-                "restored snapshot {} into {}: {} file(s), {} dir(s), {}",
-                &out.snapshot_id[..8],
-                args.target
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                out.files,
-                out.dirs,
-                human(out.bytes)
-            );
-            if out.complete() {
-                Exit::Ok
-            } else {
-                report_not_restored(&out);
-                let n = out.refused.len() + out.failed.len();
-                eprintln!(
-                    "burrow: {n} entr{} not restored (listed above); everything else was",
-                    if n == 1 { "y" } else { "ies" }
-                );
-                Exit::Partial
-            }
-        }
-        Ok(Err(e)) => {
-            eprintln!("burrow: {e}");
-            Exit::Failed
-        }
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            Exit::Failed
-        }
+    let out = match joined(res) {
+        Ok(out) => out,
+        Err(code) => return code,
+    };
+    println!(
+        "restored snapshot {} into {}: {} file(s), {} dir(s), {}",
+        &out.snapshot_id[..8],
+        args.target
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        out.files,
+        out.dirs,
+        human(out.bytes)
+    );
+    if out.complete() {
+        return Exit::Ok;
     }
+    report_not_restored(&out);
+    let n = out.refused.len() + out.failed.len();
+    fail(
+        Exit::Partial,
+        format!(
+            "{n} entr{} not restored (listed above); everything else was",
+            if n == 1 { "y" } else { "ies" }
+        ),
+    )
 }
 
 async fn run(cfg: &Config, job: &str, json: bool) -> Exit {
     if cfg.job(job).is_none() {
-        eprintln!("burrow: no job named {job:?} in {}", cfg.file.display());
-        return Exit::Usage;
+        return fail(
+            Exit::Usage,
+            format!("no job named {job:?} in {}", cfg.file.display()),
+        );
     }
     // A running daemon owns the repository: hand the run over and wait for its summary.
     match burrow_daemon::control::Client::connect().await {
         Ok(Some(client)) => {
             return match client.run(job).await {
                 Ok(summary) => report(&summary, json),
-                Err(e) => {
-                    eprintln!("burrow: the daemon did not run {job}: {e}");
-                    Exit::Failed
-                }
+                Err(e) => fail(Exit::Failed, format!("the daemon did not run {job}: {e}")),
             };
         }
         Ok(None) => {}
@@ -710,64 +660,46 @@ async fn run(cfg: &Config, job: &str, json: bool) -> Exit {
     let ctl = RunControl::new(rx);
     let monitor = match burrow_notify::Healthchecks::new(burrow_daemon::serve::ping_urls(cfg)) {
         Ok(m) => m,
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            return Exit::Usage;
-        }
+        Err(e) => return fail(Exit::Usage, e),
     };
-    monitor.start(job, &ctl.run_id).await;
     let run_id = ctl.run_id.clone();
     let progress =
         (!json && std::io::stderr().is_terminal()).then(|| spinner(ctl.bytes_read.clone()));
-    let (summary, log_tail) = match burrow_run::disk_settings(cfg) {
-        None => {
-            let r = run_job::<SimDisk>(cfg, None, job, ctl).await;
-            (r.summary, r.log)
+    let done = burrow_run::monitored(&monitor, job, &run_id, async {
+        match burrow_run::disk_settings(cfg) {
+            None => run_job::<SimDisk>(cfg, None, job, ctl).await,
+            Some(s) => match UDisks2Manager::connect(s).await {
+                Ok(d) => {
+                    let r = run_job(cfg, Some(&d), job, ctl).await;
+                    release_after_run(cfg, &d).await;
+                    r
+                }
+                Err(e) => {
+                    let status = if e.is_skip() {
+                        RunStatus::Skipped
+                    } else {
+                        RunStatus::Failed
+                    };
+                    burrow_run::RunReport {
+                        summary: burrow_run::summary_without_run(job, status, e.to_string()),
+                        log: e.to_string(),
+                    }
+                }
+            },
         }
-        Some(s) => match UDisks2Manager::connect(s).await {
-            Ok(d) => {
-                let r = run_job(cfg, Some(&d), job, ctl).await;
-                release_after_run(cfg, &d).await;
-                (r.summary, r.log)
-            }
-            Err(e) => {
-                let status = if e.is_skip() {
-                    RunStatus::Skipped
-                } else {
-                    RunStatus::Failed
-                };
-                (
-                    burrow_run::summary_without_run(job, status, e.to_string()),
-                    e.to_string(),
-                )
-            }
-        },
-    };
+    })
+    .await;
     if let Some((pb, task)) = progress {
         task.abort();
         pb.finish_and_clear();
     }
-    let outcome = burrow_core::monitor::Outcome {
-        status: summary.status,
-        exit_code: summary.status.exit().code(),
-        log: log_tail,
-    };
-    monitor.finish(job, &run_id, &outcome).await;
-    report(&summary, json)
+    report(&done.summary, json)
 }
 
-pub async fn release_after_run<D: DiskManager>(cfg: &Config, disk: &D) {
-    if let Some(d) = &cfg.disk
-        && (d.unmount_after_run || d.power_off_after_run)
-    {
-        let what = burrow_core::disk::Release {
-            unmount: true,
-            lock: true,
-            power_off: d.power_off_after_run,
-        };
-        if let Err(e) = disk.release(what).await {
-            tracing::warn!("releasing the backup disk after the run failed: {e}");
-        }
+/// The disk released after a run by hand, as the config asks.
+async fn release_after_run<D: DiskManager>(cfg: &Config, disk: &D) {
+    if let Some(what) = burrow_run::release_after_run(cfg) {
+        burrow_run::release_disk(disk, what).await;
     }
 }
 
@@ -851,10 +783,7 @@ async fn status(cfg: &Config, json: bool) -> Exit {
                 }
                 Exit::Ok
             }
-            Err(e) => {
-                eprintln!("burrow: {e}");
-                Exit::Failed
-            }
+            Err(e) => fail(Exit::Failed, e),
         },
         Ok(None) => {
             eprintln!(
@@ -864,10 +793,7 @@ async fn status(cfg: &Config, json: bool) -> Exit {
             );
             Exit::Failed
         }
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            Exit::Failed
-        }
+        Err(e) => fail(Exit::Failed, e),
     }
 }
 
@@ -902,8 +828,10 @@ async fn restore_dump_to_server(
         Some(s) => match burrow_ssh::Session::connect(&burrow_run::ssh_target(s)).await {
             Ok(sess) => burrow_run::host::Host::Remote(sess),
             Err(e) => {
-                eprintln!("burrow: cannot connect to server {}: {e}", s.name);
-                return Exit::Failed;
+                return fail(
+                    Exit::Failed,
+                    format!("cannot connect to server {}: {e}", s.name),
+                );
             }
         },
     };
@@ -935,10 +863,7 @@ async fn restore_dump_to_server(
             println!("restored dump {} ({n} bytes) with `{cmd}`", dump.name);
             Exit::Ok
         }
-        (Ok(Err(e)), _) => {
-            eprintln!("burrow: reading the dump failed: {e}");
-            Exit::Failed
-        }
+        (Ok(Err(e)), _) => fail(Exit::Failed, format!("reading the dump failed: {e}")),
         (_, Ok(o)) => {
             eprintln!(
                 "burrow: `{cmd}` failed: {} {}",
@@ -947,9 +872,6 @@ async fn restore_dump_to_server(
             );
             Exit::Failed
         }
-        (_, Err(e)) => {
-            eprintln!("burrow: `{cmd}` failed: {e}");
-            Exit::Failed
-        }
+        (_, Err(e)) => fail(Exit::Failed, format!("`{cmd}` failed: {e}")),
     }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use burrow_config::Config;
 use burrow_core::disk::{DiskEvent, DiskManager, Release};
-use burrow_core::monitor::{Monitor, Outcome};
 use burrow_core::{Exit, RunStatus};
 use burrow_disk::{SimDisk, UDisks2Manager};
 use burrow_notify::Healthchecks;
@@ -394,19 +393,15 @@ impl<D: DiskManager> Daemon<D> {
         let (cfg, disk, monitor) = (self.cfg.clone(), self.disk.clone(), self.monitor.clone());
         let (job2, ctl2) = (job.clone(), ctl.clone());
         let handle = tokio::spawn(async move {
-            monitor.start(&job2, &ctl2.run_id).await;
-            let report = if job2 == CHECK {
-                burrow_run::run_check(&cfg, disk.as_deref(), ctl2.clone()).await
-            } else {
-                burrow_run::run_job(&cfg, disk.as_deref(), &job2, ctl2.clone()).await
-            };
-            let outcome = Outcome {
-                status: report.summary.status,
-                exit_code: report.summary.status.exit().code(),
-                log: report.log.clone(),
-            };
-            monitor.finish(&job2, &ctl2.run_id, &outcome).await;
-            report
+            let run_id = ctl2.run_id.clone();
+            burrow_run::monitored(monitor.as_ref(), &job2, &run_id, async {
+                if job2 == CHECK {
+                    burrow_run::run_check(&cfg, disk.as_deref(), ctl2).await
+                } else {
+                    burrow_run::run_job(&cfg, disk.as_deref(), &job2, ctl2).await
+                }
+            })
+            .await
         });
         self.current = Some(Current {
             job,
@@ -457,21 +452,18 @@ impl<D: DiskManager> Daemon<D> {
                 summary: Box::new(summary.clone()),
             });
         }
-        if let Some(disk) = &self.disk {
-            let dcfg = self.cfg.disk.as_ref();
-            let unmount = dcfg.is_some_and(|d| d.unmount_after_run || d.power_off_after_run);
-            if (unmount || self.pending_lock) && self.queue.is_empty() {
-                let what = Release {
-                    unmount: true,
-                    lock: true,
-                    power_off: dcfg.is_some_and(|d| d.power_off_after_run),
-                };
+        if let Some(disk) = &self.disk
+            && self.queue.is_empty()
+        {
+            // A key stick pulled during the run asked for the lock; the config may ask more.
+            let asked = self.pending_lock.then_some(Release {
+                unmount: true,
+                lock: true,
+                power_off: false,
+            });
+            if let Some(what) = burrow_run::release_after_run(&self.cfg).or(asked) {
                 let disk = disk.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = disk.release(what).await {
-                        tracing::warn!("releasing the backup disk failed: {e}");
-                    }
-                });
+                tokio::spawn(async move { burrow_run::release_disk(disk.as_ref(), what).await });
                 self.pending_lock = false;
             }
         }

@@ -23,15 +23,17 @@ pub mod host;
 pub mod log;
 pub mod place;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use burrow_config::{Config, HostKey, Job, Server};
-use burrow_core::disk::DiskManager;
+use burrow_core::disk::{DiskManager, Release};
 use burrow_core::exclude::Excludes;
 use burrow_core::local::LocalSource;
+use burrow_core::monitor::{Monitor, Outcome};
 use burrow_core::run::ErrorItem;
 use burrow_core::source::Source;
 use burrow_core::{Problems, RunStatus, RunSummary};
@@ -68,6 +70,49 @@ impl RunControl {
 pub struct RunReport {
     pub summary: RunSummary,
     pub log: String,
+}
+
+impl RunReport {
+    /// What monitoring is told of this run.
+    pub fn outcome(&self) -> Outcome {
+        Outcome {
+            status: self.summary.status,
+            exit_code: self.summary.status.exit().code(),
+            log: self.log.clone(),
+        }
+    }
+}
+
+/// Runs `run` (a job's run or the check) between the monitor's start and finish pings: the
+/// one wrapper of `burrow run` and the daemon's runs.
+pub async fn monitored<M: Monitor>(
+    monitor: &M,
+    job: &str,
+    run_id: &str,
+    run: impl Future<Output = RunReport>,
+) -> RunReport {
+    monitor.start(job, run_id).await;
+    let report = run.await;
+    monitor.finish(job, run_id, &report.outcome()).await;
+    report
+}
+
+/// What the config has done with the backup disk once runs are over (`unmount_after_run`,
+/// `power_off_after_run`); `None`: it stays mounted.
+pub fn release_after_run(cfg: &Config) -> Option<Release> {
+    let d = cfg.disk.as_ref()?;
+    (d.unmount_after_run || d.power_off_after_run).then_some(Release {
+        unmount: true,
+        lock: true,
+        power_off: d.power_off_after_run,
+    })
+}
+
+/// Releases the backup disk as `what` says; a failure is logged, never the run's.
+pub async fn release_disk<D: DiskManager>(disk: &D, what: Release) {
+    if let Err(e) = disk.release(what).await {
+        tracing::warn!("releasing the backup disk failed: {e}");
+    }
 }
 
 /// The summary of a run that could not even start (no disk manager, daemon refused).
@@ -163,6 +208,14 @@ impl Run<'_> {
     }
 }
 
+/// The end of a run that could not use the repository: skipped or failed, as `e` says.
+fn place_end(run: &Run<'_>, e: PlaceError) -> RunReport {
+    match e {
+        PlaceError::Skip(r) => run.end(RunStatus::Skipped, r),
+        PlaceError::Fail(r) => run.end(RunStatus::Failed, r),
+    }
+}
+
 /// Runs `job_name` once. `disk` must be given when the config has `disk`.
 pub async fn run_job<D: DiskManager>(
     cfg: &Config,
@@ -228,17 +281,12 @@ async fn run_inner<D: DiskManager>(
     };
     let place = match place::locate(cfg, disk).await {
         Ok(p) => p,
-        Err(PlaceError::Skip(r)) => return run.end(RunStatus::Skipped, r),
-        Err(PlaceError::Fail(r)) => return run.end(RunStatus::Failed, r),
-    };
-    let password = match place.password() {
-        Ok(p) => p,
-        Err(e) => return run.end(RunStatus::Failed, e.to_string()),
+        Err(e) => return place_end(run, e),
     };
     // The server is reached while the repository opens: the key derivation is the longest
     // step of a run that finds nothing new, and neither waits for the other.
     let connecting = server.map(|s| Connecting::start(run, s));
-    let (repo, shared) = match open_repository(run, &place, password).await {
+    let (repo, shared) = match open_repository(run, &place).await {
         Ok(opened) => opened,
         Err(report) => {
             if let Some(c) = connecting {
@@ -484,19 +532,8 @@ async fn lock_repo(repo: &Repo, exclusive: bool) -> Result<burrow_repo::RepoLock
 async fn open_repository(
     run: &Run<'_>,
     place: &place::Place,
-    password: burrow_repo::Password,
 ) -> Result<(Repo, burrow_repo::RepoLockGuard), RunReport> {
-    let repo_path = place.repo_path.clone();
-    let repo = match tokio::task::spawn_blocking(move || Repo::open(&repo_path, &password)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(run.end(RunStatus::Failed, e.to_string())),
-        Err(e) => {
-            return Err(run.end(RunStatus::Failed, format!("repository task failed: {e}")));
-        }
-    };
-    if let Err(e) = place::check_marker(place, &repo.id()) {
-        return Err(run.end(RunStatus::Skipped, e.to_string()));
-    }
+    let repo = place.open().await.map_err(|e| place_end(run, e))?;
     let (repo, shared) = match tokio::task::spawn_blocking(move || {
         let guard = repo.lock_for_backup();
         (repo, guard)
@@ -790,19 +827,12 @@ pub async fn check_repository<D: DiskManager>(
     let result: Result<(), (RunStatus, String)> = async {
         let _lock =
             RepoLock::acquire(&cfg.state_dir).map_err(|e| (RunStatus::Failed, e.to_string()))?;
-        let place = place::locate(cfg, disk).await.map_err(|e| match e {
+        let classed = |e: PlaceError| match e {
             PlaceError::Skip(r) => (RunStatus::Skipped, r),
             PlaceError::Fail(r) => (RunStatus::Failed, r),
-        })?;
-        let password = place
-            .password()
-            .map_err(|e| (RunStatus::Failed, e.to_string()))?;
-        let path = place.repo_path.clone();
-        let repo = tokio::task::spawn_blocking(move || Repo::open(&path, &password))
-            .await
-            .map_err(|e| (RunStatus::Failed, e.to_string()))?
-            .map_err(|e| (RunStatus::Failed, e.to_string()))?;
-        place::check_marker(&place, &repo.id()).map_err(|e| (RunStatus::Skipped, e.to_string()))?;
+        };
+        let place = place::locate(cfg, disk).await.map_err(classed)?;
+        let repo = place.open().await.map_err(classed)?;
         let repo = tidy(repo, &log, false)
             .await
             .map_err(|e| (RunStatus::Failed, e))?;

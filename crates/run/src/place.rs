@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use burrow_config::Config;
 use burrow_core::disk::{DiskError, DiskManager, MountCheck, Volume};
 use burrow_disk::guard;
-use burrow_repo::Password;
+use burrow_repo::{Password, Repo};
 use nix::fcntl::{Flock, FlockArg};
 
 /// Why the repository cannot be used now.
@@ -49,6 +49,20 @@ pub struct Place {
 impl Place {
     pub fn password(&self) -> Result<Password, PlaceError> {
         Password::from_file(&self.password_file).map_err(|e| PlaceError::Fail(e.to_string()))
+    }
+
+    /// Opens the located repository with its password (on a blocking thread: the key
+    /// derivation) and checks that the volume's marker names it. Every command reaches an
+    /// existing repository this way, after [`locate`].
+    pub async fn open(&self) -> Result<Repo, PlaceError> {
+        let password = self.password()?;
+        let path = self.repo_path.clone();
+        let repo = tokio::task::spawn_blocking(move || Repo::open(&path, &password))
+            .await
+            .map_err(|e| PlaceError::Fail(format!("repository task failed: {e}")))?
+            .map_err(|e| PlaceError::Fail(e.to_string()))?;
+        check_marker(self, &repo.id())?;
+        Ok(repo)
     }
 }
 
