@@ -658,10 +658,7 @@ async fn run(cfg: &Config, job: &str, json: bool) -> Exit {
         }
     });
     let ctl = RunControl::new(rx);
-    let monitor = match burrow_notify::Healthchecks::new(burrow_daemon::serve::ping_urls(cfg)) {
-        Ok(m) => m,
-        Err(e) => return fail(Exit::Usage, e),
-    };
+    let monitor = burrow_notify::Healthchecks::new(burrow_daemon::serve::ping_urls(cfg));
     let run_id = ctl.run_id.clone();
     let progress =
         (!json && std::io::stderr().is_terminal()).then(|| spinner(ctl.bytes_read.clone()));

@@ -15,7 +15,8 @@ pub use outline::{EditRefused, JobOutline, Outline, ServerOutline, outline, set_
 pub use validate::valid_read_data;
 
 use std::collections::BTreeMap;
-use std::fmt;
+
+pub use burrow_core::ping::PingUrl;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -108,7 +109,7 @@ pub struct Job {
     pub dumps: Vec<Dump>,
     pub retention: Option<Retention>,
     pub anomaly: Anomaly,
-    pub healthcheck: Option<Ping>,
+    pub healthcheck: Option<PingUrl>,
 }
 
 /// The anomaly guard of a job (`jobs.NAME.anomaly`): when a new snapshot looks nothing like
@@ -155,38 +156,9 @@ pub struct Retention {
     pub keep_yearly: Option<u32>,
 }
 
-/// A healthchecks.io ping URL. Its path is a secret (anyone holding it can ping), so `Debug`
-/// and `Display` show only the scheme and host.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Ping(String);
-
-impl Ping {
-    pub fn new(url: String) -> Self {
-        Ping(url)
-    }
-    /// The full URL, for the HTTP client only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Ping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Ping({self})")
-    }
-}
-
-impl fmt::Display for Ping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
-        let host = rest.split('/').next().unwrap_or("");
-        write!(f, "{scheme}://{host}/…")
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct Healthchecks {
-    pub heartbeat: Option<Ping>,
+    pub heartbeat: Option<PingUrl>,
 }
 
 #[derive(Debug, Clone)]
@@ -194,7 +166,7 @@ pub struct Check {
     pub schedule: Schedule,
     /// `None`: structure only; `Some("5%")`, `Some("all")`, `Some("1/7")`: also read data.
     pub read_data: Option<String>,
-    pub healthcheck: Option<Ping>,
+    pub healthcheck: Option<PingUrl>,
 }
 
 impl Config {

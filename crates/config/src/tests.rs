@@ -216,7 +216,7 @@ jobs:
     assert!(!dbg.contains("5d7c1f3a"), "{dbg}");
     assert!(dbg.contains("hc-ping.com"));
     let ping = cfg.job("a").unwrap().healthcheck.as_ref().unwrap();
-    assert!(ping.expose().ends_with("123456789abc"));
+    assert!(ping.url().as_str().ends_with("123456789abc"));
 }
 
 #[test]
@@ -227,6 +227,9 @@ fn ping_urls_the_healthchecks_adapter_would_refuse_are_config_errors() {
         ("https:///abc", "no host"),
         ("http://", "no host"),
         ("ftp://hc-ping.com/abc", "http(s)"),
+        // Accepted by the old check, refused by the HTTP client: the daemon exited 2.
+        ("https://hc-ping.com:99999/abc", "not a valid URL"),
+        ("https://[::1/abc", "not a valid URL"),
     ] {
         let text = format!(
             "repository: {{path: /r, password_file: /dev/null}}\njobs:\n  a:\n    paths: [/x]\n    healthcheck: \"{url}\"\n"

@@ -11,7 +11,7 @@ use burrow_core::schedule::Schedule;
 use crate::raw::{RawAnomaly, RawConfig, RawDump, RawPing};
 use crate::{
     Anomaly, Check, Config, ConfigError, DEFAULT_STATE_DIR, Disk, Dump, Healthchecks, HostKey,
-    Invalid, Job, KeyStick, Ping, Repository, Retention, Server, locate::locate, shell_quote,
+    Invalid, Job, KeyStick, PingUrl, Repository, Retention, Server, locate::locate, shell_quote,
 };
 
 struct Errors<'a> {
@@ -131,54 +131,29 @@ fn valid_name(s: &str) -> bool {
         && s != ".."
 }
 
+/// A job's or the check's ping: a URL, or a slug under the project's ping key
+/// (`<base_url>/<key>/<slug>`), checked by [`PingUrl::parse`] either way.
 fn ping(
     errs: &mut Errors,
     path: &str,
     raw: Option<&RawPing>,
     key: Option<&str>,
     base: &str,
-) -> Option<Ping> {
-    match raw? {
-        RawPing::Url(u) => {
-            if !(u.starts_with("https://") || u.starts_with("http://")) {
-                errs.add(
-                    path,
-                    "must be an http(s):// URL, e.g. https://hc-ping.com/<uuid>",
-                );
-                return None;
-            }
-            // The same rules as the healthchecks adapter, so that a URL check-config accepts
-            // never stops the daemon.
-            let host = u.split_once("://").map_or("", |(_, rest)| {
-                rest.split(['/', '?', '#']).next().unwrap_or("")
-            });
-            if host.is_empty() || host.contains(char::is_whitespace) {
-                errs.add(path, "the URL has no host, e.g. https://hc-ping.com/<uuid>");
-                return None;
-            }
-            if u.contains('?') || u.contains('#') {
-                errs.add(
-                    path,
-                    "the URL must not have a query or fragment (burrow adds ?rid=)",
-                );
-                return None;
-            }
-            Some(Ping::new(u.trim_end_matches('/').to_owned()))
-        }
+) -> Option<PingUrl> {
+    let url = match raw? {
+        RawPing::Url(u) => u.clone(),
         RawPing::Slug { slug } => match key {
-            Some(k) => Some(Ping::new(format!(
-                "{}/{k}/{slug}",
-                base.trim_end_matches('/')
-            ))),
+            Some(k) => format!("{}/{k}/{slug}", base.trim_end_matches('/')),
             None => {
                 errs.add(
                     path,
                     "a slug needs healthchecks.ping_key_file (the project's ping key)",
                 );
-                None
+                return None;
             }
         },
-    }
+    };
+    PingUrl::parse(&url).map_err(|e| errs.add(path, e)).ok()
 }
 
 pub fn validate(

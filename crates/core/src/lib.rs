@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod local;
 pub mod mem;
 pub mod monitor;
+pub mod ping;
 pub mod problems;
 pub mod retention;
 pub mod run;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use burrow_config::Config;
+use burrow_config::{Config, PingUrl};
 use burrow_core::disk::{DiskEvent, DiskManager, Release};
 use burrow_core::{Exit, RunStatus};
 use burrow_disk::{SimDisk, UDisks2Manager};
@@ -113,31 +113,21 @@ struct Daemon<D: DiskManager> {
 }
 
 /// Each job's ping URL (and the check's), for the healthchecks client.
-pub fn ping_urls(cfg: &Config) -> std::collections::HashMap<String, String> {
-    let mut m: std::collections::HashMap<String, String> = cfg
+pub fn ping_urls(cfg: &Config) -> std::collections::HashMap<String, PingUrl> {
+    let mut m: std::collections::HashMap<String, PingUrl> = cfg
         .jobs
         .values()
-        .filter_map(|j| {
-            j.healthcheck
-                .as_ref()
-                .map(|p| (j.name.clone(), p.expose().to_owned()))
-        })
+        .filter_map(|j| j.healthcheck.clone().map(|p| (j.name.clone(), p)))
         .collect();
-    if let Some(hc) = cfg.check.as_ref().and_then(|c| c.healthcheck.as_ref()) {
-        m.insert(CHECK.to_owned(), hc.expose().to_owned());
+    if let Some(hc) = cfg.check.as_ref().and_then(|c| c.healthcheck.clone()) {
+        m.insert(CHECK.to_owned(), hc);
     }
     m
 }
 
 impl<D: DiskManager> Daemon<D> {
     async fn start(cfg: Config, disk: Option<Arc<D>>, sd: Systemd, sim: bool) -> Exit {
-        let monitor = match Healthchecks::new(ping_urls(&cfg)) {
-            Ok(m) => Arc::new(m),
-            Err(e) => {
-                eprintln!("burrow: {e}");
-                return Exit::Usage;
-            }
-        };
+        let monitor = Arc::new(Healthchecks::new(ping_urls(&cfg)));
         let store = Store::new(cfg.state_dir.clone());
         if let Err(e) = std::fs::create_dir_all(store.dir()) {
             eprintln!(
@@ -252,7 +242,7 @@ impl<D: DiskManager> Daemon<D> {
                 let mut every = tokio::time::interval(HEARTBEAT);
                 loop {
                     every.tick().await;
-                    monitor.ping_plain(url.expose()).await;
+                    monitor.ping_plain(&url).await;
                 }
             })
         });

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use burrow_core::monitor::{Monitor, Outcome};
+use burrow_core::ping::PingUrl;
 use burrow_core::run::RunStatus;
 use burrow_notify::{Healthchecks, RetryPolicy};
 use burrow_testkit::http::PingServer;
@@ -20,9 +21,13 @@ fn fast() -> RetryPolicy {
     }
 }
 
+/// Job "web" pinging `url`.
+fn urls(url: &str) -> HashMap<String, PingUrl> {
+    HashMap::from([("web".to_owned(), PingUrl::parse(url).unwrap())])
+}
+
 fn client(server_url: &str) -> Healthchecks {
-    let urls = HashMap::from([("web".to_owned(), format!("{server_url}/ping/{CHECK}"))]);
-    Healthchecks::with_policy(urls, fast()).unwrap()
+    Healthchecks::with_policy(urls(&format!("{server_url}/ping/{CHECK}")), fast())
 }
 
 fn outcome(status: RunStatus, exit_code: i32, log: &str) -> Outcome {
@@ -157,7 +162,7 @@ async fn jobs_without_url_and_heartbeat() {
     hc.finish("db", RID, &outcome(RunStatus::Failed, 1, "x"))
         .await;
     hc.fail("db", RID, "x").await;
-    hc.ping_plain(&format!("{}/ping/heartbeat-check", server.url()))
+    hc.ping_plain(&PingUrl::parse(&format!("{}/ping/heartbeat-check", server.url())).unwrap())
         .await;
     let reqs = server.wait_for(1, WAIT);
     assert_eq!(reqs.len(), 1);
@@ -180,13 +185,12 @@ async fn hung_server_times_out_in_bounded_time() {
     // Accepts connections (the kernel does, via the backlog) but never answers.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let urls = HashMap::from([("web".to_owned(), format!("{url}/ping/{CHECK}"))]);
     let policy = RetryPolicy {
         attempts: 2,
         backoff: Duration::from_millis(20),
         timeout: Duration::from_millis(300),
     };
-    let hc = Healthchecks::with_policy(urls, policy).unwrap();
+    let hc = Healthchecks::with_policy(urls(&format!("{url}/ping/{CHECK}")), policy);
     let t = Instant::now();
     hc.start("web", RID).await;
     let took = t.elapsed();
