@@ -8,14 +8,13 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use burrow_config::{Outline, outline};
 use burrow_core::Exit;
 use rand::{Rng, RngCore};
 use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
-use russh::keys::ssh_key::{Fingerprint, HashAlg, LineEnding, PrivateKey, PublicKey};
+use russh::keys::ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey};
 
 use crate::cli::Setup;
 
@@ -407,41 +406,6 @@ fn split_words(cmd: &str) -> Result<Vec<String>, String> {
 
 // ---- setup trust ---------------------------------------------------------------------------
 
-/// A client that records the host key and refuses it, so nothing is sent after the key
-/// exchange (no user name, no key).
-struct Recorder(Arc<Mutex<Option<PublicKey>>>);
-
-impl russh::client::Handler for Recorder {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(key.public_key());
-        Ok(false)
-    }
-}
-
-/// Connects to `host`:`port` and returns the host key it presents, without trusting it.
-pub async fn fetch_host_key(host: &str, port: u16, timeout: Duration) -> Result<PublicKey, String> {
-    let seen = Arc::new(Mutex::new(None));
-    let config = Arc::new(russh::client::Config::default());
-    let attempt = russh::client::connect(config, (host, port), Recorder(seen.clone()));
-    let res = tokio::time::timeout(timeout, attempt).await;
-    if let Some(k) = seen.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        return Ok(k);
-    }
-    match res {
-        Err(_) => Err(format!(
-            "{host}:{port}: no answer within {}s",
-            timeout.as_secs()
-        )),
-        Ok(Err(e)) => Err(format!("{host}:{port}: {e}")),
-        Ok(Ok(_)) => Err(format!("{host}:{port}: the server presented no host key")),
-    }
-}
-
 async fn trust(config: &Path, server: &str, write: bool) -> Exit {
     let (text, o) = match read_outline(config) {
         Ok(x) => x,
@@ -468,7 +432,7 @@ async fn trust(config: &Path, server: &str, write: bool) -> Exit {
         .as_deref()
         .and_then(|t| humantime::parse_duration(t).ok())
         .unwrap_or(Duration::from_secs(30));
-    let key = match fetch_host_key(&s.host, s.port, timeout).await {
+    let key = match burrow_ssh::fetch_host_key(&s.host, s.port, timeout).await {
         Ok(k) => k,
         Err(e) => {
             eprintln!("burrow: cannot fetch the host key of server {server}: {e}");
@@ -511,7 +475,7 @@ async fn trust(config: &Path, server: &str, write: bool) -> Exit {
     println!("    {server}:");
     println!("      host_key: \"{line}\"");
     match &s.host_key {
-        Some(pinned) if key_matches(pinned, &key) => {
+        Some(pinned) if burrow_ssh::pinned_accepts(pinned, &key) => {
             println!("\nThe config already pins this key: nothing to change.");
             return Exit::Ok;
         }
@@ -541,7 +505,7 @@ async fn trust(config: &Path, server: &str, write: bool) -> Exit {
             return Exit::Failed;
         }
     };
-    match replace_file(config, &edited) {
+    match burrow_core::fsutil::write_atomic(config, edited.as_bytes()) {
         Ok(()) => {
             println!(
                 "\nwrote servers.{server}.host_key to {} — only after you compared the fingerprint!",
@@ -556,17 +520,6 @@ async fn trust(config: &Path, server: &str, write: bool) -> Exit {
     }
 }
 
-fn key_matches(pinned: &str, key: &PublicKey) -> bool {
-    let p = pinned.trim();
-    if p.starts_with("SHA256:") || p.starts_with("SHA512:") {
-        return p
-            .parse::<Fingerprint>()
-            .is_ok_and(|fp| key.fingerprint(fp.algorithm()) == fp);
-    }
-    let line = p.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-    PublicKey::from_openssh(&line).is_ok_and(|k| k.key_data() == key.key_data())
-}
-
 fn short(pinned: &str) -> String {
     let p = pinned.trim();
     if p.chars().count() > 40 {
@@ -574,26 +527,6 @@ fn short(pinned: &str) -> String {
     } else {
         p.to_owned()
     }
-}
-
-/// Replaces `path` atomically, keeping its permissions.
-fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
-    let meta = fs::metadata(path)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.burrow-tmp"));
-    let _ = fs::remove_file(&tmp);
-    write_new(&tmp, 0o600, text.as_bytes())?;
-    fs::set_permissions(&tmp, meta.permissions())?;
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
 }
 
 // ---- setup key-stick -----------------------------------------------------------------------

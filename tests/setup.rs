@@ -184,8 +184,10 @@ fn setup_trust_prints_the_servers_fingerprint_and_pins_it() {
     assert!(!fs::read_to_string(&cfg).unwrap().contains("host_key"));
 
     let before = fs::read_to_string(&cfg).unwrap();
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o640)).unwrap();
     let out = burrow(&cfg, &["setup", "trust", "vps", "--write"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(mode(&cfg), 0o640, "the config keeps its permissions");
     let after = fs::read_to_string(&cfg).unwrap();
     assert_eq!(after.lines().count(), before.lines().count() + 1);
     assert!(after.contains("# test config") && after.contains("# loopback"));

@@ -2,13 +2,17 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Replaces `path` with `bytes` so that a reader (or a reboot) sees the old or the new content,
 /// never a mix: the temp file lives in the same directory because rename is only atomic within
-/// one file system, and the directory fsync makes the rename itself durable.
+/// one file system, and the directory fsync makes the rename itself durable. A file that
+/// existed keeps its permissions, and its new content is readable by the owner alone until
+/// it has them (the config, which holds ping URLs, is replaced this way).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let keep = fs::metadata(path).ok().map(|m| m.permissions());
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -25,8 +29,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp_name.push(format!(".tmp.{}.{seq}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = match &keep {
+            Some(_) => fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?,
+            None => File::create(&tmp)?,
+        };
         f.write_all(bytes)?;
+        if let Some(p) = keep {
+            f.set_permissions(p)?;
+        }
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)?;
@@ -36,4 +51,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_mode_and_leaves_no_temp_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("config.yaml");
+        fs::write(&p, "old").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&p, b"new").unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "new");
+        assert_eq!(mode(&p), 0o640);
+        let fresh = tmp.path().join("state.json");
+        write_atomic(&fresh, b"{}").unwrap();
+        assert_eq!(fs::read_to_string(&fresh).unwrap(), "{}");
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
 }

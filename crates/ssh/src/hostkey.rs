@@ -3,6 +3,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use russh::keys::ssh_key::{Algorithm, Fingerprint, HashAlg, PublicKey};
 
@@ -22,6 +24,86 @@ pub enum HostKeyPolicy {
 enum Expected {
     Key(PublicKey),
     Fingerprint(Fingerprint),
+}
+
+impl Expected {
+    /// A pinned `host_key`: an OpenSSH public key line or a `SHA256:`/`SHA512:` fingerprint.
+    fn parse(value: &str) -> Result<Expected, String> {
+        let v = value.trim();
+        if v.starts_with("SHA256:") || v.starts_with("SHA512:") {
+            return v
+                .parse::<Fingerprint>()
+                .map(Expected::Fingerprint)
+                .map_err(|e| format!("not a valid fingerprint: {e}"));
+        }
+        // Normalise whitespace: config files often carry tabs or double spaces.
+        let line = v.split_whitespace().collect::<Vec<_>>().join(" ");
+        PublicKey::from_openssh(&line)
+            .map(Expected::Key)
+            .map_err(|e| format!("not a valid public key line: {e}"))
+    }
+
+    fn accepts(&self, seen: &PublicKey) -> bool {
+        match self {
+            Expected::Key(k) => k.key_data() == seen.key_data(),
+            Expected::Fingerprint(fp) => seen.fingerprint(fp.algorithm()) == *fp,
+        }
+    }
+}
+
+/// Whether `pinned` (a `host_key` value as the config holds it) names `key`, by the rules a
+/// connection uses; an unreadable value names no key.
+pub fn pinned_accepts(pinned: &str, key: &PublicKey) -> bool {
+    Expected::parse(pinned).is_ok_and(|e| e.accepts(key))
+}
+
+/// A client that records the host key and refuses it, so nothing is sent after the key
+/// exchange (no user name, no key).
+struct Recorder(Arc<Mutex<Option<PublicKey>>>);
+
+impl russh::client::Handler for Recorder {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(key.public_key());
+        Ok(false)
+    }
+}
+
+/// The host key `host`:`port` presents, fetched without trusting it (`burrow setup trust`
+/// shows it to be compared by hand).
+pub async fn fetch_host_key(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<PublicKey, SshError> {
+    let seen = Arc::new(Mutex::new(None));
+    let config = Arc::new(russh::client::Config::default());
+    let attempt = russh::client::connect(config, (host, port), Recorder(seen.clone()));
+    let res = tokio::time::timeout(timeout, attempt).await;
+    if let Some(k) = seen.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Ok(k);
+    }
+    let (target, addr) = (host.to_owned(), format!("{host}:{port}"));
+    Err(match res {
+        Err(_) => SshError::ConnectTimeout {
+            target,
+            addr,
+            after: timeout,
+        },
+        Ok(Err(e)) => SshError::Connect {
+            target,
+            addr,
+            reason: e.to_string(),
+        },
+        Ok(Ok(_)) => SshError::Protocol {
+            target,
+            reason: "the server presented no host key".into(),
+        },
+    })
 }
 
 /// The keys a server may present, prepared before connecting so that configuration errors
@@ -57,22 +139,8 @@ impl HostKeyCheck {
                     value: value.clone(),
                     reason,
                 };
-                let v = value.trim();
-                let expected = if v.starts_with("SHA256:") || v.starts_with("SHA512:") {
-                    Expected::Fingerprint(
-                        v.parse::<Fingerprint>()
-                            .map_err(|e| bad(format!("not a valid fingerprint: {e}")))?,
-                    )
-                } else {
-                    // Normalise whitespace: config files often carry tabs or double spaces.
-                    let line = v.split_whitespace().collect::<Vec<_>>().join(" ");
-                    Expected::Key(
-                        PublicKey::from_openssh(&line)
-                            .map_err(|e| bad(format!("not a valid public key line: {e}")))?,
-                    )
-                };
                 Ok(HostKeyCheck {
-                    expected: vec![expected],
+                    expected: vec![Expected::parse(value).map_err(bad)?],
                     revoked: Vec::new(),
                     known_hosts: None,
                 })
@@ -93,10 +161,7 @@ impl HostKeyCheck {
         if self.revoked.iter().any(|k| k.key_data() == seen.key_data()) {
             return Verdict::Revoked { seen: seen_fp };
         }
-        let ok = self.expected.iter().any(|e| match e {
-            Expected::Key(k) => k.key_data() == seen.key_data(),
-            Expected::Fingerprint(fp) => seen.fingerprint(fp.algorithm()) == *fp,
-        });
+        let ok = self.expected.iter().any(|e| e.accepts(seen));
         if ok {
             return Verdict::Accepted;
         }
