@@ -9,7 +9,7 @@ use burrow_config::Config;
 use burrow_core::Exit;
 use burrow_core::bytes::human;
 use burrow_core::disk::DiskManager;
-use burrow_core::{RunStatus, RunSummary};
+use burrow_core::{RunStatus, RunSummary, short_id};
 use burrow_disk::{SimDisk, UDisks2Manager};
 use burrow_repo::Repo;
 use burrow_run::place::{self, PlaceError, RepoLock};
@@ -99,7 +99,7 @@ fn accept(cfg: &Config, job: &str) -> Exit {
         Ok(Some(p)) => {
             println!(
                 "{job}: anomaly of snapshot {} accepted ({}); retention resumes at the next run",
-                &p.snapshot[..p.snapshot.len().min(8)],
+                short_id(&p.snapshot),
                 p.reason
             );
             Exit::Ok
@@ -449,7 +449,7 @@ async fn forget<D: DiskManager>(
         match burrow_run::anomaly::PauseFile::new(&cfg.state_dir).resume(job) {
             Ok(Some(p)) => eprintln!(
                 "job {job}: retention was paused by the anomaly of snapshot {} ({}); it resumes",
-                &p.snapshot[..p.snapshot.len().min(8)],
+                short_id(&p.snapshot),
                 p.reason
             ),
             Ok(None) => {}
@@ -466,13 +466,13 @@ async fn forget<D: DiskManager>(
     for d in &plan.keep {
         println!(
             "keep    {}  {}  {}",
-            &d.id[..8],
+            short_id(&d.id),
             d.time,
             d.reasons.join(", ")
         );
     }
     for d in &plan.remove {
-        println!("remove  {}  {}", &d.id[..8], d.time);
+        println!("remove  {}  {}", short_id(&d.id), d.time);
     }
     let n = plan.remove.len();
     if dry_run {
@@ -601,7 +601,7 @@ async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreAr
     };
     println!(
         "restored snapshot {} into {}: {} file(s), {} dir(s), {}",
-        &out.snapshot_id[..8],
+        short_id(&out.snapshot_id),
         args.target
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
@@ -731,9 +731,7 @@ pub fn report(s: &RunSummary, json: bool) -> Exit {
                 "{}: {} — snapshot {}",
                 s.job,
                 s.status.as_str(),
-                s.snapshot_id
-                    .as_deref()
-                    .map_or("-", |i| &i[..8.min(i.len())])
+                s.snapshot_id.as_deref().map_or("-", |i| short_id(i))
             );
             println!(
                 "  files: {} new, {} changed, {} unmodified; {} read, {} added; {:.1}s",

@@ -23,6 +23,12 @@ pub use exit::Exit;
 pub use problems::{Problem, Problems};
 pub use run::{RunStatus, RunSummary};
 
+/// The first 8 characters of a snapshot, pack or lock id, as restic shows them (a shorter
+/// id whole).
+pub fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
 /// Quotes `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
@@ -32,4 +38,15 @@ pub fn shell_quote(s: &str) -> String {
         return s.to_owned();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_ids_never_panic() {
+        assert_eq!(super::short_id("47589356e1f0a2b3"), "47589356");
+        assert_eq!(super::short_id("abc"), "abc");
+        assert_eq!(super::short_id("ééééé"), "éééé");
+        assert_eq!(super::short_id(""), "");
+    }
 }

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use burrow_core::Problems;
 use burrow_core::retention::{self, Snap};
+use burrow_core::short_id;
 use burrow_core::source::{Entry, NoParent, ParentIndex, WalkContext};
 use rustic_core::repofile::{Chunker, SnapshotFile, SnapshotId, SnapshotSummary};
 use rustic_core::{
@@ -594,7 +595,7 @@ impl Repo {
                         );
                     }
                     damaged.push(DamagedSnapshot {
-                        short_id: hex[..8].to_owned(),
+                        short_id: short_id(&hex).to_owned(),
                         id: hex,
                         file,
                         path: path.display().to_string(),
@@ -631,7 +632,7 @@ impl Repo {
                 let tags: Vec<String> = s.tags.iter().cloned().collect();
                 let id = s.id.to_hex().to_string();
                 SnapshotInfo {
-                    short_id: id[..8].to_owned(),
+                    short_id: short_id(&id).to_owned(),
                     id,
                     time: s.time.timestamp().to_string(),
                     job: tags

@@ -31,6 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use burrow_core::short_id;
+
 use rustic_core::jiff::{SignedDuration, Timestamp, Zoned};
 use rustic_core::repofile::MasterKey;
 use serde::{Deserialize, Serialize};
@@ -389,7 +391,7 @@ impl Locks {
                 if exclusive {
                     tracing::info!(
                         "removing the stale lock locks/{} of {}",
-                        &id[..8],
+                        short_id(&id),
                         info.describe()
                     );
                     self.remove(&id)?;
@@ -538,7 +540,7 @@ fn refresh(locks: &Locks, held: &Mutex<Held>) -> Result<(), RepoError> {
         tracing::error!(
             "the repository lock locks/{} was removed by another process (`restic unlock`?); \
              writing it again",
-            &h.id[..8]
+            short_id(&h.id)
         );
     }
     let mut info = h.info.clone();

@@ -9,6 +9,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
+use burrow_core::short_id;
 use burrow_core::source::{NoParent, ParentIndex, Time};
 use rustic_core::repofile::{NodeType, SnapshotFile};
 use rustic_core::{IndexedTree, LsOptions, Repository, RusticResult};
@@ -56,7 +57,7 @@ impl SnapshotParent {
             Ok(Err(e)) => {
                 tracing::warn!(
                     "parent snapshot {} cannot be read ({}); every file is read again",
-                    &snap.id.to_hex()[..8],
+                    short_id(&snap.id.to_hex()),
                     e.display_log()
                 );
                 Arc::new(NoParent)
@@ -64,7 +65,7 @@ impl SnapshotParent {
             Err(_) => {
                 tracing::warn!(
                     "parent snapshot {} cannot be read; every file is read again",
-                    &snap.id.to_hex()[..8]
+                    short_id(&snap.id.to_hex())
                 );
                 Arc::new(NoParent)
             }

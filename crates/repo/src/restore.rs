@@ -37,6 +37,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use burrow_core::short_id;
+
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags, fchmod, fstat, futimens, mkdirat, utimensat};
@@ -736,7 +738,7 @@ pub fn restore(
         what: format!(
             "path {} in snapshot {} ({e})",
             subpath.map(|p| p.display().to_string()).unwrap_or_default(),
-            &snap.id.to_hex()[..8]
+            short_id(&snap.id.to_hex())
         ),
     };
     let node = guarded(|| {
@@ -748,7 +750,7 @@ pub fn restore(
         return Err(RepoError::Restore(format!(
             "{} is not a file in snapshot {}",
             subpath.map(|p| p.display().to_string()).unwrap_or_default(),
-            &snap.id.to_hex()[..8]
+            short_id(&snap.id.to_hex())
         )));
     }
     let dir = open_target(target)?;
@@ -794,7 +796,7 @@ pub fn dump(
         what: format!(
             "file {} in snapshot {}",
             path.display(),
-            &snap.id.to_hex()[..8]
+            short_id(&snap.id.to_hex())
         ),
     })?;
     if !matches!(node.node_type, NodeType::File) {

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use burrow_core::Problems;
+use burrow_core::short_id;
 use burrow_core::source::{Content, Entry, ParentIndex};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use rustic_core::repofile::{BlobType, IndexFile, Metadata, Node, NodeType, Tree};
@@ -714,7 +715,7 @@ impl<'a, 's> Builder<'a, 's> {
                     tracing::warn!(
                         "a tree of the parent snapshot ({}) cannot be read; what it held is \
                          read again",
-                        &id.to_hex()[..8]
+                        short_id(&id.to_hex())
                     );
                 }
                 None

@@ -36,7 +36,7 @@ use burrow_core::local::LocalSource;
 use burrow_core::monitor::{Monitor, Outcome};
 use burrow_core::run::ErrorItem;
 use burrow_core::source::Source;
-use burrow_core::{Problems, RunStatus, RunSummary};
+use burrow_core::{Problems, RunStatus, RunSummary, short_id};
 use burrow_repo::{BackupRequest, CheckReport, Keep, PackRepair, Repo, RepoError};
 use burrow_ssh::{HostKeyPolicy, Session, SftpSource, SshTarget};
 use chrono::Utc;
@@ -387,7 +387,7 @@ async fn run_inner<D: DiskManager>(
     }
     log.info(format!(
         "snapshot {} saved: {} new, {} changed, {} unmodified files; {} bytes read, {} bytes added",
-        &out.snapshot_id[..8],
+        short_id(&out.snapshot_id),
         out.files_new,
         out.files_changed,
         out.files_unmodified,
@@ -406,7 +406,7 @@ async fn run_inner<D: DiskManager>(
             "anomaly: {reason}; the snapshot {} is saved and tagged `{}`; retention of job {} \
              is paused: if the change is real run `burrow accept {}`, otherwise restore from \
              an earlier snapshot",
-            &out.snapshot_id[..8],
+            short_id(&out.snapshot_id),
             burrow_repo::TAG_ANOMALY,
             job.name,
             job.name
@@ -439,7 +439,7 @@ async fn run_inner<D: DiskManager>(
                          run `burrow accept {}` or `burrow forget {}`",
                         job.name,
                         p.since,
-                        &p.snapshot[..p.snapshot.len().min(8)],
+                        short_id(&p.snapshot),
                         p.reason,
                         job.name,
                         job.name
@@ -889,7 +889,11 @@ pub async fn check_repository<D: DiskManager>(
         }
         let mut reason = String::new();
         if !report.damaged_packs.is_empty() {
-            let ids: Vec<&str> = report.damaged_packs.iter().map(|p| &p.id[..8]).collect();
+            let ids: Vec<&str> = report
+                .damaged_packs
+                .iter()
+                .map(|p| short_id(&p.id))
+                .collect();
             reason = format!("; damaged packs: {}", ids.join(", "));
         }
         match repair {
