@@ -20,6 +20,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(cfg: &Path, sock: &Path, notify_path: &Path) -> Daemon {
+        Daemon::start_with(cfg, sock, notify_path, &[])
+    }
+
+    fn start_with(cfg: &Path, sock: &Path, notify_path: &Path, extra: &[&str]) -> Daemon {
         let notify = UnixDatagram::bind(notify_path).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
@@ -35,6 +39,7 @@ impl Daemon {
             .arg("--config")
             .arg(cfg)
             .arg("daemon")
+            .args(extra)
             .env("BURROW_SOCKET", sock)
             .env("NOTIFY_SOCKET", notify_path)
             .env("WATCHDOG_USEC", "1000000")
@@ -307,4 +312,79 @@ fn second_daemon_on_the_same_state_dir_is_refused_even_with_another_socket() {
     let mut again = Daemon::start(&cfg, &other, &tmp.path().join("n2.sock"));
     again.expect("READY=1", Duration::from_secs(20));
     assert_eq!(again.sigterm(), 0);
+}
+
+/// `burrow daemon --sim`: a config with `disk`, no hardware. The simulated volume is
+/// `state_dir/sim/volume`; a run there goes through the same place checks (the volume's
+/// marker names the repository) and stores a snapshot that stock restic could read.
+#[test]
+fn daemon_sim_runs_a_job_on_the_simulated_volume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pw, state) = (tmp.path().join("pw"), tmp.path().join("state"));
+    fs::write(&pw, "pw\n").unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "content\n").unwrap();
+    let volume = state.join("sim/volume");
+    fs::create_dir_all(&volume).unwrap();
+
+    // The repository and the volume's marker, as `burrow init` leaves them on a real disk.
+    let plain = tmp.path().join("plain.yaml");
+    fs::write(
+        &plain,
+        format!(
+            "repository: {{path: {}, password_file: {}}}\nstate_dir: {}\njobs:\n  files: {{paths: [{}]}}\n",
+            volume.join("burrow").display(),
+            pw.display(),
+            tmp.path().join("state-init").display(),
+            src.display()
+        ),
+    )
+    .unwrap();
+    let sock = tmp.path().join("s.sock");
+    let out = cli(&plain, &sock, &["init"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let id = text(&out)
+        .split_whitespace()
+        .nth(2)
+        .expect("created repository <id> at ...")
+        .to_owned();
+    fs::write(
+        volume.join(".burrow-volume"),
+        format!("{{\"repository_id\":\"{id}\"}}\n"),
+    )
+    .unwrap();
+
+    let cfg = tmp.path().join("c.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "repository: {{path: burrow, password_file: {}}}\nstate_dir: {}\ndisk:\n  backup: {{uuid: 0b5e1f3c-sim}}\njobs:\n  files: {{paths: [{}]}}\n",
+            pw.display(),
+            state.display(),
+            src.display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start_with(&cfg, &sock, &tmp.path().join("n.sock"), &["--sim"]);
+    d.expect("READY=1", Duration::from_secs(20));
+    wait_for_socket(&sock);
+    let out = cli(&cfg, &sock, &["run", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["status"], "ok", "{summary}");
+    assert_eq!(summary["files_new"], 1, "{summary}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&cli(&cfg, &sock, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["daemon"]["sim"], true, "{status}");
+    assert_eq!(
+        status["disk"]["mount_point"],
+        volume.display().to_string(),
+        "{status}"
+    );
+    let snaps = fs::read_dir(volume.join("burrow/snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(snaps, 1, "the snapshot is on the simulated volume");
+    assert_eq!(d.sigterm(), 0);
 }

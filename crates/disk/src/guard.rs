@@ -16,7 +16,7 @@
 //! Pure std + nix; no D-Bus, so it can be used from the repository layer and tested anywhere.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -213,28 +213,15 @@ pub fn write_marker(volume: &Volume, repo_id: &str, check: MountCheck) -> io::Re
     write_marker_at(&volume.mount_point, repo_id)
 }
 
-/// Temp file + fsync + rename + directory fsync, so a power cut leaves either the old or the new
-/// marker, never a torn one.
+/// Written atomically (`write_atomic`: temp file, fsync, rename, directory fsync), so a power
+/// cut leaves either the old or the new marker, never a torn one.
 fn write_marker_at(dir: &Path, repo_id: &str) -> io::Result<()> {
-    let body = serde_json::to_vec(&Marker {
+    let mut body = serde_json::to_vec(&Marker {
         repository_id: repo_id.to_owned(),
     })
     .map_err(io::Error::other)?;
-    let target = dir.join(MARKER_FILE);
-    let tmp = dir.join(format!("{MARKER_FILE}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, &target)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    body.push(b'\n');
+    burrow_core::fsutil::write_atomic(&dir.join(MARKER_FILE), &body)
 }
 
 /// Checks that the verified volume carries the marker of repository `repo_id`.
