@@ -211,10 +211,7 @@ where
 }
 
 fn place_exit(e: &PlaceError) -> Exit {
-    match e {
-        PlaceError::Skip(_) => Exit::Skipped,
-        PlaceError::Fail(_) => Exit::Failed,
-    }
+    e.status().exit()
 }
 
 async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {

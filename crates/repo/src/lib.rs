@@ -513,21 +513,18 @@ impl Repo {
     pub fn lock_for_backup(&self) -> Result<RepoLockGuard, RepoError> {
         let (guard, look) = self.locks()?.shared_settling()?;
         self.be.writes.hold();
-        let slot = Arc::new(Mutex::new(Some(look)));
-        let settle = |be: &pinned::Pinned, slot: &Mutex<Option<lock::SecondLook>>| {
-            let look = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(look) = look {
-                be.writes.settle(look.take().map_err(|e| e.to_string()));
-            }
+        let be = self.be.clone();
+        let settle = move |look: lock::SecondLook| {
+            be.writes.settle(look.take().map_err(|e| e.to_string()));
         };
-        let (be, theirs) = (self.be.clone(), slot.clone());
+        let (settle_there, look_there) = (settle.clone(), look.clone());
         if let Err(e) = std::thread::Builder::new()
             .name("lock-look".into())
-            .spawn(move || settle(&be, &theirs))
+            .spawn(move || settle_there(look_there))
         {
             // The same look, taken here: the lock is the same, the backup only starts later.
             tracing::debug!(error = %e, "no thread for the lock's second look");
-            settle(&self.be, &slot);
+            settle(look);
         }
         Ok(guard)
     }

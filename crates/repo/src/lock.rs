@@ -456,6 +456,7 @@ impl Locks {
 /// The second half of taking a lock: [`SETTLE`] after ours was written, look again for a
 /// conflicting lock that a racing process wrote meanwhile.
 #[must_use = "a lock is taken only once its second look found no conflict"]
+#[derive(Clone)]
 pub struct SecondLook {
     locks: Locks,
     exclusive: bool,

@@ -210,10 +210,7 @@ impl Run<'_> {
 
 /// The end of a run that could not use the repository: skipped or failed, as `e` says.
 fn place_end(run: &Run<'_>, e: PlaceError) -> RunReport {
-    match e {
-        PlaceError::Skip(r) => run.end(RunStatus::Skipped, r),
-        PlaceError::Fail(r) => run.end(RunStatus::Failed, r),
-    }
+    run.end(e.status(), e.to_string())
 }
 
 /// Runs `job_name` once. `disk` must be given when the config has `disk`.
@@ -827,10 +824,7 @@ pub async fn check_repository<D: DiskManager>(
     let result: Result<(), (RunStatus, String)> = async {
         let _lock =
             RepoLock::acquire(&cfg.state_dir).map_err(|e| (RunStatus::Failed, e.to_string()))?;
-        let classed = |e: PlaceError| match e {
-            PlaceError::Skip(r) => (RunStatus::Skipped, r),
-            PlaceError::Fail(r) => (RunStatus::Failed, r),
-        };
+        let classed = |e: PlaceError| (e.status(), e.to_string());
         let place = place::locate(cfg, disk).await.map_err(classed)?;
         let repo = place.open().await.map_err(classed)?;
         let repo = tidy(repo, &log, false)

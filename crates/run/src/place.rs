@@ -10,6 +10,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use burrow_config::Config;
+use burrow_core::RunStatus;
 use burrow_core::disk::{DiskError, DiskManager, MountCheck, Volume};
 use burrow_disk::guard;
 use burrow_repo::{Password, Repo};
@@ -23,6 +24,17 @@ pub enum PlaceError {
     Skip(String),
     #[error("{0}")]
     Fail(String),
+}
+
+impl PlaceError {
+    /// How a run, a check or a command ends on this error: skipped (75) for an absent or wrong
+    /// disk, failed otherwise.
+    pub fn status(&self) -> RunStatus {
+        match self {
+            PlaceError::Skip(_) => RunStatus::Skipped,
+            PlaceError::Fail(_) => RunStatus::Failed,
+        }
+    }
 }
 
 impl From<DiskError> for PlaceError {
