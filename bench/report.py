@@ -144,7 +144,7 @@ def table(results, facts_path, out):
         line = ("- peak RSS ≤ 100 MB (for 100,000 files): burrow's largest backup run %.1f MB (%s MiB) "
                 "on this tree → %s" % (rss * 1024 / 1e6, mib(rss), "met" if rss * 1024 <= 100e6 else "MISSED"))
         if no_kdf and max(no_kdf) > 0:
-            line += ("; without the 128 MiB scrypt buffer of the repository key's derivation "
+            line += ("; without the scrypt buffers of the repository key's derivation "
                      "%.1f MB (%s MiB)" % (max(no_kdf) * 1024 / 1e6, mib(max(no_kdf))))
         checks.append(line)
     b, rs = by.get(("proxy", "burrow")), by.get(("proxy", "rsync"))

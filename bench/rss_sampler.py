@@ -4,10 +4,13 @@
     rss_sampler.py TIME_PID OUT
 
 Every 20 ms until TIME_PID exits: the resident memory of its child (the measured program),
-total and without anonymous mappings of 128 MiB or more. Opening a restic-format repository
-derives the key with scrypt, whose scratch buffer is one such mapping (128 × r × N bytes:
-128 MiB for the N=2^17, r=8 of a key made by `burrow init`) that lives for about half a
-second; everything else the program holds (heap arenas are at most 64 MiB each) is counted.
+total and without the scratch buffers of scrypt. Opening a restic-format repository derives
+the key with scrypt, and each lane being derived holds one anonymous mapping of 128 × r × N
+bytes (32 MiB for a key made by `burrow init`, N=2^15 and r=8, two lanes at a time; 128 MiB
+for the N=2^17 keys of rustic and older burrow versions) for under half a second. Mappings of
+those sizes, or of two 32 MiB lanes merged by the kernel into one mapping, are left out (to
+the pages that hold the allocator's headers). A glibc heap arena is also 64 MiB of address
+space, but exactly that (no header page), so none is taken for one.
 Writes "PEAK_KIB PEAK_WITHOUT_KDF_KIB SAMPLES" to OUT.
 """
 
@@ -15,7 +18,14 @@ import os
 import sys
 import time
 
-BIG = 128 << 20
+# 128 × r × N for r = 8 and N = 2^15 (burrow's keys) or 2^17 (rustic's); burrow derives two
+# lanes at once, and the kernel merges the two adjacent mappings into one
+SCRYPT_SCRATCH = (32 << 20, 64 << 20, 128 << 20)
+SLACK = 64 << 10
+
+
+def is_scrypt_scratch(size):
+    return any(0 < size - s <= SLACK for s in SCRYPT_SCRATCH)
 
 
 def child_of(pid):
@@ -28,7 +38,7 @@ def child_of(pid):
 
 
 def sample(pid):
-    """(rss KiB, rss KiB outside big anonymous mappings) or None once the process is gone."""
+    """(rss KiB, rss KiB outside scrypt's scratch buffers) or None once the process is gone."""
     total = 0
     big = 0
     try:
@@ -44,7 +54,7 @@ def sample(pid):
                 elif line.startswith("Rss:"):
                     kib = int(line.split()[1])
                     total += kib
-                    if anon and size >= BIG:
+                    if anon and is_scrypt_scratch(size):
                         big += kib
     except (OSError, ValueError):
         return None
