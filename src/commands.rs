@@ -9,10 +9,10 @@ use burrow_config::Config;
 use burrow_core::Exit;
 use burrow_core::bytes::human;
 use burrow_core::disk::DiskManager;
-use burrow_core::{RunStatus, RunSummary, short_id};
+use burrow_core::{RunError, RunStatus, RunSummary, short_id};
 use burrow_disk::{SimDisk, UDisks2Manager};
 use burrow_repo::Repo;
-use burrow_run::place::{self, PlaceError, RepoLock};
+use burrow_run::place::{self, RepoLock};
 use burrow_run::{RunControl, run_job};
 
 use crate::cli::{Cli, Command, Generate};
@@ -210,10 +210,6 @@ where
     }
 }
 
-fn place_exit(e: &PlaceError) -> Exit {
-    e.status().exit()
-}
-
 async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
     let _lock = match RepoLock::acquire(&cfg.state_dir) {
         Ok(l) => l,
@@ -221,7 +217,7 @@ async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
     };
     let place = match place::locate_for_init(cfg, disk).await {
         Ok(p) => p,
-        Err(e) => return fail(place_exit(&e), e),
+        Err(e) => return fail(e.status().exit(), e),
     };
     let password = match place.password() {
         Ok(p) => p,
@@ -260,8 +256,11 @@ async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
 async fn open_repo<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Result<Repo, Exit> {
     let place = place::locate(cfg, disk)
         .await
-        .map_err(|e| fail(place_exit(&e), &e))?;
-    let repo = place.open().await.map_err(|e| fail(place_exit(&e), &e))?;
+        .map_err(|e| fail(e.status().exit(), &e))?;
+    let repo = place
+        .open()
+        .await
+        .map_err(|e| fail(e.status().exit(), &e))?;
     Ok(repo)
 }
 
@@ -362,14 +361,7 @@ async fn check(cfg: &Config, read_data: Option<&str>, json: bool) -> Exit {
                 release_after_run(cfg, &d).await;
                 r.summary
             }
-            Err(e) => {
-                let status = if e.is_skip() {
-                    RunStatus::Skipped
-                } else {
-                    RunStatus::Failed
-                };
-                burrow_run::summary_without_run("check", status, e.to_string())
-            }
+            Err(e) => burrow_run::summary_without_run("check", &RunError::from(e)),
         },
     };
     if json {
@@ -407,7 +399,7 @@ async fn forget<D: DiskManager>(
             format!("no job named {job:?} in {}", cfg.file.display()),
         );
     };
-    let Some(keep) = burrow_run::keep_of(j) else {
+    let Some(keep) = j.retention else {
         eprintln!(
             "burrow: job {job} has no retention policy, so every snapshot is kept: add e.g. `retention: {{keep_daily: 7}}` to jobs.{job} in {}",
             cfg.file.display()
@@ -669,14 +661,10 @@ async fn run(cfg: &Config, job: &str, json: bool) -> Exit {
                     r
                 }
                 Err(e) => {
-                    let status = if e.is_skip() {
-                        RunStatus::Skipped
-                    } else {
-                        RunStatus::Failed
-                    };
+                    let e = RunError::from(e);
                     burrow_run::RunReport {
-                        summary: burrow_run::summary_without_run(job, status, e.to_string()),
-                        log: e.to_string(),
+                        summary: burrow_run::summary_without_run(job, &e),
+                        log: e.message,
                     }
                 }
             },

@@ -15,11 +15,11 @@ pub use outline::{EditRefused, JobOutline, Outline, ServerOutline, outline, set_
 pub use validate::valid_read_data;
 
 use std::collections::BTreeMap;
-
-pub use burrow_core::ping::PingUrl;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use burrow_core::ping::PingUrl;
+pub use burrow_core::retention::Policy;
 pub use burrow_core::schedule::Schedule;
 
 /// Where the daemon and the CLI look when neither `--config` nor `BURROW_CONFIG` is given.
@@ -107,7 +107,8 @@ pub struct Job {
     /// and recorded as a problem.
     pub dump_timeout: Duration,
     pub dumps: Vec<Dump>,
-    pub retention: Option<Retention>,
+    /// `None`: the job keeps every snapshot.
+    pub retention: Option<Policy>,
     pub anomaly: Anomaly,
     pub healthcheck: Option<PingUrl>,
 }
@@ -144,16 +145,6 @@ pub struct Dump {
     pub command: String,
     /// Reads a dump on stdin to restore it (`burrow restore --dump NAME --to-server`).
     pub restore_command: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Retention {
-    pub keep_last: Option<u32>,
-    pub keep_hourly: Option<u32>,
-    pub keep_daily: Option<u32>,
-    pub keep_weekly: Option<u32>,
-    pub keep_monthly: Option<u32>,
-    pub keep_yearly: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]

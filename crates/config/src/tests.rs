@@ -298,7 +298,7 @@ fn retention_of_zeros_is_refused() {
         "{base}    retention: {{keep_last: 0, keep_daily: 7}}\n"
     ))
     .unwrap();
-    assert_eq!(ok.jobs["a"].retention.unwrap().keep_daily, Some(7));
+    assert_eq!(ok.jobs["a"].retention.unwrap().daily, Some(7));
 }
 
 fn syntax(text: &str) -> (usize, usize, String) {

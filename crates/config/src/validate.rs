@@ -5,13 +5,17 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use burrow_core::exclude::Excludes;
+use burrow_core::retention::Policy;
 use burrow_core::run::CHECK_RUN;
-use burrow_core::schedule::Schedule;
+use burrow_core::schedule::{Schedule, ScheduleError};
 
-use crate::raw::{RawAnomaly, RawConfig, RawDump, RawPing};
+use crate::raw::{
+    RawAnomaly, RawCheck, RawConfig, RawDisk, RawDump, RawHealthchecks, RawJob, RawMysql, RawPing,
+    RawPostgres, RawRepository, RawRetention, RawServer, RawSqlite,
+};
 use crate::{
     Anomaly, Check, Config, ConfigError, DEFAULT_STATE_DIR, Disk, Dump, Healthchecks, HostKey,
-    Invalid, Job, KeyStick, PingUrl, Repository, Retention, Server, locate::locate, shell_quote,
+    Invalid, Job, KeyStick, PingUrl, Repository, Server, locate::locate, shell_quote,
 };
 
 struct Errors<'a> {
@@ -156,6 +160,19 @@ fn ping(
     PingUrl::parse(&url).map_err(|e| errs.add(path, e)).ok()
 }
 
+/// The healthchecks settings every ping of the file is built from.
+struct Pings {
+    base: String,
+    /// The project's ping key, for pings written as a slug.
+    key: Option<String>,
+}
+
+impl Pings {
+    fn ping(&self, e: &mut Errors, path: &str, raw: Option<&RawPing>) -> Option<PingUrl> {
+        ping(e, path, raw, self.key.as_deref(), &self.base)
+    }
+}
+
 pub fn validate(
     raw: RawConfig,
     file: &Path,
@@ -168,55 +185,88 @@ pub fn validate(
         check_files,
     };
     let e = &mut errs;
+    let disk = raw.disk.as_ref().map(|d| disk(e, d));
+    let has_key = disk.as_ref().is_some_and(|d| d.key.is_some());
+    let repository = repository(e, &raw.repository, disk.is_some(), has_key);
+    let state_dir = raw
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    absolute(e, "state_dir", &state_dir);
+    usable_dir(e, "state_dir", &state_dir);
+    let (pings, healthchecks) = healthchecks(e, raw.healthchecks.as_ref());
+    let servers = servers(e, &raw);
+    let jobs = raw
+        .jobs
+        .iter()
+        .map(|(name, j)| (name.clone(), job(e, name, j, &raw, &pings)))
+        .collect();
+    let check = raw.check.as_ref().and_then(|c| check(e, c, &pings));
+    if !errs.list.is_empty() {
+        return Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            errors: errs.list,
+        });
+    }
+    Ok(Config {
+        file: file.to_owned(),
+        repository,
+        state_dir,
+        disk,
+        servers,
+        jobs,
+        check,
+        healthchecks,
+    })
+}
 
-    // disk
-    let disk = raw.disk.as_ref().map(|d| {
-        if let Some(k) = &d.key {
-            if k.fs_uuid.trim().is_empty() {
-                e.add("disk.key.fs_uuid", "must not be empty");
-            }
-            if !inside(&k.key_file) {
-                e.add(
-                    "disk.key.key_file",
-                    format!(
-                        "{} must be relative to the stick's root, without ..",
-                        k.key_file.display()
-                    ),
-                );
-            }
+fn disk(e: &mut Errors, d: &RawDisk) -> Disk {
+    if let Some(k) = &d.key {
+        if k.fs_uuid.trim().is_empty() {
+            e.add("disk.key.fs_uuid", "must not be empty");
         }
-        if d.backup.uuid.trim().is_empty() {
-            e.add("disk.backup.uuid", "must not be empty");
-        }
-        if d.lock_when_key_removed && d.key.is_none() {
+        if !inside(&k.key_file) {
             e.add(
-                "disk.lock_when_key_removed",
-                "needs disk.key (the stick whose removal locks the disk)",
+                "disk.key.key_file",
+                format!(
+                    "{} must be relative to the stick's root, without ..",
+                    k.key_file.display()
+                ),
             );
         }
-        Disk {
-            key: d.key.as_ref().map(|k| KeyStick {
-                fs_uuid: k.fs_uuid.trim().to_ascii_lowercase(),
-                key_file: k.key_file.clone(),
-            }),
-            backup_uuid: d.backup.uuid.trim().to_ascii_lowercase(),
-            lock_when_key_removed: d.lock_when_key_removed,
-            unmount_after_run: d.unmount_after_run,
-            power_off_after_run: d.power_off_after_run,
-            spinup_timeout: duration(
-                e,
-                "disk.spinup_timeout",
-                d.spinup_timeout.as_ref(),
-                Duration::from_secs(60),
-            ),
-        }
-    });
-    let has_key = disk.as_ref().is_some_and(|d| d.key.is_some());
+    }
+    if d.backup.uuid.trim().is_empty() {
+        e.add("disk.backup.uuid", "must not be empty");
+    }
+    if d.lock_when_key_removed && d.key.is_none() {
+        e.add(
+            "disk.lock_when_key_removed",
+            "needs disk.key (the stick whose removal locks the disk)",
+        );
+    }
+    Disk {
+        key: d.key.as_ref().map(|k| KeyStick {
+            fs_uuid: k.fs_uuid.trim().to_ascii_lowercase(),
+            key_file: k.key_file.clone(),
+        }),
+        backup_uuid: d.backup.uuid.trim().to_ascii_lowercase(),
+        lock_when_key_removed: d.lock_when_key_removed,
+        unmount_after_run: d.unmount_after_run,
+        power_off_after_run: d.power_off_after_run,
+        spinup_timeout: duration(
+            e,
+            "disk.spinup_timeout",
+            d.spinup_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
+    }
+}
 
-    // repository
-    let repo = &raw.repository;
+/// `repository`: a relative path lives on the backup volume, a relative password file on the
+/// key stick.
+fn repository(e: &mut Errors, repo: &RawRepository, has_disk: bool, has_key: bool) -> Repository {
     if repo.path.is_relative() {
-        if disk.is_none() {
+        if !has_disk {
             e.add("repository.path", format!(
                 "{} is a relative path; without `disk` write it from / on (with `disk` it is relative to the backup volume)",
                 repo.path.display()
@@ -243,19 +293,17 @@ pub fn validate(
     } else {
         readable_file(e, "repository.password_file", &repo.password_file);
     }
-    let state_dir = raw
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-    absolute(e, "state_dir", &state_dir);
-    usable_dir(e, "state_dir", &state_dir);
+    Repository {
+        path: repo.path.clone(),
+        password_file: repo.password_file.clone(),
+    }
+}
 
-    // healthchecks
-    let hc = raw.healthchecks.as_ref();
+fn healthchecks(e: &mut Errors, hc: Option<&RawHealthchecks>) -> (Pings, Healthchecks) {
     let base = hc
         .and_then(|h| h.base_url.clone())
         .unwrap_or_else(|| "https://hc-ping.com".to_owned());
-    let ping_key = hc.and_then(|h| h.ping_key_file.as_ref()).and_then(|p| {
+    let key = hc.and_then(|h| h.ping_key_file.as_ref()).and_then(|p| {
         if !e.check_files {
             return Some("ping-key".to_owned());
         }
@@ -270,18 +318,20 @@ pub fn validate(
             }
         }
     });
-    let heartbeat = hc.and_then(|h| {
-        h.heartbeat.as_ref().and_then(|u| {
-            ping(
-                e,
-                "healthchecks.heartbeat",
-                Some(&RawPing::Url(u.clone())),
-                None,
-                &base,
-            )
-        })
+    let pings = Pings { base, key };
+    let heartbeat = hc.and_then(|h| h.heartbeat.as_ref()).and_then(|u| {
+        ping(
+            e,
+            "healthchecks.heartbeat",
+            Some(&RawPing::Url(u.clone())),
+            None,
+            &pings.base,
+        )
     });
+    (pings, Healthchecks { heartbeat })
+}
 
+fn servers(e: &mut Errors, raw: &RawConfig) -> BTreeMap<String, Server> {
     // which servers are used by enabled jobs: their files must exist now
     let used: BTreeSet<&str> = raw
         .jobs
@@ -289,321 +339,305 @@ pub fn validate(
         .filter(|j| j.enabled)
         .filter_map(|j| j.server.as_deref())
         .collect();
+    raw.servers
+        .iter()
+        .filter_map(|(name, s)| {
+            let server = server(e, name, s, used.contains(name.as_str()))?;
+            Some((name.clone(), server))
+        })
+        .collect()
+}
 
-    let mut servers = BTreeMap::new();
-    for (name, s) in &raw.servers {
-        let p = format!("servers.{name}");
-        if !valid_name(name) {
-            e.add(&p, "server names use letters, digits, '-', '_' and '.'");
-        }
-        if s.host.trim().is_empty() {
-            e.add(format!("{p}.host"), "must not be empty");
-        }
-        if s.user.trim().is_empty() {
-            e.add(format!("{p}.user"), "must not be empty");
-        }
-        if s.port == Some(0) {
-            e.add(format!("{p}.port"), "must be 1-65535");
-        }
-        absolute(e, &format!("{p}.identity_file"), &s.identity_file);
-        if let Some(pp) = &s.identity_passphrase_file {
-            absolute(e, &format!("{p}.identity_passphrase_file"), pp);
-        }
-        let host_key = match (&s.host_key, &s.known_hosts) {
-            (Some(_), Some(_)) => {
-                e.add(&p, "set either host_key or known_hosts, not both");
-                None
-            }
-            (None, None) => {
-                e.add(&p, format!(
-                    "set host_key (e.g. the output of `ssh-keyscan -t ed25519 {}`, checked by hand) or known_hosts; burrow never trusts an unknown server key",
-                    s.host
-                ));
-                None
-            }
-            (Some(k), None) => {
-                let k = k.trim();
-                if let Err(why) = pinned_host_key(k) {
-                    e.add(format!("{p}.host_key"), why);
-                }
-                Some(HostKey::Pinned(k.to_owned()))
-            }
-            (None, Some(kh)) => {
-                absolute(e, &format!("{p}.known_hosts"), kh);
-                Some(HostKey::KnownHosts(kh.clone()))
-            }
-        };
-        if used.contains(name.as_str()) {
-            if s.identity_file.is_absolute() {
-                readable_file(e, &format!("{p}.identity_file"), &s.identity_file);
-            }
-            if let Some(pp) = &s.identity_passphrase_file
-                && pp.is_absolute()
-            {
-                readable_file(e, &format!("{p}.identity_passphrase_file"), pp);
-            }
-            if let Some(HostKey::KnownHosts(kh)) = &host_key
-                && kh.is_absolute()
-            {
-                readable_file(e, &format!("{p}.known_hosts"), kh);
-            }
-        }
-        let connect_timeout = duration(
-            e,
-            &format!("{p}.connect_timeout"),
-            s.connect_timeout.as_ref(),
-            Duration::from_secs(30),
-        );
-        let io_timeout = duration(
-            e,
-            &format!("{p}.io_timeout"),
-            s.io_timeout.as_ref(),
-            Duration::from_secs(30),
-        );
-        if io_timeout < Duration::from_secs(1) {
-            e.add(
-                format!("{p}.io_timeout"),
-                "must be at least 1s (a busy server needs time to answer)",
-            );
-        }
-        if let Some(hk) = host_key {
-            servers.insert(
-                name.clone(),
-                Server {
-                    name: name.clone(),
-                    host: s.host.trim().to_owned(),
-                    port: s.port.unwrap_or(22),
-                    user: s.user.trim().to_owned(),
-                    identity_file: s.identity_file.clone(),
-                    identity_passphrase_file: s.identity_passphrase_file.clone(),
-                    host_key: hk,
-                    sftp_command: s.sftp_command.clone().filter(|c| !c.trim().is_empty()),
-                    connect_timeout,
-                    io_timeout,
-                },
-            );
-        }
+/// One `servers.NAME`; `None` when it has no usable host key rule (the error is recorded).
+fn server(e: &mut Errors, name: &str, s: &RawServer, used: bool) -> Option<Server> {
+    let p = format!("servers.{name}");
+    if !valid_name(name) {
+        e.add(&p, "server names use letters, digits, '-', '_' and '.'");
     }
-
-    let mut jobs = BTreeMap::new();
-    for (name, j) in &raw.jobs {
-        let p = format!("jobs.{name}");
-        job_name(e, &p, name);
-        if let Some(s) = &j.server
-            && !raw.servers.contains_key(s)
-        {
-            let known: Vec<&str> = raw.servers.keys().map(String::as_str).collect();
-            e.add(
-                format!("{p}.server"),
-                format!(
-                    "unknown server {s:?} (servers defined: {})",
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
-        }
-        let schedule = match &j.schedule {
-            Some(expr) => match Schedule::parse(expr, j.timezone.as_deref()) {
-                Ok(s) => Some(s),
-                Err(err) => {
-                    let key = if matches!(err, burrow_core::schedule::ScheduleError::Zone(_)) {
-                        "timezone"
-                    } else {
-                        "schedule"
-                    };
-                    e.add(format!("{p}.{key}"), err.to_string());
-                    None
-                }
+    if s.host.trim().is_empty() {
+        e.add(format!("{p}.host"), "must not be empty");
+    }
+    if s.user.trim().is_empty() {
+        e.add(format!("{p}.user"), "must not be empty");
+    }
+    if s.port == Some(0) {
+        e.add(format!("{p}.port"), "must be 1-65535");
+    }
+    absolute(e, &format!("{p}.identity_file"), &s.identity_file);
+    if let Some(pp) = &s.identity_passphrase_file {
+        absolute(e, &format!("{p}.identity_passphrase_file"), pp);
+    }
+    let host_key = host_key(e, &p, s);
+    if used {
+        // the files of a server an enabled job uses must exist now
+        let files = [
+            Some(("identity_file", &s.identity_file)),
+            s.identity_passphrase_file
+                .as_ref()
+                .map(|f| ("identity_passphrase_file", f)),
+            match &host_key {
+                Some(HostKey::KnownHosts(kh)) => Some(("known_hosts", kh)),
+                _ => None,
             },
-            None => {
-                if j.timezone.is_some() {
-                    e.add(format!("{p}.timezone"), "has no effect without a schedule");
-                }
-                None
-            }
-        };
-        for (i, path) in j.paths.iter().enumerate() {
-            absolute(e, &format!("{p}.paths[{i}]"), path);
-        }
-        if j.paths.is_empty() && j.dumps.is_empty() {
-            e.add(&p, "has neither paths nor dumps: nothing to back up");
-        }
-        if let Err(err) = Excludes::new(&j.exclude) {
-            e.add(format!("{p}.exclude"), err.to_string());
-        }
-        for (i, h) in j.before.iter().chain(&j.after).enumerate() {
-            if h.trim().is_empty() {
-                let (k, n) = if i < j.before.len() {
-                    ("before", i)
-                } else {
-                    ("after", i - j.before.len())
-                };
-                e.add(format!("{p}.{k}[{n}]"), "empty command");
+        ];
+        for (key, f) in files.into_iter().flatten() {
+            if f.is_absolute() {
+                readable_file(e, &format!("{p}.{key}"), f);
             }
         }
-        let after_deadline = j.after_deadline.as_ref().map(|_| {
-            duration(
-                e,
-                &format!("{p}.after_deadline"),
-                j.after_deadline.as_ref(),
-                Duration::ZERO,
-            )
-        });
-        if after_deadline.is_some() && j.after.is_empty() {
-            e.add(
-                format!("{p}.after_deadline"),
-                "needs `after` commands to run at the deadline",
-            );
-        }
-        let dump_timeout = duration(
-            e,
-            &format!("{p}.dump_timeout"),
-            j.dump_timeout.as_ref(),
-            DEFAULT_DUMP_TIMEOUT,
-        );
-        if dump_timeout.is_zero() {
-            e.add(format!("{p}.dump_timeout"), "must be longer than 0s");
-        }
-        let mut seen = BTreeSet::new();
-        let mut dumps = Vec::new();
-        for (i, d) in j.dumps.iter().enumerate() {
-            let dp = format!("{p}.dumps[{i}]");
-            if !valid_name(&d.name) {
-                e.add(
-                    format!("{dp}.name"),
-                    format!(
-                        "{:?}: dump names use letters, digits, '-', '_' and '.'",
-                        d.name
-                    ),
-                );
-            } else if !seen.insert(d.name.clone()) {
-                e.add(
-                    format!("{dp}.name"),
-                    format!("duplicate dump name {:?}", d.name),
-                );
-            }
-            if let Some(dump) = expand_dump(e, &dp, d) {
-                dumps.push(dump);
-            }
-        }
-        let retention = j.retention.as_ref().map(|r| {
-            let ret = Retention {
-                keep_last: r.keep_last,
-                keep_hourly: r.keep_hourly,
-                keep_daily: r.keep_daily,
-                keep_weekly: r.keep_weekly,
-                keep_monthly: r.keep_monthly,
-                keep_yearly: r.keep_yearly,
-            };
-            let rules = [
-                ret.keep_last,
-                ret.keep_hourly,
-                ret.keep_daily,
-                ret.keep_weekly,
-                ret.keep_monthly,
-                ret.keep_yearly,
-            ];
-            // 0 switches a rule off, as in restic: a policy of zeros keeps nothing by rule
-            if rules.iter().all(|n| n.unwrap_or(0) == 0) {
-                e.add(
-                    format!("{p}.retention"),
-                    "set at least one keep_* above 0 (or remove retention to keep every snapshot)",
-                );
-            }
-            ret
-        });
-        let anomaly = anomaly(e, &format!("{p}.anomaly"), j.anomaly.as_ref());
-        let healthcheck = ping(
-            e,
-            &format!("{p}.healthcheck"),
-            j.healthcheck.as_ref(),
-            ping_key.as_deref(),
-            &base,
-        );
-        jobs.insert(
-            name.clone(),
-            Job {
-                name: name.clone(),
-                server: j.server.clone(),
-                enabled: j.enabled,
-                schedule,
-                random_delay: duration(
-                    e,
-                    &format!("{p}.random_delay"),
-                    j.random_delay.as_ref(),
-                    Duration::ZERO,
-                ),
-                paths: j.paths.clone(),
-                exclude: j.exclude.clone(),
-                before: j.before.clone(),
-                after: j.after.clone(),
-                hook_timeout: duration(
-                    e,
-                    &format!("{p}.hook_timeout"),
-                    j.hook_timeout.as_ref(),
-                    Duration::from_secs(600),
-                ),
-                after_deadline,
-                dump_timeout,
-                dumps,
-                retention,
-                anomaly,
-                healthcheck,
-            },
+    }
+    let connect_timeout = duration(
+        e,
+        &format!("{p}.connect_timeout"),
+        s.connect_timeout.as_ref(),
+        Duration::from_secs(30),
+    );
+    let io_timeout = duration(
+        e,
+        &format!("{p}.io_timeout"),
+        s.io_timeout.as_ref(),
+        Duration::from_secs(30),
+    );
+    if io_timeout < Duration::from_secs(1) {
+        e.add(
+            format!("{p}.io_timeout"),
+            "must be at least 1s (a busy server needs time to answer)",
         );
     }
-
-    let check = raw.check.as_ref().and_then(|c| {
-        let hc = ping(
-            e,
-            "check.healthcheck",
-            c.healthcheck.as_ref(),
-            ping_key.as_deref(),
-            &base,
-        );
-        if let Some(rd) = &c.read_data
-            && !valid_read_data(rd)
-        {
-            e.add(
-                "check.read_data",
-                format!("{rd:?}: expected a percentage (\"5%\"), \"n/m\" or \"all\""),
-            );
-        }
-        match Schedule::parse(&c.schedule, c.timezone.as_deref()) {
-            Ok(schedule) => Some(Check {
-                schedule,
-                read_data: c.read_data.clone(),
-                healthcheck: hc,
-            }),
-            Err(err) => {
-                e.add("check.schedule", err.to_string());
-                None
-            }
-        }
-    });
-
-    if !errs.list.is_empty() {
-        return Err(ConfigError::Invalid {
-            file: file.to_owned(),
-            errors: errs.list,
-        });
-    }
-    Ok(Config {
-        file: file.to_owned(),
-        repository: Repository {
-            path: repo.path.clone(),
-            password_file: repo.password_file.clone(),
-        },
-        state_dir,
-        disk,
-        servers,
-        jobs,
-        check,
-        healthchecks: Healthchecks { heartbeat },
+    Some(Server {
+        name: name.to_owned(),
+        host: s.host.trim().to_owned(),
+        port: s.port.unwrap_or(22),
+        user: s.user.trim().to_owned(),
+        identity_file: s.identity_file.clone(),
+        identity_passphrase_file: s.identity_passphrase_file.clone(),
+        host_key: host_key?,
+        sftp_command: s.sftp_command.clone().filter(|c| !c.trim().is_empty()),
+        connect_timeout,
+        io_timeout,
     })
+}
+
+/// `host_key` or `known_hosts`: exactly one of them.
+fn host_key(e: &mut Errors, p: &str, s: &RawServer) -> Option<HostKey> {
+    match (&s.host_key, &s.known_hosts) {
+        (Some(_), Some(_)) => {
+            e.add(p, "set either host_key or known_hosts, not both");
+            None
+        }
+        (None, None) => {
+            e.add(p, format!(
+                "set host_key (e.g. the output of `ssh-keyscan -t ed25519 {}`, checked by hand) or known_hosts; burrow never trusts an unknown server key",
+                s.host
+            ));
+            None
+        }
+        (Some(k), None) => {
+            let k = k.trim();
+            if let Err(why) = pinned_host_key(k) {
+                e.add(format!("{p}.host_key"), why);
+            }
+            Some(HostKey::Pinned(k.to_owned()))
+        }
+        (None, Some(kh)) => {
+            absolute(e, &format!("{p}.known_hosts"), kh);
+            Some(HostKey::KnownHosts(kh.clone()))
+        }
+    }
+}
+
+fn job(e: &mut Errors, name: &str, j: &RawJob, raw: &RawConfig, pings: &Pings) -> Job {
+    let p = format!("jobs.{name}");
+    job_name(e, &p, name);
+    if let Some(s) = &j.server
+        && !raw.servers.contains_key(s)
+    {
+        let known: Vec<&str> = raw.servers.keys().map(String::as_str).collect();
+        e.add(
+            format!("{p}.server"),
+            format!(
+                "unknown server {s:?} (servers defined: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+    }
+    let schedule = job_schedule(e, &p, j);
+    for (i, path) in j.paths.iter().enumerate() {
+        absolute(e, &format!("{p}.paths[{i}]"), path);
+    }
+    if j.paths.is_empty() && j.dumps.is_empty() {
+        e.add(&p, "has neither paths nor dumps: nothing to back up");
+    }
+    if let Err(err) = Excludes::new(&j.exclude) {
+        e.add(format!("{p}.exclude"), err.to_string());
+    }
+    let after_deadline = hooks(e, &p, j);
+    let dump_timeout = duration(
+        e,
+        &format!("{p}.dump_timeout"),
+        j.dump_timeout.as_ref(),
+        DEFAULT_DUMP_TIMEOUT,
+    );
+    if dump_timeout.is_zero() {
+        e.add(format!("{p}.dump_timeout"), "must be longer than 0s");
+    }
+    let dumps = dumps(e, &p, &j.dumps);
+    let retention = j
+        .retention
+        .as_ref()
+        .map(|r| retention(e, &format!("{p}.retention"), r));
+    let anomaly = anomaly(e, &format!("{p}.anomaly"), j.anomaly.as_ref());
+    let healthcheck = pings.ping(e, &format!("{p}.healthcheck"), j.healthcheck.as_ref());
+    Job {
+        name: name.to_owned(),
+        server: j.server.clone(),
+        enabled: j.enabled,
+        schedule,
+        random_delay: duration(
+            e,
+            &format!("{p}.random_delay"),
+            j.random_delay.as_ref(),
+            Duration::ZERO,
+        ),
+        paths: j.paths.clone(),
+        exclude: j.exclude.clone(),
+        before: j.before.clone(),
+        after: j.after.clone(),
+        hook_timeout: duration(
+            e,
+            &format!("{p}.hook_timeout"),
+            j.hook_timeout.as_ref(),
+            Duration::from_secs(600),
+        ),
+        after_deadline,
+        dump_timeout,
+        dumps,
+        retention,
+        anomaly,
+        healthcheck,
+    }
+}
+
+fn job_schedule(e: &mut Errors, p: &str, j: &RawJob) -> Option<Schedule> {
+    let Some(expr) = &j.schedule else {
+        if j.timezone.is_some() {
+            e.add(format!("{p}.timezone"), "has no effect without a schedule");
+        }
+        return None;
+    };
+    match Schedule::parse(expr, j.timezone.as_deref()) {
+        Ok(s) => Some(s),
+        Err(err) => {
+            let key = if matches!(err, ScheduleError::Zone(_)) {
+                "timezone"
+            } else {
+                "schedule"
+            };
+            e.add(format!("{p}.{key}"), err.to_string());
+            None
+        }
+    }
+}
+
+/// `before` and `after`; returns `after_deadline`.
+fn hooks(e: &mut Errors, p: &str, j: &RawJob) -> Option<Duration> {
+    for (i, h) in j.before.iter().chain(&j.after).enumerate() {
+        if h.trim().is_empty() {
+            let (k, n) = if i < j.before.len() {
+                ("before", i)
+            } else {
+                ("after", i - j.before.len())
+            };
+            e.add(format!("{p}.{k}[{n}]"), "empty command");
+        }
+    }
+    let after_deadline = j.after_deadline.as_ref().map(|_| {
+        duration(
+            e,
+            &format!("{p}.after_deadline"),
+            j.after_deadline.as_ref(),
+            Duration::ZERO,
+        )
+    });
+    if after_deadline.is_some() && j.after.is_empty() {
+        e.add(
+            format!("{p}.after_deadline"),
+            "needs `after` commands to run at the deadline",
+        );
+    }
+    after_deadline
+}
+
+fn dumps(e: &mut Errors, p: &str, raw: &[RawDump]) -> Vec<Dump> {
+    let mut seen = BTreeSet::new();
+    let mut dumps = Vec::new();
+    for (i, d) in raw.iter().enumerate() {
+        let dp = format!("{p}.dumps[{i}]");
+        if !valid_name(&d.name) {
+            e.add(
+                format!("{dp}.name"),
+                format!(
+                    "{:?}: dump names use letters, digits, '-', '_' and '.'",
+                    d.name
+                ),
+            );
+        } else if !seen.insert(d.name.clone()) {
+            e.add(
+                format!("{dp}.name"),
+                format!("duplicate dump name {:?}", d.name),
+            );
+        }
+        if let Some(dump) = expand_dump(e, &dp, d) {
+            dumps.push(dump);
+        }
+    }
+    dumps
+}
+
+fn retention(e: &mut Errors, path: &str, r: &RawRetention) -> Policy {
+    let policy = Policy {
+        last: r.keep_last,
+        hourly: r.keep_hourly,
+        daily: r.keep_daily,
+        weekly: r.keep_weekly,
+        monthly: r.keep_monthly,
+        yearly: r.keep_yearly,
+    };
+    // 0 switches a rule off, as in restic: a policy of zeros keeps nothing by rule
+    if policy.keeps_nothing() {
+        e.add(
+            path,
+            "set at least one keep_* above 0 (or remove retention to keep every snapshot)",
+        );
+    }
+    policy
+}
+
+fn check(e: &mut Errors, c: &RawCheck, pings: &Pings) -> Option<Check> {
+    let healthcheck = pings.ping(e, "check.healthcheck", c.healthcheck.as_ref());
+    if let Some(rd) = &c.read_data
+        && !valid_read_data(rd)
+    {
+        e.add(
+            "check.read_data",
+            format!("{rd:?}: expected a percentage (\"5%\"), \"n/m\" or \"all\""),
+        );
+    }
+    match Schedule::parse(&c.schedule, c.timezone.as_deref()) {
+        Ok(schedule) => Some(Check {
+            schedule,
+            read_data: c.read_data.clone(),
+            healthcheck,
+        }),
+        Err(err) => {
+            e.add("check.schedule", err.to_string());
+            None
+        }
+    }
 }
 
 /// A pinned `host_key` in a form the SSH adapter accepts (`HostKeyCheck::prepare` in
@@ -711,47 +745,15 @@ fn expand_dump(e: &mut Errors, path: &str, d: &RawDump) -> Option<Dump> {
         e.add(path, "set exactly one of command, postgres, mysql, sqlite");
         return None;
     }
-    let exec = |container: &Option<String>| match container {
-        Some(c) => format!("docker exec -i {} ", shell_quote(c)),
-        None => String::new(),
-    };
     let (command, restore) = if let Some(c) = &d.command {
         if c.trim().is_empty() {
             e.add(format!("{path}.command"), "empty command");
         }
         (c.clone(), None)
     } else if let Some(pg) = &d.postgres {
-        // Connection options, shared by the dump and the restore command.
-        let user = [
-            pg.host.as_ref().map(|h| format!(" -h {}", shell_quote(h))),
-            pg.port.map(|p| format!(" -p {p}")),
-            pg.user.as_ref().map(|u| format!(" -U {}", shell_quote(u))),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<String>();
-        let db = shell_quote(&pg.database);
-        (
-            format!("{}pg_dump -Fc{user} {db}", exec(&pg.container)),
-            Some(format!(
-                "{}pg_restore --clean --if-exists --no-owner{user} -d {db}",
-                exec(&pg.container)
-            )),
-        )
+        postgres(pg)
     } else if let Some(my) = &d.mysql {
-        let user = my
-            .user
-            .as_ref()
-            .map(|u| format!(" -u {}", shell_quote(u)))
-            .unwrap_or_default();
-        let db = shell_quote(&my.database);
-        (
-            format!(
-                "{}mysqldump --single-transaction --routines --triggers{user} {db}",
-                exec(&my.container)
-            ),
-            Some(format!("{}mysql{user} {db}", exec(&my.container))),
-        )
+        mysql(my)
     } else if let Some(sq) = &d.sqlite {
         if !sq.path.is_absolute() {
             e.add(
@@ -759,17 +761,7 @@ fn expand_dump(e: &mut Errors, path: &str, d: &RawDump) -> Option<Dump> {
                 "must be an absolute path on the server",
             );
         }
-        let db = shell_quote(&sq.path.to_string_lossy());
-        // `.backup` takes a consistent copy of a live database (it holds a read transaction);
-        // the copy goes through a private temp file because it needs a seekable target.
-        (
-            format!(
-                "t=$(mktemp) && sqlite3 {db} \".backup '$t'\" && cat \"$t\"; r=$?; rm -f \"$t\"; exit $r"
-            ),
-            Some(format!(
-                "t=$(mktemp) && cat > \"$t\" && sqlite3 {db} \".restore '$t'\"; r=$?; rm -f \"$t\"; exit $r"
-            )),
-        )
+        sqlite(sq)
     } else {
         return None;
     };
@@ -778,6 +770,65 @@ fn expand_dump(e: &mut Errors, path: &str, d: &RawDump) -> Option<Dump> {
         command,
         restore_command: d.restore_command.clone().or(restore),
     })
+}
+
+/// The prefix that runs a preset's command inside a container.
+fn docker_exec(container: &Option<String>) -> String {
+    match container {
+        Some(c) => format!("docker exec -i {} ", shell_quote(c)),
+        None => String::new(),
+    }
+}
+
+/// The dump and the restore command of a `postgres` preset.
+fn postgres(pg: &RawPostgres) -> (String, Option<String>) {
+    // Connection options, shared by the dump and the restore command.
+    let user = [
+        pg.host.as_ref().map(|h| format!(" -h {}", shell_quote(h))),
+        pg.port.map(|p| format!(" -p {p}")),
+        pg.user.as_ref().map(|u| format!(" -U {}", shell_quote(u))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<String>();
+    let db = shell_quote(&pg.database);
+    let exec = docker_exec(&pg.container);
+    (
+        format!("{exec}pg_dump -Fc{user} {db}"),
+        Some(format!(
+            "{exec}pg_restore --clean --if-exists --no-owner{user} -d {db}"
+        )),
+    )
+}
+
+/// The dump and the restore command of a `mysql` preset.
+fn mysql(my: &RawMysql) -> (String, Option<String>) {
+    let user = my
+        .user
+        .as_ref()
+        .map(|u| format!(" -u {}", shell_quote(u)))
+        .unwrap_or_default();
+    let db = shell_quote(&my.database);
+    let exec = docker_exec(&my.container);
+    (
+        format!("{exec}mysqldump --single-transaction --routines --triggers{user} {db}"),
+        Some(format!("{exec}mysql{user} {db}")),
+    )
+}
+
+/// The dump and the restore command of a `sqlite` preset.
+fn sqlite(sq: &RawSqlite) -> (String, Option<String>) {
+    let db = shell_quote(&sq.path.to_string_lossy());
+    // `.backup` takes a consistent copy of a live database (it holds a read transaction);
+    // the copy goes through a private temp file because it needs a seekable target.
+    (
+        format!(
+            "t=$(mktemp) && sqlite3 {db} \".backup '$t'\" && cat \"$t\"; r=$?; rm -f \"$t\"; exit $r"
+        ),
+        Some(format!(
+            "t=$(mktemp) && cat > \"$t\" && sqlite3 {db} \".restore '$t'\"; r=$?; rm -f \"$t\"; exit $r"
+        )),
+    )
 }
 
 /// `jobs.NAME.anomaly`: `false`, or limits as percentages.

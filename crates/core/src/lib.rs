@@ -21,7 +21,7 @@ pub mod source;
 
 pub use exit::Exit;
 pub use problems::{Problem, Problems};
-pub use run::{RunStatus, RunSummary};
+pub use run::{ErrorClass, RunError, RunStatus, RunSummary};
 
 /// The first 8 characters of a snapshot, pack or lock id, as restic shows them (a shorter
 /// id whole).

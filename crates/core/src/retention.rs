@@ -42,6 +42,22 @@ pub struct Policy {
     pub yearly: Option<u32>,
 }
 
+impl Policy {
+    /// Every rule is off: restic would keep everything, burrow refuses such a policy.
+    pub fn keeps_nothing(&self) -> bool {
+        [
+            self.last,
+            self.hourly,
+            self.daily,
+            self.weekly,
+            self.monthly,
+            self.yearly,
+        ]
+        .iter()
+        .all(|n| n.unwrap_or(0) == 0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     #[error(
@@ -119,7 +135,7 @@ pub fn apply_policy(snaps: &[Snap], policy: &Policy) -> Result<Plan, PolicyError
         (policy.monthly.unwrap_or(0), month, "monthly snapshot"),
         (policy.yearly.unwrap_or(0), year, "yearly snapshot"),
     ];
-    if rules.iter().all(|(count, _, _)| *count == 0) {
+    if policy.keeps_nothing() {
         return Err(PolicyError::Empty);
     }
     let mut counts: Vec<u32> = rules.iter().map(|r| r.0).collect();

@@ -74,6 +74,92 @@ pub struct RunSummary {
     /// Why the run failed or was skipped, when it did not produce a snapshot; for a `warning`,
     /// which step after the snapshot failed.
     pub reason: Option<String>,
+    /// The class of the error that ended a run without a snapshot (`None` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<ErrorClass>,
+}
+
+/// Why a run ended without a snapshot, and whether trying again later can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClass {
+    /// The backup disk or the key stick is absent, or it is the wrong disk: the run waits for
+    /// the disk (skipped, 75).
+    Skip,
+    /// Likely to go away by itself: a server that is rebooting, the network, a repository
+    /// lock held by a prune. The daemon tries again (`retries`, `retry_wait`).
+    Temporary,
+    /// Needs a person: a refused host key, a wrong password, a damaged repository, a failed
+    /// `before` command.
+    Permanent,
+}
+
+/// A run's error with its class: the one error type of a run's steps, mapped to the run's
+/// status (and with it the exit code) in [`RunError::status`] alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RunError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl RunError {
+    pub fn skip(message: impl Into<String>) -> RunError {
+        RunError {
+            class: ErrorClass::Skip,
+            message: message.into(),
+        }
+    }
+
+    pub fn temporary(message: impl Into<String>) -> RunError {
+        RunError {
+            class: ErrorClass::Temporary,
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> RunError {
+        RunError {
+            class: ErrorClass::Permanent,
+            message: message.into(),
+        }
+    }
+
+    /// Temporary when `temporary`, permanent otherwise.
+    pub fn classed(temporary: bool, message: impl Into<String>) -> RunError {
+        if temporary {
+            RunError::temporary(message)
+        } else {
+            RunError::permanent(message)
+        }
+    }
+
+    /// The same error with `prefix: ` before its message.
+    pub fn context(self, prefix: impl std::fmt::Display) -> RunError {
+        RunError {
+            class: self.class,
+            message: format!("{prefix}: {}", self.message),
+        }
+    }
+
+    /// How a run ends on this error: skipped (75) for the disk, failed (1) otherwise.
+    pub fn status(&self) -> RunStatus {
+        match self.class {
+            ErrorClass::Skip => RunStatus::Skipped,
+            ErrorClass::Temporary | ErrorClass::Permanent => RunStatus::Failed,
+        }
+    }
+}
+
+impl From<crate::disk::DiskError> for RunError {
+    /// An absent or wrong disk or key skips the run; a disk that fails fails it.
+    fn from(e: crate::disk::DiskError) -> Self {
+        if e.is_skip() {
+            RunError::skip(e.to_string())
+        } else {
+            RunError::permanent(e.to_string())
+        }
+    }
 }
 
 /// One entry of `errors` in the JSON summary.
@@ -93,15 +179,8 @@ impl From<&Problem> for ErrorItem {
 }
 
 impl RunSummary {
-    /// A summary for a run that ended before a snapshot could be made.
-    pub fn without_snapshot(
-        job: &str,
-        run_id: &str,
-        started: &str,
-        status: RunStatus,
-        reason: String,
-        duration_s: f64,
-    ) -> Self {
+    /// A summary of a run without a snapshot and without errors (so far).
+    pub fn new(job: &str, run_id: &str, started: &str, status: RunStatus, duration_s: f64) -> Self {
         RunSummary {
             job: job.to_owned(),
             run_id: run_id.to_owned(),
@@ -117,7 +196,23 @@ impl RunSummary {
             duration_s,
             peak_rss_bytes: None,
             errors: Vec::new(),
-            reason: Some(reason),
+            reason: None,
+            error_class: None,
+        }
+    }
+
+    /// A summary for a run that ended on `error` before a snapshot could be made.
+    pub fn without_snapshot(
+        job: &str,
+        run_id: &str,
+        started: &str,
+        error: &RunError,
+        duration_s: f64,
+    ) -> Self {
+        RunSummary {
+            reason: Some(error.message.clone()),
+            error_class: Some(error.class),
+            ..RunSummary::new(job, run_id, started, error.status(), duration_s)
         }
     }
 }

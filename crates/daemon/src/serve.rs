@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use burrow_config::{Config, PingUrl};
 use burrow_core::disk::{DiskEvent, DiskManager, Release};
-use burrow_core::{Exit, RunStatus};
+use burrow_core::{Exit, RunError, RunStatus};
 use burrow_disk::{SimDisk, UDisks2Manager};
 use burrow_notify::Healthchecks;
 use burrow_notify::systemd::Systemd;
@@ -412,8 +412,7 @@ impl<D: DiskManager> Daemon<D> {
                 tracing::error!("the run of {} crashed: {e}", cur.job);
                 burrow_run::summary_without_run(
                     &cur.job,
-                    RunStatus::Failed,
-                    format!("crashed: {e}"),
+                    &RunError::permanent(format!("crashed: {e}")),
                 )
             }
         };

@@ -452,8 +452,7 @@ mod tests {
             "db",
             "r1",
             "2026-11-20T03:00:00+01:00",
-            RunStatus::Skipped,
-            "backup disk absent".into(),
+            &burrow_core::RunError::skip("backup disk absent"),
             0.5,
         );
         let r = RunRecord::from_summary(&s, utc("2026-11-20T02:00:00Z"));

@@ -48,7 +48,7 @@ use rustic_core::{
 };
 use serde::Serialize;
 
-pub use burrow_core::retention::{Plan, Policy as Keep, PolicyError};
+pub use burrow_core::retention::{Plan, Policy, PolicyError};
 pub use lock::{LockInfo, Locks, RepoLockGuard};
 pub use restore::{NotRestored, RestoreOutcome};
 pub use rustic_core::jiff::Zoned;
@@ -155,6 +155,15 @@ pub enum RepoError {
     DamagedSnapshots(Vec<DamagedSnapshot>),
     #[error("repository: {0}")]
     Rustic(String),
+}
+
+impl From<RepoError> for burrow_core::RunError {
+    /// A lock held by restic or another burrow goes away by itself; everything else needs a
+    /// person (a password, a damaged repository, a missing one).
+    fn from(e: RepoError) -> Self {
+        let temporary = matches!(e, RepoError::Locked(_));
+        burrow_core::RunError::classed(temporary, e.to_string())
+    }
 }
 
 fn prune_refusal(d: &[DamagedSnapshot]) -> String {
@@ -880,7 +889,7 @@ impl Repo {
     /// The retention plan for `job`: restic 0.14's `forget --keep-*` decision over the job's
     /// snapshots ([`burrow_core::retention::apply_policy`]), then burrow's one deviation: the
     /// snapshots named by [`protected`] are kept whatever the policy says. Nothing is changed.
-    pub fn forget_plan(&self, job: &str, keep: &Keep) -> Result<Plan, RepoError> {
+    pub fn forget_plan(&self, job: &str, keep: &Policy) -> Result<Plan, RepoError> {
         let snaps: Vec<Snap> = self.job_snapshots(Some(job))?.iter().map(snap_of).collect();
         let plan = retention::apply_policy(&snaps, keep)?;
         Ok(retention::protect(plan, &protected(&snaps)))
@@ -888,7 +897,7 @@ impl Repo {
 
     /// Computes [`Repo::forget_plan`] and removes the snapshots in its `remove` list; returns
     /// the plan applied. Data of the removed snapshots stays until [`Repo::prune`].
-    pub fn forget(&self, job: &str, keep: &Keep) -> Result<Plan, RepoError> {
+    pub fn forget(&self, job: &str, keep: &Policy) -> Result<Plan, RepoError> {
         let plan = self.forget_plan(job, keep)?;
         if plan.remove.is_empty() {
             return Ok(plan);

@@ -10,7 +10,7 @@ use burrow_core::Problems;
 use burrow_core::exclude::Excludes;
 use burrow_core::local::LocalSource;
 use burrow_core::source::{Content, Entry, EntryKind, Meta, Time};
-use burrow_repo::{BackupRequest, Keep, Password, Repo, RepoError, init};
+use burrow_repo::{BackupRequest, Password, Policy, Repo, RepoError, init};
 
 fn tree(root: &Path) {
     fs::create_dir_all(root.join("sub/deeper")).unwrap();
@@ -241,9 +241,9 @@ fn unreadable_file_makes_a_partial_snapshot_and_forget_keeps_the_newest_complete
     assert_eq!(buf, b"0123456789");
 
     // keep_last 1 would keep only the partial one; the newest complete one must survive
-    let last1 = Keep {
+    let last1 = Policy {
         last: Some(1),
-        ..Keep::default()
+        ..Policy::default()
     };
     let plan = repo.forget("j", &last1).unwrap();
     assert!(plan.remove.is_empty(), "{plan:?}");
@@ -284,7 +284,7 @@ fn unreadable_file_makes_a_partial_snapshot_and_forget_keeps_the_newest_complete
         .collect();
     assert_eq!(ids, [newest.snapshot_id]);
     assert!(matches!(
-        repo.forget("j", &Keep::default()),
+        repo.forget("j", &Policy::default()),
         Err(RepoError::Policy(_))
     ));
     repo.prune().unwrap();

@@ -13,7 +13,7 @@ use burrow_core::exclude::Excludes;
 use burrow_core::local::LocalSource;
 use burrow_core::retention::PROTECTED;
 use burrow_core::{Problems, retention};
-use burrow_repo::{BackupRequest, Keep, Password, Repo, init};
+use burrow_repo::{BackupRequest, Password, Policy, Repo, init};
 use chrono::{DateTime, Duration, FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
 use chrono_tz::Europe::Berlin;
 use rustic_backend::LocalBackend;
@@ -192,7 +192,7 @@ fn restic_plan(
     (keep, remove)
 }
 
-fn flags(k: &Keep) -> Vec<String> {
+fn flags(k: &Policy) -> Vec<String> {
     let mut f = Vec::new();
     for (name, v) in [
         ("last", k.last),
@@ -299,9 +299,9 @@ fn forget_plan_equals_restic_forget_dry_run() {
     let all = repo
         .forget_plan(
             "j",
-            &Keep {
+            &Policy {
                 yearly: Some(100),
-                ..Keep::default()
+                ..Policy::default()
             },
         )
         .unwrap();
@@ -323,36 +323,36 @@ fn forget_plan_equals_restic_forget_dry_run() {
 
     let o = Some;
     let policies = [
-        Keep {
+        Policy {
             last: o(2),
             daily: o(7),
-            ..Keep::default()
+            ..Policy::default()
         },
-        Keep {
+        Policy {
             daily: o(10),
             weekly: o(6),
             monthly: o(8),
-            ..Keep::default()
+            ..Policy::default()
         },
-        Keep {
+        Policy {
             hourly: o(30),
             yearly: o(3),
-            ..Keep::default()
+            ..Policy::default()
         },
-        Keep {
+        Policy {
             last: o(3),
             weekly: o(20),
             monthly: o(12),
             yearly: o(5),
-            ..Keep::default()
+            ..Policy::default()
         },
-        Keep {
+        Policy {
             last: o(1),
-            ..Keep::default()
+            ..Policy::default()
         },
-        Keep {
+        Policy {
             daily: o(400),
-            ..Keep::default()
+            ..Policy::default()
         },
     ];
     let mut deviation_seen = false;

@@ -9,9 +9,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
 use burrow_config::Job;
-use burrow_core::Problems;
 use burrow_core::local::FileContent;
 use burrow_core::source::{Entry, EntryKind, Meta, Time};
+use burrow_core::{Problems, RunError};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
@@ -108,7 +108,7 @@ pub async fn spool(
     problems: &Problems,
     log: &RunLog,
     cancel: &watch::Receiver<bool>,
-) -> Result<Spooled, String> {
+) -> Result<Spooled, RunError> {
     let (dumps, timeout) = (job.dumps.as_slice(), job.dump_timeout);
     if let Ok(entries) = std::fs::read_dir(spool_root) {
         for e in entries.flatten() {
@@ -120,8 +120,12 @@ pub async fn spool(
         }
     }
     let dir = spool_root.join(run_id);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| format!("cannot create the dump spool {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        RunError::permanent(format!(
+            "cannot create the dump spool {}: {e}",
+            dir.display()
+        ))
+    })?;
     set_private(&dir);
     let mut spooled = Spooled {
         dir: dir.clone(),
@@ -143,7 +147,8 @@ pub async fn spool(
             // process group (`Host::exec_to_writer`).
             let out = host
                 .exec_to_writer(&d.command, &mut f, timeout, cancelled(cancel.clone()))
-                .await?;
+                .await
+                .map_err(|e| e.message)?;
             f.flush().await.map_err(|e| e.to_string())?;
             f.sync_all().await.map_err(|e| e.to_string())?;
             let stderr = out.stderr_text();

@@ -41,6 +41,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use burrow_config::shell_quote;
+use burrow_core::RunError;
 use burrow_ssh::{KILL_GRACE, OUTPUT_TAIL};
 
 use crate::host::{Host, humanize};
@@ -266,7 +267,7 @@ impl DeadMan {
         hook_timeout: Duration,
         started: bool,
         log: &RunLog,
-    ) -> Result<DeadMan, String> {
+    ) -> Result<DeadMan, RunError> {
         let dir = dir_path(run_id);
         let script = arm_script(&dir, deadline, after, hook_timeout, started);
         let out = host.exec(&script, Duration::from_secs(30)).await?;
@@ -275,10 +276,10 @@ impl DeadMan {
                 Some(4) => format!("cannot create {dir} on {}", host.describe()),
                 _ => out.stderr_text(),
             };
-            return Err(format!(
+            return Err(RunError::permanent(format!(
                 "arming the dead-man's switch failed ({}): {why}",
                 out.status_text(),
-            ));
+            )));
         }
         log.info(format!(
             "dead-man's switch armed: the after commands run on {} in {} unless burrow runs them first",
@@ -361,7 +362,7 @@ impl DeadMan {
             None => {
                 let why = match out {
                     Ok(o) => format!("{} {}", o.status_text(), o.stderr_text()),
-                    Err(e) => e,
+                    Err(e) => e.message,
                 };
                 log.error(format!(
                     "after: cannot confirm that the after commands ran ({why}); if they did not \

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::process::Stdio;
 use std::time::Duration;
 
+use burrow_core::RunError;
 use burrow_ssh::{ExecOutput, KILL_GRACE, OUTPUT_TAIL, Session};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Command;
@@ -49,9 +50,9 @@ impl Host {
     /// group of its own (on the server: `Session::exec`; here: `process_group(0)`), and a
     /// command still running at `timeout` is ended with that group: TERM, then KILL after
     /// [`KILL_GRACE`].
-    pub async fn exec(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, String> {
+    pub async fn exec(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, RunError> {
         match self {
-            Host::Remote(s) => s.exec(cmd, timeout).await.map_err(|e| e.to_string()),
+            Host::Remote(s) => Ok(s.exec(cmd, timeout).await?),
             Host::Local => {
                 local_run::<tokio::io::Sink>(cmd, None, timeout, std::future::pending()).await
             }
@@ -66,12 +67,9 @@ impl Host {
         out: &mut W,
         timeout: Duration,
         cancel: impl Future<Output = ()> + Send,
-    ) -> Result<ExecOutput, String> {
+    ) -> Result<ExecOutput, RunError> {
         match self {
-            Host::Remote(s) => s
-                .exec_to_writer(cmd, out, timeout, cancel)
-                .await
-                .map_err(|e| e.to_string()),
+            Host::Remote(s) => Ok(s.exec_to_writer(cmd, out, timeout, cancel).await?),
             Host::Local => local_run(cmd, Some(out), timeout, cancel).await,
         }
     }
@@ -81,12 +79,9 @@ impl Host {
         &self,
         cmd: &str,
         mut input: R,
-    ) -> Result<ExecOutput, String> {
+    ) -> Result<ExecOutput, RunError> {
         match self {
-            Host::Remote(s) => s
-                .exec_with_stdin(cmd, input)
-                .await
-                .map_err(|e| e.to_string()),
+            Host::Remote(s) => Ok(s.exec_with_stdin(cmd, input).await?),
             Host::Local => {
                 let mut c = sh(cmd);
                 c.stdin(Stdio::piped())
@@ -94,24 +89,30 @@ impl Host {
                     .stderr(Stdio::piped());
                 let mut child = c
                     .spawn()
-                    .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
-                let mut stdin = child.stdin.take().ok_or("no stdin")?;
+                    .map_err(|e| RunError::permanent(format!("cannot start /bin/sh: {e}")))?;
+                let mut stdin = child.stdin.take().ok_or_else(|| piped("stdin"))?;
                 let feed = async {
                     let r = tokio::io::copy(&mut input, &mut stdin).await;
                     drop(stdin);
                     r
                 };
                 let (fed, out) = tokio::join!(feed, child.wait_with_output());
-                let out = out.map_err(|e| e.to_string())?;
+                let out = out.map_err(|e| RunError::permanent(e.to_string()))?;
                 if let Err(e) = fed
                     && out.status.success()
                 {
-                    return Err(format!("feeding the command failed: {e}"));
+                    return Err(RunError::permanent(format!(
+                        "feeding the command failed: {e}"
+                    )));
                 }
                 Ok(local_output(out.status, out.stdout, out.stderr))
             }
         }
     }
+}
+
+fn piped(which: &str) -> RunError {
+    RunError::permanent(format!("the local command has no {which} pipe"))
 }
 
 /// Sends `sig` to the process group `pgid` (a local command started by [`local_run`]).
@@ -129,7 +130,7 @@ async fn local_run<W: AsyncWrite + Unpin + Send>(
     out: Option<&mut W>,
     timeout: Duration,
     cancel: impl Future<Output = ()> + Send,
-) -> Result<ExecOutput, String> {
+) -> Result<ExecOutput, RunError> {
     use nix::sys::signal::Signal;
     let mut c = sh(cmd);
     c.stdout(Stdio::piped())
@@ -137,10 +138,10 @@ async fn local_run<W: AsyncWrite + Unpin + Send>(
         .process_group(0);
     let mut child = c
         .spawn()
-        .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
+        .map_err(|e| RunError::permanent(format!("cannot start /bin/sh: {e}")))?;
     let pgid = child.id();
-    let mut stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut stdout = child.stdout.take().ok_or_else(|| piped("stdout"))?;
+    let mut stderr = child.stderr.take().ok_or_else(|| piped("stderr"))?;
     let err_task = tokio::spawn(async move {
         let mut buf = Vec::new();
         let _ = stderr.read_to_end(&mut buf).await;
@@ -166,8 +167,9 @@ async fn local_run<W: AsyncWrite + Unpin + Send>(
         };
         tokio::select! {
             res = run => Ok(res),
-            _ = tokio::time::sleep(timeout) => Err(format!("timed out after {}", humanize(timeout))),
-            _ = cancel => Err("interrupted: burrow is stopping".to_owned()),
+            // as on a server: a command that hung or was stopped may do better next time
+            _ = tokio::time::sleep(timeout) => Err(RunError::temporary(format!("timed out after {}", humanize(timeout)))),
+            _ = cancel => Err(RunError::temporary("interrupted: burrow is stopping")),
         }
     };
     let reason = match ran {
@@ -175,9 +177,9 @@ async fn local_run<W: AsyncWrite + Unpin + Send>(
             let stderr = err_task.await.unwrap_or_default();
             return Ok(local_output(status, kept, stderr));
         }
-        Ok(Ok((Err(e), _))) => format!("waiting for the command failed: {e}"),
-        Ok(Err(e)) if writing => format!("writing the output failed: {e}"),
-        Ok(Err(e)) => format!("reading the output failed: {e}"),
+        Ok(Ok((Err(e), _))) => RunError::permanent(format!("waiting for the command failed: {e}")),
+        Ok(Err(e)) if writing => RunError::permanent(format!("writing the output failed: {e}")),
+        Ok(Err(e)) => RunError::permanent(format!("reading the output failed: {e}")),
         Err(reason) => reason,
     };
     signal_group(pgid, Signal::SIGTERM);

@@ -36,15 +36,15 @@ use burrow_core::local::LocalSource;
 use burrow_core::monitor::{Monitor, Outcome};
 use burrow_core::run::ErrorItem;
 use burrow_core::source::Source;
-use burrow_core::{Problems, RunStatus, RunSummary, short_id};
-use burrow_repo::{BackupRequest, CheckReport, Keep, PackRepair, Repo, RepoError};
+use burrow_core::{ErrorClass, Problems, RunError, RunStatus, RunSummary, short_id};
+use burrow_repo::{BackupRequest, CheckReport, PackRepair, Policy, Repo, RepoError};
 use burrow_ssh::{HostKeyPolicy, Session, SftpSource, SshTarget};
 use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::host::Host;
 use crate::log::RunLog;
-use crate::place::{PlaceError, RepoLock};
+use crate::place::RepoLock;
 
 /// What the caller can watch and stop.
 #[derive(Clone)]
@@ -116,13 +116,12 @@ pub async fn release_disk<D: DiskManager>(disk: &D, what: Release) {
 }
 
 /// The summary of a run that could not even start (no disk manager, daemon refused).
-pub fn summary_without_run(job: &str, status: RunStatus, reason: String) -> RunSummary {
+pub fn summary_without_run(job: &str, error: &RunError) -> RunSummary {
     RunSummary::without_snapshot(
         job,
         &uuid::Uuid::new_v4().to_string(),
         &Utc::now().to_rfc3339(),
-        status,
-        reason,
+        error,
         0.0,
     )
 }
@@ -167,18 +166,6 @@ pub fn local_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// The job's `retention` as a policy; `None` when the job keeps every snapshot.
-pub fn keep_of(job: &Job) -> Option<Keep> {
-    job.retention.map(|r| Keep {
-        last: r.keep_last,
-        hourly: r.keep_hourly,
-        daily: r.keep_daily,
-        weekly: r.keep_weekly,
-        monthly: r.keep_monthly,
-        yearly: r.keep_yearly,
-    })
-}
-
 struct Run<'a> {
     cfg: &'a Config,
     job: &'a Job,
@@ -189,28 +176,23 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn end(&self, status: RunStatus, reason: String) -> RunReport {
-        match status {
-            RunStatus::Skipped => self.log.warn(format!("run skipped: {reason}")),
-            _ => self.log.error(format!("run failed: {reason}")),
+    /// The end of a run without a snapshot: skipped or failed, as the error's class says.
+    fn end(&self, e: RunError) -> RunReport {
+        match e.class {
+            ErrorClass::Skip => self.log.warn(format!("run skipped: {e}")),
+            _ => self.log.error(format!("run failed: {e}")),
         }
         RunReport {
             summary: RunSummary::without_snapshot(
                 &self.job.name,
                 &self.ctl.run_id,
                 &self.started.to_rfc3339(),
-                status,
-                reason,
+                &e,
                 self.t0.elapsed().as_secs_f64(),
             ),
             log: self.log.tail(),
         }
     }
-}
-
-/// The end of a run that could not use the repository: skipped or failed, as `e` says.
-fn place_end(run: &Run<'_>, e: PlaceError) -> RunReport {
-    run.end(e.status(), e.to_string())
 }
 
 /// Runs `job_name` once. `disk` must be given when the config has `disk`.
@@ -232,8 +214,7 @@ pub async fn run_job<D: DiskManager>(
                 job_name,
                 &ctl.run_id,
                 &started.to_rfc3339(),
-                RunStatus::Failed,
-                format!("no job named {job_name:?}"),
+                &RunError::permanent(format!("no job named {job_name:?}")),
                 0.0,
             ),
             log: log.tail(),
@@ -266,46 +247,71 @@ pub async fn run_job<D: DiskManager>(
     report
 }
 
+/// The boxes of the picture above, in order: the lock, the volume, the repository and the
+/// server at once, then the server's part ([`on_server`]) and what follows a saved snapshot
+/// ([`saved`]).
 async fn run_inner<D: DiskManager>(
     run: &Run<'_>,
     server: Option<&Server>,
     disk: Option<&D>,
 ) -> RunReport {
-    let (cfg, job, log) = (run.cfg, run.job, &run.log);
-    let _lock = match RepoLock::acquire(&cfg.state_dir) {
+    let _lock = match RepoLock::acquire(&run.cfg.state_dir) {
         Ok(l) => l,
-        Err(e) => return run.end(RunStatus::Failed, e.to_string()),
+        Err(e) => return run.end(e),
     };
-    let place = match place::locate(cfg, disk).await {
+    let place = match place::locate(run.cfg, disk).await {
         Ok(p) => p,
-        Err(e) => return place_end(run, e),
+        Err(e) => return run.end(e),
     };
     // The server is reached while the repository opens: the key derivation is the longest
     // step of a run that finds nothing new, and neither waits for the other.
     let connecting = server.map(|s| Connecting::start(run, s));
     let (repo, shared) = match open_repository(run, &place).await {
         Ok(opened) => opened,
-        Err(report) => {
+        Err(e) => {
             if let Some(c) = connecting {
                 c.abandon().await;
             }
-            return report;
+            return run.end(e);
         }
     };
     let (host, sftp) = match connecting {
         None => (Host::Local, None),
         Some(c) => match c.finish().await {
             Ok(r) => (Host::Remote(r.session), r.sftp),
-            Err(e) => return run.end(RunStatus::Failed, e),
+            Err(e) => return run.end(e),
         },
     };
+    let problems = Problems::new();
+    let (pulled, errors) = on_server(run, &host, sftp, &place, repo, &problems).await;
+    match pulled {
+        Ok(pulled) => saved(run, pulled, errors, &problems, shared).await,
+        Err(e) => {
+            let mut report = run.end(e);
+            report.summary.errors = errors;
+            report
+        }
+    }
+}
 
+/// Everything that happens on the server, ended by closing the session: the dead-man's
+/// switch, `before`, dumps and files into a snapshot, and `after` (always, once `before`
+/// started). Returns the pull's result and the errors of `after`.
+async fn on_server(
+    run: &Run<'_>,
+    host: &Host,
+    sftp: Option<Result<SftpSource, RunError>>,
+    place: &place::Place,
+    repo: Repo,
+    problems: &Problems,
+) -> (Result<Pulled, RunError>, Vec<ErrorItem>) {
+    let (job, log) = (run.job, &run.log);
     let mut deadman = None;
     if let Some(deadline) = job.after_deadline
         && !job.after.is_empty()
     {
-        match hooks::DeadMan::arm(
-            &host,
+        let armed = hooks::DeadMan::arm(
+            host,
             &run.ctl.run_id,
             deadline,
             &job.after,
@@ -313,51 +319,43 @@ async fn run_inner<D: DiskManager>(
             job.before.is_empty(),
             log,
         )
-        .await
-        {
+        .await;
+        match armed {
             Ok(d) => deadman = Some(d),
             Err(e) => {
-                close(&host).await;
-                return run.end(RunStatus::Failed, format!("{e}; nothing was stopped"));
+                close(host).await;
+                let e = RunError {
+                    message: format!("{e}; nothing was stopped"),
+                    ..e
+                };
+                return (Err(e), Vec::new());
             }
         }
     }
     let (before_ok, before_started) =
-        hooks::run_before(&host, &job.before, job.hook_timeout, deadman.as_ref(), log).await;
-
-    let problems = Problems::new();
-    let mut errors: Vec<ErrorItem> = Vec::new();
-    let mut failure: Option<String> = None;
-    let mut outcome = None;
-    let cancelled = || *run.ctl.cancel.borrow();
-    if !before_ok {
-        failure = Some("a before command failed; nothing was pulled".into());
-    } else if cancelled() {
-        failure = Some("burrow is shutting down; nothing was pulled".into());
+        hooks::run_before(host, &job.before, job.hook_timeout, deadman.as_ref(), log).await;
+    let pulled = if !before_ok {
+        Err(RunError::permanent(
+            "a before command failed; nothing was pulled",
+        ))
+    } else if *run.ctl.cancel.borrow() {
+        Err(RunError::permanent(
+            "burrow is shutting down; nothing was pulled",
+        ))
     } else {
-        match pull(run, &host, sftp, &place, repo, &problems).await {
-            Ok(p) => outcome = Some(p),
-            Err(e) if place.volume.is_some() && !place.repo_path.exists() => {
-                // What the repository said next ("no repository config file found") is only
-                // the consequence: kept in the debug log, not in the reason.
-                tracing::debug!(error = %e, "the repository failed after the disk went away");
-                failure = Some(
-                    "the backup disk went away during the run (nothing was written elsewhere; \
-                     earlier snapshots are intact)"
-                        .into(),
-                )
-            }
-            Err(e) => failure = Some(e),
-        }
-    }
+        pull(run, host, sftp, place, repo, problems)
+            .await
+            .map_err(|e| disk_gone(place, e))
+    };
 
+    let mut errors = Vec::new();
     // The obligation: once a before command started (or there were none), after runs.
     if before_started || job.before.is_empty() {
         // With the dead-man's switch, the commands run on the server in a process of their
         // own that a dying burrow cannot cut off (hooks.rs).
         let ok = match deadman.take() {
-            Some(d) => d.run_after(&host, &job.after, job.hook_timeout, log).await,
-            None => hooks::run_after(&host, &job.after, job.hook_timeout, log).await,
+            Some(d) => d.run_after(host, &job.after, job.hook_timeout, log).await,
+            None => hooks::run_after(host, &job.after, job.hook_timeout, log).await,
         };
         if !ok {
             errors.push(ErrorItem {
@@ -366,14 +364,33 @@ async fn run_inner<D: DiskManager>(
             });
         }
     }
-    close(&host).await;
+    close(host).await;
+    (pulled, errors)
+}
 
-    let Some(Pulled { out, repo, anomaly }) = outcome else {
-        let mut report = run.end(RunStatus::Failed, failure.unwrap_or_default());
-        report.summary.errors = errors;
-        return report;
-    };
+/// A pull that failed because the backup disk went away says so (the disk is absent, not the
+/// repository broken); what the repository said next is kept in the debug log.
+fn disk_gone(place: &place::Place, e: RunError) -> RunError {
+    if place.volume.is_none() || place.repo_path.exists() {
+        return e;
+    }
+    tracing::debug!(error = %e, "the repository failed after the disk went away");
+    RunError::permanent(
+        "the backup disk went away during the run (nothing was written elsewhere; earlier \
+         snapshots are intact)",
+    )
+}
 
+/// A snapshot is saved: its problems, the anomaly guard, retention, and the summary.
+async fn saved(
+    run: &Run<'_>,
+    pulled: Pulled,
+    mut errors: Vec<ErrorItem>,
+    problems: &Problems,
+    shared: burrow_repo::RepoLockGuard,
+) -> RunReport {
+    let (job, log) = (run.job, &run.log);
+    let Pulled { out, repo, anomaly } = pulled;
     for p in problems.snapshot() {
         log.warn(format!(
             "not backed up: {}: {}",
@@ -396,18 +413,10 @@ async fn run_inner<D: DiskManager>(
     } else {
         RunStatus::Ok
     };
-    let pauses = anomaly::PauseFile::new(&cfg.state_dir);
+    let pauses = anomaly::PauseFile::new(&run.cfg.state_dir);
     if let Some(reason) = &anomaly {
         status = RunStatus::Anomaly;
-        log.error(format!(
-            "anomaly: {reason}; the snapshot {} is saved and tagged `{}`; retention of job {} \
-             is paused: if the change is real run `burrow accept {}`, otherwise restore from \
-             an earlier snapshot",
-            short_id(&out.snapshot_id),
-            burrow_repo::TAG_ANOMALY,
-            job.name,
-            job.name
-        ));
+        pause_retention(run, &pauses, &out.snapshot_id, reason);
         errors.insert(
             0,
             ErrorItem {
@@ -415,49 +424,18 @@ async fn run_inner<D: DiskManager>(
                 message: reason.clone(),
             },
         );
-        let paused = anomaly::Paused {
-            snapshot: out.snapshot_id.clone(),
-            since: Utc::now().to_rfc3339(),
-            reason: reason.clone(),
-        };
-        if let Err(e) = pauses.pause(&job.name, paused) {
-            log.error(format!("cannot record the retention pause: {e}"));
-        }
     }
-
     drop(shared);
     let mut reason = None;
-    if let Some(keep) = keep_of(job) {
-        match pauses.get(&job.name) {
-            Ok(Some(p)) => {
-                if anomaly.is_none() {
-                    log.warn(format!(
-                        "retention of job {} is paused since {} (anomaly in snapshot {}: {}): \
-                         run `burrow accept {}` or `burrow forget {}`",
-                        job.name,
-                        p.since,
-                        short_id(&p.snapshot),
-                        p.reason,
-                        job.name,
-                        job.name
-                    ));
-                }
-            }
-            paused => {
-                if let Err(e) = &paused {
-                    log.warn(format!("{e}; retention goes on"));
-                }
-                if let Some(msg) = retention(job, keep, repo, log).await {
-                    log.error(&msg);
-                    if status == RunStatus::Ok {
-                        status = RunStatus::Warning;
-                    }
-                    reason = Some(msg);
-                }
-            }
+    if let Some(keep) = job.retention
+        && let Some(msg) = retention_unless_paused(job, keep, repo, &pauses, &anomaly, log).await
+    {
+        log.error(&msg);
+        if status == RunStatus::Ok {
+            status = RunStatus::Warning;
         }
+        reason = Some(msg);
     }
-
     log.info(format!("run finished: {}", status.as_str()));
     RunReport {
         summary: RunSummary {
@@ -476,16 +454,74 @@ async fn run_inner<D: DiskManager>(
             peak_rss_bytes: None,
             errors,
             reason,
+            error_class: None,
         },
         log: log.tail(),
     }
 }
 
+/// The anomaly guard fired on `snapshot`: says what to do and pauses the job's retention.
+fn pause_retention(run: &Run<'_>, pauses: &anomaly::PauseFile, snapshot: &str, reason: &str) {
+    let (job, log) = (run.job, &run.log);
+    log.error(format!(
+        "anomaly: {reason}; the snapshot {} is saved and tagged `{}`; retention of job {} \
+         is paused: if the change is real run `burrow accept {}`, otherwise restore from \
+         an earlier snapshot",
+        short_id(snapshot),
+        burrow_repo::TAG_ANOMALY,
+        job.name,
+        job.name
+    ));
+    let paused = anomaly::Paused {
+        snapshot: snapshot.to_owned(),
+        since: Utc::now().to_rfc3339(),
+        reason: reason.to_owned(),
+    };
+    if let Err(e) = pauses.pause(&job.name, paused) {
+        log.error(format!("cannot record the retention pause: {e}"));
+    }
+}
+
+/// Retention, unless an anomaly paused it (now or in an earlier run); a failure is returned
+/// as the message for the run's summary.
+async fn retention_unless_paused(
+    job: &Job,
+    keep: Policy,
+    repo: Repo,
+    pauses: &anomaly::PauseFile,
+    anomaly: &Option<String>,
+    log: &RunLog,
+) -> Option<String> {
+    match pauses.get(&job.name) {
+        Ok(Some(p)) => {
+            if anomaly.is_none() {
+                log.warn(format!(
+                    "retention of job {} is paused since {} (anomaly in snapshot {}: {}): \
+                     run `burrow accept {}` or `burrow forget {}`",
+                    job.name,
+                    p.since,
+                    short_id(&p.snapshot),
+                    p.reason,
+                    job.name,
+                    job.name
+                ));
+            }
+            None
+        }
+        paused => {
+            if let Err(e) = &paused {
+                log.warn(format!("{e}; retention goes on"));
+            }
+            retention(job, keep, repo, log).await
+        }
+    }
+}
+
 /// Forget (and prune if something was forgotten). A failure is returned as the message for
 /// the run's summary: the new snapshot is already saved.
-async fn retention(job: &Job, keep: Keep, repo: Repo, log: &RunLog) -> Option<String> {
+async fn retention(job: &Job, keep: Policy, repo: Repo, log: &RunLog) -> Option<String> {
     let job_name = job.name.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<usize, RepoError> {
+    let res = blocking(move || -> Result<usize, RepoError> {
         // restic's exclusive lock: refused (restic or another burrow at work) = retention fails.
         let _exclusive = repo.lock_exclusive()?;
         let plan = repo.forget(&job_name, &keep)?;
@@ -494,32 +530,37 @@ async fn retention(job: &Job, keep: Keep, repo: Repo, log: &RunLog) -> Option<St
         }
         Ok(plan.remove.len())
     })
-    .await;
+    .await
+    .and_then(|r| r.map_err(RunError::from));
     match res {
-        Ok(Ok(removed)) => {
+        Ok(removed) => {
             log.info(format!("retention: {removed} snapshot(s) forgotten"));
             None
         }
-        Ok(Err(e)) => Some(format!("retention failed (the new snapshot is safe): {e}")),
-        Err(e) => Some(format!(
-            "retention task failed (the new snapshot is safe): {e}"
-        )),
+        Err(e) => Some(format!("retention failed (the new snapshot is safe): {e}")),
     }
 }
 
+/// `f` on a blocking thread; a panic in it is a permanent error of the run.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RunError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RunError::permanent(format!("repository task failed: {e}")))
+}
+
 /// Takes restic's lock on the repository (shared or exclusive) on a blocking thread.
-async fn lock_repo(repo: &Repo, exclusive: bool) -> Result<burrow_repo::RepoLockGuard, String> {
-    let locks = repo.locks().map_err(|e| e.to_string())?;
-    tokio::task::spawn_blocking(move || {
+async fn lock_repo(repo: &Repo, exclusive: bool) -> Result<burrow_repo::RepoLockGuard, RunError> {
+    let locks = repo.locks()?;
+    Ok(blocking(move || {
         if exclusive {
             locks.exclusive()
         } else {
             locks.shared()
         }
     })
-    .await
-    .map_err(|e| format!("repository task failed: {e}"))?
-    .map_err(|e| e.to_string())
+    .await??)
 }
 
 /// Opens the repository on the located volume, checks its marker, takes restic's shared
@@ -529,37 +570,29 @@ async fn lock_repo(repo: &Repo, exclusive: bool) -> Result<burrow_repo::RepoLock
 async fn open_repository(
     run: &Run<'_>,
     place: &place::Place,
-) -> Result<(Repo, burrow_repo::RepoLockGuard), RunReport> {
-    let repo = place.open().await.map_err(|e| place_end(run, e))?;
-    let (repo, shared) = match tokio::task::spawn_blocking(move || {
+) -> Result<(Repo, burrow_repo::RepoLockGuard), RunError> {
+    let repo = place.open().await?;
+    let (repo, shared) = blocking(move || {
         let guard = repo.lock_for_backup();
         (repo, guard)
     })
-    .await
-    {
-        Ok((repo, Ok(guard))) => (repo, guard),
-        Ok((_, Err(e))) => return Err(run.end(RunStatus::Failed, e.to_string())),
-        Err(e) => {
-            return Err(run.end(RunStatus::Failed, format!("repository task failed: {e}")));
-        }
-    };
+    .await?;
+    let shared = shared?;
     run.log
         .info(format!("repository {} ready", place.repo_path.display()));
-    let repo = tidy(repo, &run.log, true)
-        .await
-        .map_err(|e| run.end(RunStatus::Failed, e))?;
+    let repo = tidy(repo, &run.log, true).await?;
     Ok((repo, shared))
 }
 
 /// The server side of a run being set up: the SSH session and, for a job with paths, its
 /// SFTP source (started here, used once the before commands and dumps are done).
-struct Connecting(tokio::task::JoinHandle<Result<Remote, String>>);
+struct Connecting(tokio::task::JoinHandle<Result<Remote, RunError>>);
 
 struct Remote {
     session: Session,
     /// `None` for a job of dumps only; an SFTP start that failed fails the pull, after the
     /// before commands, as it always did.
-    sftp: Option<Result<SftpSource, String>>,
+    sftp: Option<Result<SftpSource, RunError>>,
 }
 
 impl Connecting {
@@ -574,9 +607,9 @@ impl Connecting {
         let (paths, exclude) = (run.job.paths.clone(), run.job.exclude.clone());
         let cancel = run.ctl.cancel.clone();
         Connecting(tokio::spawn(async move {
-            let session = Session::connect(&target)
-                .await
-                .map_err(|e| format!("cannot connect to server {name}: {e}"))?;
+            let session = Session::connect(&target).await.map_err(|e| {
+                RunError::from(e).context(format!("cannot connect to server {name}"))
+            })?;
             if paths.is_empty() {
                 return Ok(Remote {
                     session,
@@ -584,7 +617,7 @@ impl Connecting {
                 });
             }
             let sftp = match Excludes::new(&exclude) {
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(RunError::permanent(e.to_string())),
                 Ok(excludes) => SftpSource::start(
                     &session,
                     io_timeout,
@@ -594,7 +627,7 @@ impl Connecting {
                     excludes,
                 )
                 .await
-                .map_err(|e| format!("cannot start SFTP: {e}")),
+                .map_err(|e| RunError::from(e).context("cannot start SFTP")),
             };
             Ok(Remote {
                 session,
@@ -603,10 +636,10 @@ impl Connecting {
         }))
     }
 
-    async fn finish(self) -> Result<Remote, String> {
+    async fn finish(self) -> Result<Remote, RunError> {
         self.0
             .await
-            .unwrap_or_else(|e| Err(format!("connect task failed: {e}")))
+            .unwrap_or_else(|e| Err(RunError::permanent(format!("connect task failed: {e}"))))
     }
 
     /// The run ended before it needed the server: stops the attempt and closes what it
@@ -630,16 +663,15 @@ async fn close(host: &Host) {
 async fn pull(
     run: &Run<'_>,
     host: &Host,
-    sftp: Option<Result<SftpSource, String>>,
+    sftp: Option<Result<SftpSource, RunError>>,
     place: &place::Place,
     repo: Repo,
     problems: &Problems,
-) -> Result<Pulled, String> {
+) -> Result<Pulled, RunError> {
     let (job, log) = (run.job, &run.log);
-    let spooled = if job.dumps.is_empty() {
-        None
-    } else {
-        Some(
+    let spooled = match job.dumps.is_empty() {
+        true => None,
+        false => Some(
             dumps::spool(
                 host,
                 job,
@@ -650,12 +682,12 @@ async fn pull(
                 &run.ctl.cancel,
             )
             .await?,
-        )
+        ),
     };
     let source: Box<dyn Source> = match (host, sftp) {
         (Host::Local, _) => Box::new(LocalSource::new(
             &job.paths,
-            Excludes::new(&job.exclude).map_err(|e| e.to_string())?,
+            Excludes::new(&job.exclude).map_err(|e| RunError::permanent(e.to_string()))?,
         )),
         (Host::Remote(_), Some(sftp)) => Box::new(sftp?),
         (Host::Remote(_), None) => Box::new(LocalSource::new(&[], Excludes::none())),
@@ -673,63 +705,41 @@ async fn pull(
         paths.push(PathBuf::from(dumps::DUMPS_ROOT));
     }
     if paths.is_empty() {
-        return Err("every dump failed and the job has no paths: nothing to store".into());
+        return Err(RunError::permanent(
+            "every dump failed and the job has no paths: nothing to store",
+        ));
     }
     log.info(format!(
         "pulling {} path(s) from {}",
         job.paths.len(),
         host.describe()
     ));
-
-    let cancel = Arc::new(AtomicBool::new(false));
-    let mut watch = run.ctl.cancel.clone();
-    let flag = cancel.clone();
-    let watcher = tokio::spawn(async move {
-        while watch.changed().await.is_ok() {
-            if *watch.borrow() {
-                flag.store(true, Ordering::Relaxed);
-                break;
-            }
-        }
-    });
     let host_name = match host {
         Host::Local => local_hostname(),
         Host::Remote(s) => s.name().to_owned(),
     };
-    let job_name = job.name.clone();
-    let problems2 = problems.clone();
-    let bytes_read = run.ctl.bytes_read.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let out = repo.archive(BackupRequest {
-            job: &job_name,
-            host: &host_name,
-            paths,
-            source: source.as_ref(),
-            extra,
-            problems: problems2,
-            partial: dumps_failed,
-            bytes_read,
-            cancel,
-        });
-        (out, repo)
-    })
-    .await;
-    watcher.abort();
-    drop(spooled);
-    let (pending, repo) = match result {
-        Ok((Ok(p), repo)) => (p, repo),
-        Ok((Err(e), _)) => return Err(e.to_string()),
-        Err(e) => return Err(format!("backup task failed: {e}")),
+    let request = Archive {
+        job: job.name.clone(),
+        host: host_name,
+        paths,
+        source,
+        extra,
+        problems: problems.clone(),
+        partial: dumps_failed,
+        bytes_read: run.ctl.bytes_read.clone(),
     };
+    let archived = archive(request, repo, run.ctl.cancel.clone()).await;
+    drop(spooled);
+    let (pending, repo) = archived?;
     if let Host::Remote(s) = host
         && s.is_closed()
     {
         // Reads failed because the server went away, not because files were unreadable:
         // this snapshot would miss data it should have, so it is never written.
-        return Err(format!(
+        return Err(RunError::temporary(format!(
             "the connection to {} was lost during the pull; no snapshot was saved",
             s.name()
-        ));
+        )));
     }
     let anomaly = anomaly::judge(&pending.counts(), &job.anomaly);
     let mut tags = Vec::new();
@@ -739,16 +749,62 @@ async fn pull(
     if anomaly.is_some() {
         tags.push(burrow_repo::TAG_ANOMALY);
     }
-    let committed = tokio::task::spawn_blocking(move || {
+    let (out, repo) = blocking(move || {
         let out = pending.commit(&repo, &tags);
         (out, repo)
     })
+    .await?;
+    let out = out.map_err(|e| RunError::from(e).context("saving the snapshot failed"))?;
+    Ok(Pulled { out, repo, anomaly })
+}
+
+/// What [`archive`] stores: [`BackupRequest`] with owned parts, to cross to a blocking thread.
+struct Archive {
+    job: String,
+    host: String,
+    paths: Vec<PathBuf>,
+    source: Box<dyn Source>,
+    extra: Vec<burrow_core::source::Entry>,
+    problems: Problems,
+    partial: bool,
+    bytes_read: Arc<AtomicU64>,
+}
+
+/// Reads the source into the repository on a blocking thread; `cancel` (burrow stopping)
+/// stops the reading.
+async fn archive(
+    a: Archive,
+    repo: Repo,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<(burrow_repo::Pending, Repo), RunError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let watcher = tokio::spawn(async move {
+        while cancel.changed().await.is_ok() {
+            if *cancel.borrow() {
+                flag.store(true, Ordering::Relaxed);
+                break;
+            }
+        }
+    });
+    let result = blocking(move || {
+        let out = repo.archive(BackupRequest {
+            job: &a.job,
+            host: &a.host,
+            paths: a.paths,
+            source: a.source.as_ref(),
+            extra: a.extra,
+            problems: a.problems,
+            partial: a.partial,
+            bytes_read: a.bytes_read,
+            cancel: stop,
+        });
+        (out, repo)
+    })
     .await;
-    match committed {
-        Ok((Ok(out), repo)) => Ok(Pulled { out, repo, anomaly }),
-        Ok((Err(e), _)) => Err(format!("saving the snapshot failed: {e}")),
-        Err(e) => Err(format!("backup task failed: {e}")),
-    }
+    watcher.abort();
+    let (out, repo) = result?;
+    Ok((out?, repo))
 }
 
 /// A saved snapshot, the repository (for the retention step) and what the anomaly guard saw.
@@ -761,14 +817,13 @@ struct Pulled {
 /// With the local lock held, before anything is written: removes the `-tmp-` files of
 /// interrupted writes and, with `list`, names the snapshot files that cannot be read (they
 /// are skipped; `burrow check` fails on them).
-async fn tidy(repo: Repo, log: &RunLog, list: bool) -> Result<Repo, String> {
-    let (repo, debris, damaged) = tokio::task::spawn_blocking(move || {
+async fn tidy(repo: Repo, log: &RunLog, list: bool) -> Result<Repo, RunError> {
+    let (repo, debris, damaged) = blocking(move || {
         let debris = repo.remove_tmp_debris();
         let damaged = list.then(|| repo.snapshot_listing(None).map(|l| l.damaged));
         (repo, debris, damaged)
     })
-    .await
-    .map_err(|e| format!("repository task failed: {e}"))?;
+    .await?;
     match debris {
         Ok(paths) => {
             for p in paths {
@@ -780,18 +835,12 @@ async fn tidy(repo: Repo, log: &RunLog, list: bool) -> Result<Repo, String> {
         }
         Err(e) => log.warn(format!("cannot remove leftover -tmp- files: {e}")),
     }
-    match damaged {
-        Some(Ok(damaged)) => {
-            for d in damaged {
-                log.warn(format!(
-                    "snapshot file {} cannot be read and is skipped: {}; if it stays so, \
-                     delete it: rm {}",
-                    d.file, d.error, d.path
-                ));
-            }
-        }
-        Some(Err(e)) => return Err(e.to_string()),
-        None => {}
+    for d in damaged.transpose()?.unwrap_or_default() {
+        log.warn(format!(
+            "snapshot file {} cannot be read and is skipped: {}; if it stays so, delete it: \
+             rm {}",
+            d.file, d.error, d.path
+        ));
     }
     Ok(repo)
 }
@@ -821,144 +870,158 @@ pub async fn check_repository<D: DiskManager>(
     let t0 = Instant::now();
     let log = RunLog::new("check", &ctl.run_id, "local");
     let mut errors: Vec<ErrorItem> = Vec::new();
-    let result: Result<(), (RunStatus, String)> = async {
-        let _lock =
-            RepoLock::acquire(&cfg.state_dir).map_err(|e| (RunStatus::Failed, e.to_string()))?;
-        let classed = |e: PlaceError| (e.status(), e.to_string());
-        let place = place::locate(cfg, disk).await.map_err(classed)?;
-        let repo = place.open().await.map_err(classed)?;
-        let repo = tidy(repo, &log, false)
-            .await
-            .map_err(|e| (RunStatus::Failed, e))?;
-        log.info(format!(
-            "checking repository {} (read data: {})",
-            place.repo_path.display(),
-            read_data.unwrap_or("no")
-        ));
-        let shared = lock_repo(&repo, false)
-            .await
-            .map_err(|e| (RunStatus::Failed, e))?;
-        let rd = read_data.map(str::to_owned);
-        let (report, repair) = tokio::task::spawn_blocking(
-            move || -> Result<(CheckReport, Option<Result<PackRepair, RepoError>>), RepoError> {
-                let report = repo.check_report(rd.as_deref())?;
-                // The index is rewritten under restic's exclusive lock; the shared one of the
-                // check is given up first (an exclusive lock conflicts with it).
-                let repair = (!report.damaged_packs.is_empty()).then(|| {
-                    drop(shared);
-                    repo.lock_exclusive()
-                        .and_then(|_x| repo.drop_damaged_packs(&report.damaged_packs))
-                });
-                Ok((report, repair))
-            },
-        )
-        .await
-        .map_err(|e| (RunStatus::Failed, e.to_string()))?
-        .map_err(|e| (RunStatus::Failed, format!("check could not finish: {e}")))?;
-
-        for w in &report.warnings {
-            log.warn(format!("check: {w}"));
-        }
-        for d in &report.damaged_snapshots {
-            log.error(format!(
-                "check: snapshot file {} cannot be read: {}",
-                d.file, d.error
-            ));
-            errors.push(ErrorItem {
-                path: d.file.clone(),
-                message: format!(
-                    "cannot be read ({}); delete it: rm {} (stock restic cannot forget a \
-                     snapshot it cannot read)",
-                    d.error, d.path
-                ),
-            });
-        }
-        for e in &report.errors {
-            log.error(format!("check: {e}"));
-            let (path, message) = match e.strip_prefix("pack ").and_then(|r| r.split_once(": ")) {
-                Some((id, msg)) => (format!("pack {id}"), msg.to_owned()),
-                None => ("repository".to_owned(), e.clone()),
-            };
-            errors.push(ErrorItem { path, message });
-        }
-        let mut reason = String::new();
-        if !report.damaged_packs.is_empty() {
-            let ids: Vec<&str> = report
-                .damaged_packs
-                .iter()
-                .map(|p| short_id(&p.id))
-                .collect();
-            reason = format!("; damaged packs: {}", ids.join(", "));
-        }
-        match repair {
-            None => {}
-            Some(Ok(r)) => {
-                log.warn(format!(
-                    "check: {} damaged pack(s) taken out of the index ({}), {} file(s) deleted; \
-                     the next run stores their data again where the source still has it",
-                    r.dropped.len(),
-                    r.dropped.join(", "),
-                    r.deleted.len()
-                ));
-                reason.push_str(" (taken out of the index: the next run stores their data again)");
-            }
-            Some(Err(e)) => {
-                log.error(format!(
-                    "check: taking the damaged packs out of the index failed: {e}"
-                ));
-                reason.push_str(&format!(
-                    " (taking them out of the index failed: {e}; `restic repair index` does it)"
-                ));
-            }
-        }
-        if !report.damaged_snapshots.is_empty() {
-            let files: Vec<&str> = report
-                .damaged_snapshots
-                .iter()
-                .map(|d| d.file.as_str())
-                .collect();
-            reason.push_str(&format!(
-                "; unreadable snapshot files: {}",
-                files.join(", ")
-            ));
-        }
-        if report.is_clean() {
-            Ok(())
-        } else {
-            Err((
-                RunStatus::Failed,
-                format!(
-                    "check found problems: {} error(s){reason}",
-                    report.errors.len() + report.damaged_snapshots.len()
-                ),
-            ))
-        }
-    }
-    .await;
-    let (status, reason) = match result {
+    let result = check_inner(cfg, disk, read_data, &log, &mut errors).await;
+    let mut summary = match &result {
         Ok(()) => {
             log.info("check: no errors found");
-            (RunStatus::Ok, None)
+            RunSummary::new(
+                "check",
+                &ctl.run_id,
+                &started.to_rfc3339(),
+                RunStatus::Ok,
+                t0.elapsed().as_secs_f64(),
+            )
         }
-        Err((s, r)) => {
-            log.error(format!("check: {r}"));
-            (s, Some(r))
+        Err(e) => {
+            log.error(format!("check: {e}"));
+            RunSummary::without_snapshot(
+                "check",
+                &ctl.run_id,
+                &started.to_rfc3339(),
+                e,
+                t0.elapsed().as_secs_f64(),
+            )
         }
     };
-    let mut summary = RunSummary::without_snapshot(
-        "check",
-        &ctl.run_id,
-        &started.to_rfc3339(),
-        status,
-        reason.unwrap_or_default(),
-        t0.elapsed().as_secs_f64(),
-    );
     summary.errors = errors;
-    if status == RunStatus::Ok {
-        summary.reason = None;
-    }
     RunReport {
         summary,
         log: log.tail(),
     }
+}
+
+async fn check_inner<D: DiskManager>(
+    cfg: &Config,
+    disk: Option<&D>,
+    read_data: Option<&str>,
+    log: &RunLog,
+    errors: &mut Vec<ErrorItem>,
+) -> Result<(), RunError> {
+    let _lock = RepoLock::acquire(&cfg.state_dir)?;
+    let place = place::locate(cfg, disk).await?;
+    let repo = place.open().await?;
+    let repo = tidy(repo, log, false).await?;
+    log.info(format!(
+        "checking repository {} (read data: {})",
+        place.repo_path.display(),
+        read_data.unwrap_or("no")
+    ));
+    let shared = lock_repo(&repo, false).await?;
+    let rd = read_data.map(str::to_owned);
+    let (report, repair) = blocking(
+        move || -> Result<(CheckReport, Option<Result<PackRepair, RepoError>>), RepoError> {
+            let report = repo.check_report(rd.as_deref())?;
+            // The index is rewritten under restic's exclusive lock; the shared one of the
+            // check is given up first (an exclusive lock conflicts with it).
+            let repair = (!report.damaged_packs.is_empty()).then(|| {
+                drop(shared);
+                repo.lock_exclusive()
+                    .and_then(|_x| repo.drop_damaged_packs(&report.damaged_packs))
+            });
+            Ok((report, repair))
+        },
+    )
+    .await?
+    .map_err(|e| RunError::from(e).context("check could not finish"))?;
+    errors.extend(check_items(&report, log));
+    if report.is_clean() {
+        return Ok(());
+    }
+    Err(RunError::permanent(format!(
+        "check found problems: {} error(s){}",
+        report.errors.len() + report.damaged_snapshots.len(),
+        check_reason(&report, repair, log)
+    )))
+}
+
+/// The check's findings as logged lines and error items.
+fn check_items(report: &CheckReport, log: &RunLog) -> Vec<ErrorItem> {
+    let mut errors = Vec::new();
+    for w in &report.warnings {
+        log.warn(format!("check: {w}"));
+    }
+    for d in &report.damaged_snapshots {
+        log.error(format!(
+            "check: snapshot file {} cannot be read: {}",
+            d.file, d.error
+        ));
+        errors.push(ErrorItem {
+            path: d.file.clone(),
+            message: format!(
+                "cannot be read ({}); delete it: rm {} (stock restic cannot forget a \
+                 snapshot it cannot read)",
+                d.error, d.path
+            ),
+        });
+    }
+    for e in &report.errors {
+        log.error(format!("check: {e}"));
+        let (path, message) = match e.strip_prefix("pack ").and_then(|r| r.split_once(": ")) {
+            Some((id, msg)) => (format!("pack {id}"), msg.to_owned()),
+            None => ("repository".to_owned(), e.clone()),
+        };
+        errors.push(ErrorItem { path, message });
+    }
+    errors
+}
+
+/// The tail of a failed check's reason: damaged packs, what became of them, unreadable
+/// snapshot files.
+fn check_reason(
+    report: &CheckReport,
+    repair: Option<Result<PackRepair, RepoError>>,
+    log: &RunLog,
+) -> String {
+    let mut reason = String::new();
+    if !report.damaged_packs.is_empty() {
+        let ids: Vec<&str> = report
+            .damaged_packs
+            .iter()
+            .map(|p| short_id(&p.id))
+            .collect();
+        reason = format!("; damaged packs: {}", ids.join(", "));
+    }
+    match repair {
+        None => {}
+        Some(Ok(r)) => {
+            log.warn(format!(
+                "check: {} damaged pack(s) taken out of the index ({}), {} file(s) deleted; \
+                 the next run stores their data again where the source still has it",
+                r.dropped.len(),
+                r.dropped.join(", "),
+                r.deleted.len()
+            ));
+            reason.push_str(" (taken out of the index: the next run stores their data again)");
+        }
+        Some(Err(e)) => {
+            log.error(format!(
+                "check: taking the damaged packs out of the index failed: {e}"
+            ));
+            reason.push_str(&format!(
+                " (taking them out of the index failed: {e}; `restic repair index` does it)"
+            ));
+        }
+    }
+    if !report.damaged_snapshots.is_empty() {
+        let files: Vec<&str> = report
+            .damaged_snapshots
+            .iter()
+            .map(|d| d.file.as_str())
+            .collect();
+        reason.push_str(&format!(
+            "; unreadable snapshot files: {}",
+            files.join(", ")
+        ));
+    }
+    reason
 }

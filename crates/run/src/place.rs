@@ -10,42 +10,11 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use burrow_config::Config;
-use burrow_core::RunStatus;
+use burrow_core::RunError;
 use burrow_core::disk::{DiskError, DiskManager, MountCheck, Volume};
 use burrow_disk::guard;
 use burrow_repo::{Password, Repo};
 use nix::fcntl::{Flock, FlockArg};
-
-/// Why the repository cannot be used now.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PlaceError {
-    /// Disk or key absent, or the wrong disk: the run is skipped (exit 75).
-    #[error("{0}")]
-    Skip(String),
-    #[error("{0}")]
-    Fail(String),
-}
-
-impl PlaceError {
-    /// How a run, a check or a command ends on this error: skipped (75) for an absent or wrong
-    /// disk, failed otherwise.
-    pub fn status(&self) -> RunStatus {
-        match self {
-            PlaceError::Skip(_) => RunStatus::Skipped,
-            PlaceError::Fail(_) => RunStatus::Failed,
-        }
-    }
-}
-
-impl From<DiskError> for PlaceError {
-    fn from(e: DiskError) -> Self {
-        if e.is_skip() {
-            PlaceError::Skip(e.to_string())
-        } else {
-            PlaceError::Fail(e.to_string())
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Place {
@@ -59,20 +28,20 @@ pub struct Place {
 }
 
 impl Place {
-    pub fn password(&self) -> Result<Password, PlaceError> {
-        Password::from_file(&self.password_file).map_err(|e| PlaceError::Fail(e.to_string()))
+    pub fn password(&self) -> Result<Password, RunError> {
+        Password::from_file(&self.password_file).map_err(|e| RunError::permanent(e.to_string()))
     }
 
     /// Opens the located repository with its password (on a blocking thread: the key
     /// derivation) and checks that the volume's marker names it. Every command reaches an
     /// existing repository this way, after [`locate`].
-    pub async fn open(&self) -> Result<Repo, PlaceError> {
+    pub async fn open(&self) -> Result<Repo, RunError> {
         let password = self.password()?;
         let path = self.repo_path.clone();
         let repo = tokio::task::spawn_blocking(move || Repo::open(&path, &password))
             .await
-            .map_err(|e| PlaceError::Fail(format!("repository task failed: {e}")))?
-            .map_err(|e| PlaceError::Fail(e.to_string()))?;
+            .map_err(|e| RunError::permanent(format!("repository task failed: {e}")))?
+            .map_err(|e| RunError::permanent(e.to_string()))?;
         check_marker(self, &repo.id())?;
         Ok(repo)
     }
@@ -83,12 +52,12 @@ impl Place {
 /// A volume without a marker, or whose marker names a repository that is not at
 /// `repository.path`, is the wrong disk (a skip), found before anything is opened or written.
 /// The full check of the marker against the repository id follows in [`check_marker`].
-pub async fn locate<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Result<Place, PlaceError> {
+pub async fn locate<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Result<Place, RunError> {
     let place = locate_for_init(cfg, disk).await?;
     if let Some(v) = &place.volume {
         let marked = guard::read_marker(v, place.mount_check)?;
         if !place.repo_path.join("config").is_file() {
-            return Err(PlaceError::Skip(
+            return Err(RunError::skip(
                 DiskError::WrongDisk(format!(
                     "the disk at {} (filesystem {}) is marked for repository {marked}, but there \
                      is no repository at {}; plug in the right disk or fix repository.path",
@@ -107,7 +76,7 @@ pub async fn locate<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Result<Pl
 pub async fn locate_for_init<D: DiskManager>(
     cfg: &Config,
     disk: Option<&D>,
-) -> Result<Place, PlaceError> {
+) -> Result<Place, RunError> {
     let Some(dcfg) = &cfg.disk else {
         let repo_path = cfg.repository.path.clone();
         let spool_dir = repo_path
@@ -123,7 +92,7 @@ pub async fn locate_for_init<D: DiskManager>(
         });
     };
     let disk = disk.ok_or_else(|| {
-        PlaceError::Fail("the config has `disk` but no disk manager is running".into())
+        RunError::permanent("the config has `disk` but no disk manager is running")
     })?;
     let volume = disk.ensure_ready().await?;
     let repo_path = guard::resolve_repo_path(&volume, &cfg.repository.path, disk.mount_check())?;
@@ -136,7 +105,7 @@ pub async fn locate_for_init<D: DiskManager>(
         let mount = disk
             .key_mount()
             .await
-            .map_err(|_| PlaceError::Skip(DiskError::KeyAbsent(key).to_string()))?;
+            .map_err(|_| RunError::skip(DiskError::KeyAbsent(key).to_string()))?;
         mount.join(&cfg.repository.password_file)
     } else {
         cfg.repository.password_file.clone()
@@ -151,9 +120,9 @@ pub async fn locate_for_init<D: DiskManager>(
 }
 
 /// Checks that the repository found on the volume is the one `burrow init` put there.
-pub fn check_marker(place: &Place, repo_id: &str) -> Result<(), PlaceError> {
+pub fn check_marker(place: &Place, repo_id: &str) -> Result<(), RunError> {
     match &place.volume {
-        Some(v) => guard::check_marker(v, repo_id, place.mount_check).map_err(PlaceError::from),
+        Some(v) => guard::check_marker(v, repo_id, place.mount_check).map_err(RunError::from),
         None => Ok(()),
     }
 }
@@ -167,7 +136,7 @@ pub struct RepoLock {
 }
 
 impl RepoLock {
-    pub fn acquire(state_dir: &Path) -> Result<RepoLock, PlaceError> {
+    pub fn acquire(state_dir: &Path) -> Result<RepoLock, RunError> {
         let lock = take_flock(state_dir, "repository.lock", repo_busy)?;
         Ok(RepoLock { _lock: lock })
     }
@@ -187,7 +156,7 @@ pub struct DaemonLock {
 }
 
 impl DaemonLock {
-    pub fn acquire(state_dir: &Path) -> Result<DaemonLock, PlaceError> {
+    pub fn acquire(state_dir: &Path) -> Result<DaemonLock, RunError> {
         let lock = take_flock(state_dir, "daemon.lock", |pid| {
             format!(
                 "another burrow daemon{} is already running with state_dir {}: stop it first \
@@ -209,9 +178,9 @@ fn take_flock(
     state_dir: &Path,
     name: &str,
     busy: impl FnOnce(Option<u32>) -> String,
-) -> Result<Flock<File>, PlaceError> {
+) -> Result<Flock<File>, RunError> {
     std::fs::create_dir_all(state_dir).map_err(|e| {
-        PlaceError::Fail(format!(
+        RunError::permanent(format!(
             "cannot create state_dir {}: {e} (run as root or set state_dir)",
             state_dir.display()
         ))
@@ -227,20 +196,20 @@ fn take_flock(
         .open(&path)
         .map_err(|e| {
             if e.raw_os_error() == Some(nix::libc::ELOOP) {
-                PlaceError::Fail(format!(
+                RunError::permanent(format!(
                     "{} is a symbolic link; burrow does not write through it: remove it (burrow \
                      creates its lock file itself)",
                     path.display()
                 ))
             } else {
-                PlaceError::Fail(format!("cannot open {}: {e}", path.display()))
+                RunError::permanent(format!("cannot open {}: {e}", path.display()))
             }
         })?;
     let meta = file
         .metadata()
-        .map_err(|e| PlaceError::Fail(format!("cannot stat {}: {e}", path.display())))?;
+        .map_err(|e| RunError::permanent(format!("cannot stat {}: {e}", path.display())))?;
     let refuse = |why: String| {
-        PlaceError::Fail(format!(
+        RunError::permanent(format!(
             "{} {why}; burrow does not write to it: remove it (burrow creates its lock file \
              itself)",
             path.display()
@@ -261,7 +230,7 @@ fn take_flock(
     }
     let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
-        Err((file, _)) => return Err(PlaceError::Fail(busy(holder_pid(&file, &meta)))),
+        Err((file, _)) => return Err(RunError::temporary(busy(holder_pid(&file, &meta)))),
     };
     // Only now, holding the lock, is the pid written: written first, then the rest cut off,
     // so the file never reads empty while it is held.
@@ -314,10 +283,8 @@ pub fn write_marker(place: &Place, repo_id: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn reason(e: PlaceError) -> String {
-        match e {
-            PlaceError::Fail(r) | PlaceError::Skip(r) => r,
-        }
+    fn reason(e: RunError) -> String {
+        e.message
     }
 
     #[test]

@@ -114,6 +114,12 @@ pub enum SshError {
     Sftp { target: String, reason: String },
 }
 
+impl From<SshError> for burrow_core::RunError {
+    fn from(e: SshError) -> Self {
+        burrow_core::RunError::classed(e.is_temporary(), e.to_string())
+    }
+}
+
 impl SshError {
     /// True when the cause is likely to go away by itself (network trouble, a server that
     /// is rebooting); false for configuration problems a retry cannot fix (host key,
