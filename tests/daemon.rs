@@ -388,3 +388,143 @@ fn daemon_sim_runs_a_job_on_the_simulated_volume() {
     assert_eq!(snaps, 1, "the snapshot is on the simulated volume");
     assert_eq!(d.sigterm(), 0);
 }
+
+/// Forwards every connection to `127.0.0.1:port` to `to`, from now on.
+fn forward(listener: std::net::TcpListener, to: u16) {
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c, mut s) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+/// The runs of `job` in the daemon's history, oldest first: (status, error class).
+fn history_of(state: &Path, job: &str) -> Vec<(String, Option<String>)> {
+    let Ok(text) = fs::read_to_string(state.join("history.json")) else {
+        return Vec::new();
+    };
+    let h: serde_json::Value = serde_json::from_str(&text).unwrap();
+    h["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["job"] == job)
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap().to_owned(),
+                r["error_class"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// A run that fails for a cause that may pass (nothing answers on the server's port) is tried
+/// again after `retry_wait`, and the try succeeds once the server answers; a refused host key
+/// is never tried again.
+#[test]
+fn a_temporary_failure_is_tried_again_and_a_permanent_one_is_not() {
+    let Some(sshd) = Sshd::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("hello"), "world").unwrap();
+    fs::write(tmp.path().join("pw"), "pw\n").unwrap();
+    // a port nothing listens on until the test forwards it to sshd
+    let later = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let later_port = later.local_addr().unwrap().port();
+    drop(later);
+    let state = tmp.path().join("state");
+    let cfg = tmp.path().join("config.yaml");
+    let wrong = format!("SHA256:{}", "A".repeat(43));
+    fs::write(
+        &cfg,
+        format!(
+            "repository: {{path: {repo}, password_file: {pw}}}
+state_dir: {state}
+servers:
+  later: {{host: 127.0.0.1, port: {later_port}, user: {user}, identity_file: {key}, host_key: \"{hk}\", connect_timeout: 3s}}
+  stranger: {{host: 127.0.0.1, port: {port}, user: {user}, identity_file: {key}, host_key: \"{wrong}\"}}
+jobs:
+  flaky: {{server: later, paths: [{src}], retries: 2, retry_wait: 2s}}
+  refused: {{server: stranger, paths: [{src}], retries: 2, retry_wait: 1s}}
+",
+            repo = tmp.path().join("repo").display(),
+            pw = tmp.path().join("pw").display(),
+            state = state.display(),
+            port = sshd.port,
+            user = sshd.user,
+            key = sshd.client_key.display(),
+            hk = sshd.host_key_line,
+            src = src.display(),
+        ),
+    )
+    .unwrap();
+    let sock = tmp.path().join("control.sock");
+    assert_eq!(cli(&cfg, &sock, &["init"]).status.code(), Some(0));
+    let mut d = Daemon::start(&cfg, &sock, &tmp.path().join("notify.sock"));
+    d.expect("READY=1", Duration::from_secs(20));
+    wait_for_socket(&sock);
+
+    let out = cli(&cfg, &sock, &["run", "flaky", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["error_class"], "temporary", "{summary}");
+    let st: serde_json::Value =
+        serde_json::from_slice(&cli(&cfg, &sock, &["status", "--json"]).stdout).unwrap();
+    let flaky = st["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "flaky")
+        .unwrap();
+    assert!(flaky["retry_at"].is_string(), "{st}");
+    // the server comes back before the try
+    forward(
+        std::net::TcpListener::bind(("127.0.0.1", later_port)).unwrap(),
+        sshd.port,
+    );
+
+    let out = cli(&cfg, &sock, &["run", "refused", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["error_class"], "permanent", "{summary}");
+
+    let t0 = Instant::now();
+    while history_of(&state, "flaky").len() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no try again: {:?}",
+            history_of(&state, "flaky")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // time for tries that must not come: the refused job's (1 s) and a third of flaky's
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        history_of(&state, "flaky"),
+        [
+            ("failed".to_owned(), Some("temporary".to_owned())),
+            ("ok".to_owned(), None)
+        ]
+    );
+    assert_eq!(
+        history_of(&state, "refused"),
+        [("failed".to_owned(), Some("permanent".to_owned()))]
+    );
+    let out = cli(&cfg, &sock, &["snapshots", "flaky", "--json"]);
+    let snaps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{}", text(&out));
+    assert_eq!(d.sigterm(), 0);
+}

@@ -107,6 +107,11 @@ pub struct Job {
     /// and recorded as a problem.
     pub dump_timeout: Duration,
     pub dumps: Vec<Dump>,
+    /// How often the daemon tries a run again that failed for a temporary cause (a server
+    /// that is rebooting, the network, a repository lock held by a prune); 0: never.
+    pub retries: u32,
+    /// The wait before the first try again; the n-th waits n times this.
+    pub retry_wait: Duration,
     /// `None`: the job keeps every snapshot.
     pub retention: Option<Policy>,
     pub anomaly: Anomaly,

@@ -89,6 +89,9 @@ pub struct RawJob {
     pub hook_timeout: Option<String>,
     pub after_deadline: Option<String>,
     pub dump_timeout: Option<String>,
+    /// Tries again after a failure with a temporary cause (the daemon only).
+    pub retries: Option<u32>,
+    pub retry_wait: Option<String>,
     #[serde(default)]
     pub dumps: Vec<RawDump>,
     pub retention: Option<RawRetention>,

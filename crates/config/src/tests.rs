@@ -301,6 +301,27 @@ fn retention_of_zeros_is_refused() {
     assert_eq!(ok.jobs["a"].retention.unwrap().daily, Some(7));
 }
 
+#[test]
+fn retries_default_to_three_after_five_minutes_and_need_a_wait() {
+    let base = "repository: {path: /r, password_file: /dev/null}\njobs:\n  a:\n    paths: [/x]\n";
+    let cfg = parse_str(base).unwrap();
+    assert_eq!(
+        (cfg.jobs["a"].retries, cfg.jobs["a"].retry_wait),
+        (3, Duration::from_secs(300))
+    );
+    let cfg = parse_str(&format!("{base}    retries: 0\n    retry_wait: 0s\n")).unwrap();
+    assert_eq!(
+        cfg.jobs["a"].retries, 0,
+        "no wait is needed when nothing is retried"
+    );
+    let errs = invalid(&format!("{base}    retry_wait: 500ms\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "jobs.a.retry_wait");
+    assert_eq!(errs[0].at, Some((5, 5)), "{errs:?}");
+    let errs = invalid(&format!("{base}    retries: 1000\n"));
+    assert_eq!(errs[0].path, "jobs.a.retries", "{errs:?}");
+}
+
 fn syntax(text: &str) -> (usize, usize, String) {
     match parse_str(text) {
         Err(ConfigError::Syntax {

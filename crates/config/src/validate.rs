@@ -47,6 +47,11 @@ fn locate_path(text: &str, path: &str) -> Option<(usize, usize)> {
         .find_map(|n| locate(text, &parts[..n]))
 }
 
+/// Tries of a run that failed for a temporary cause, when the job does not say.
+pub const DEFAULT_RETRIES: u32 = 3;
+/// The wait before the first try again, when the job does not say.
+pub const DEFAULT_RETRY_WAIT: Duration = Duration::from_secs(300);
+
 /// A dump may take hours; one that runs longer than this is taken for hung.
 pub const DEFAULT_DUMP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
@@ -486,6 +491,7 @@ fn job(e: &mut Errors, name: &str, j: &RawJob, raw: &RawConfig, pings: &Pings) -
         e.add(format!("{p}.dump_timeout"), "must be longer than 0s");
     }
     let dumps = dumps(e, &p, &j.dumps);
+    let (retries, retry_wait) = retries(e, &p, j);
     let retention = j
         .retention
         .as_ref()
@@ -516,10 +522,36 @@ fn job(e: &mut Errors, name: &str, j: &RawJob, raw: &RawConfig, pings: &Pings) -
         after_deadline,
         dump_timeout,
         dumps,
+        retries,
+        retry_wait,
         retention,
         anomaly,
         healthcheck,
     }
+}
+
+/// `retries` and `retry_wait`.
+fn retries(e: &mut Errors, p: &str, j: &RawJob) -> (u32, Duration) {
+    let retries = j.retries.unwrap_or(DEFAULT_RETRIES);
+    let wait = duration(
+        e,
+        &format!("{p}.retry_wait"),
+        j.retry_wait.as_ref(),
+        DEFAULT_RETRY_WAIT,
+    );
+    if retries > 0 && wait < Duration::from_secs(1) {
+        e.add(
+            format!("{p}.retry_wait"),
+            "must be at least 1s (or set retries: 0 to never try again)",
+        );
+    }
+    if retries > 100 {
+        e.add(
+            format!("{p}.retries"),
+            "at most 100 (the schedule tries again anyway)",
+        );
+    }
+    (retries, wait)
 }
 
 fn job_schedule(e: &mut Errors, p: &str, j: &RawJob) -> Option<Schedule> {

@@ -9,7 +9,7 @@
 //!
 //! Nothing here reads a clock: the daemon passes `now`, tests pass whatever they like.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use burrow_core::schedule::Schedule;
@@ -257,6 +257,103 @@ impl RunQueue {
 
     pub fn iter(&self) -> impl Iterator<Item = &Queued> {
         self.queue.iter()
+    }
+}
+
+/// What [`Retries::record`] decided about a run that ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// Nothing to try again: the run did not fail for a temporary cause, or retries are off.
+    No,
+    /// Try `attempt` (1-based) of `of` at `at`.
+    At {
+        attempt: u32,
+        of: u32,
+        at: DateTime<Utc>,
+    },
+    /// The job's next scheduled run comes first and is the next try.
+    NextSlot { at: DateTime<Utc> },
+    /// `of` retries failed for a temporary cause too; the next try is the schedule's.
+    GaveUp { of: u32 },
+}
+
+/// Runs that failed for a temporary cause (a server rebooting, the network), tried again
+/// after `retry_wait × attempt` (borgmatic's `retries` and `retry_wait`), at most `retries`
+/// times in a row, and never past the job's next scheduled run. Kept in memory only: a
+/// restarted daemon starts from the schedule (and its catch-up) again.
+#[derive(Debug, Clone, Default)]
+pub struct Retries {
+    /// Temporary failures in a row, per job.
+    failed: BTreeMap<String, u32>,
+    /// When each job's next try is due.
+    due: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl Retries {
+    /// Records how a run of `job` ended (`temporary`: it failed for a temporary cause) and
+    /// schedules its next try. `next_fire`: the job's next scheduled run, if it has one.
+    pub fn record(
+        &mut self,
+        job: &str,
+        temporary: bool,
+        (retries, wait): (u32, Duration),
+        next_fire: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Retry {
+        self.due.remove(job);
+        if !temporary || retries == 0 {
+            self.failed.remove(job);
+            return Retry::No;
+        }
+        let attempt = self.failed.get(job).map_or(1, |n| n + 1);
+        if attempt > retries {
+            self.failed.remove(job);
+            return Retry::GaveUp { of: retries };
+        }
+        let at = now + std_delta(wait.saturating_mul(attempt));
+        if let Some(next) = next_fire
+            && next <= at
+        {
+            self.failed.remove(job);
+            return Retry::NextSlot { at: next };
+        }
+        self.failed.insert(job.to_owned(), attempt);
+        self.due.insert(job.to_owned(), at);
+        Retry::At {
+            attempt,
+            of: retries,
+            at,
+        }
+    }
+
+    /// The jobs whose try is due at `now`, taken off the list.
+    pub fn take_due(&mut self, now: DateTime<Utc>) -> Vec<String> {
+        let due: Vec<String> = self
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(job, _)| job.clone())
+            .collect();
+        for job in &due {
+            self.due.remove(job);
+        }
+        due
+    }
+
+    /// A run of `job` starts for another reason (by hand, its schedule): its pending try is
+    /// that run.
+    pub fn started(&mut self, job: &str) {
+        self.due.remove(job);
+    }
+
+    /// When `job` is tried again, if it is.
+    pub fn at(&self, job: &str) -> Option<DateTime<Utc>> {
+        self.due.get(job).copied()
+    }
+
+    /// The earliest pending try.
+    pub fn next(&self) -> Option<DateTime<Utc>> {
+        self.due.values().min().copied()
     }
 }
 
@@ -546,5 +643,73 @@ mod tests {
         assert_eq!(q.pop(), None);
         // Once taken off the queue a job may be queued again (the next run).
         assert!(q.push("web"));
+    }
+    #[test]
+    fn a_temporary_failure_is_tried_again_later_each_time_until_the_retries_are_spent() {
+        let mut r = Retries::default();
+        let t0 = utc("2026-12-01T03:00:00Z");
+        let policy = (2, Duration::from_secs(300));
+        assert_eq!(
+            r.record("web", true, policy, None, t0),
+            Retry::At {
+                attempt: 1,
+                of: 2,
+                at: utc("2026-12-01T03:05:00Z")
+            }
+        );
+        assert!(r.take_due(utc("2026-12-01T03:04:59Z")).is_empty());
+        assert_eq!(r.next(), Some(utc("2026-12-01T03:05:00Z")));
+        assert_eq!(r.take_due(utc("2026-12-01T03:05:00Z")), ["web"]);
+        assert_eq!(r.next(), None, "taken once");
+        let t1 = utc("2026-12-01T03:06:00Z");
+        assert_eq!(
+            r.record("web", true, policy, None, t1),
+            Retry::At {
+                attempt: 2,
+                of: 2,
+                at: utc("2026-12-01T03:16:00Z")
+            },
+            "the wait grows with each attempt"
+        );
+        assert_eq!(r.take_due(utc("2026-12-01T03:16:00Z")), ["web"]);
+        assert_eq!(
+            r.record("web", true, policy, None, utc("2026-12-01T03:17:00Z")),
+            Retry::GaveUp { of: 2 }
+        );
+        assert_eq!(r.at("web"), None);
+        // the next failure starts a new streak
+        assert!(matches!(
+            r.record("web", true, policy, None, utc("2026-12-02T03:00:00Z")),
+            Retry::At { attempt: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn a_permanent_failure_or_a_success_ends_the_streak_and_the_next_slot_comes_first() {
+        let mut r = Retries::default();
+        let t0 = utc("2026-12-01T03:00:00Z");
+        let policy = (3, Duration::from_secs(600));
+        assert!(matches!(
+            r.record("web", true, policy, None, t0),
+            Retry::At { attempt: 1, .. }
+        ));
+        assert_eq!(r.record("web", false, policy, None, t0), Retry::No);
+        assert_eq!(r.at("web"), None);
+        assert!(matches!(
+            r.record("web", true, policy, None, t0),
+            Retry::At { attempt: 1, .. }
+        ));
+        r.started("web");
+        assert_eq!(r.at("web"), None, "a run by hand is the try");
+        assert_eq!(
+            r.record("web", true, (0, Duration::ZERO), None, t0),
+            Retry::No
+        );
+        let soon = utc("2026-12-01T03:05:00Z");
+        assert_eq!(
+            r.record("web", true, policy, Some(soon), t0),
+            Retry::NextSlot { at: soon }
+        );
+        assert_eq!(r.next(), None);
     }
 }

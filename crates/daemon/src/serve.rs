@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::control::{Reply, Request, socket_path};
-use crate::plan::{self, JobPlan, RunQueue};
+use crate::plan::{self, JobPlan, Retries, Retry, RunQueue};
 use crate::state::{History, RunRecord, State, Store};
 
 /// The repository check's name in the queue, the state files, the status and monitoring: the
@@ -101,6 +101,8 @@ struct Daemon<D: DiskManager> {
     current: Option<Current>,
     /// Jobs skipped for an absent disk or key: run again when a disk event arrives.
     awaiting_disk: BTreeSet<String>,
+    /// Jobs that failed for a temporary cause: tried again after a wait.
+    retries: Retries,
     pending_lock: bool,
     cancel: watch::Sender<bool>,
     started: DateTime<Utc>,
@@ -192,6 +194,7 @@ impl<D: DiskManager> Daemon<D> {
             waiters: BTreeMap::new(),
             current: None,
             awaiting_disk,
+            retries: Retries::default(),
             pending_lock: false,
             cancel,
             started: now,
@@ -264,6 +267,7 @@ impl<D: DiskManager> Daemon<D> {
         }
         loop {
             let now = Utc::now();
+            self.queue_retries(now);
             self.queue_due(now);
             if self.current.is_none()
                 && let Some(q) = self.queue.pop()
@@ -276,8 +280,13 @@ impl<D: DiskManager> Daemon<D> {
                 self.sd.status(&line);
                 self.last_status = line;
             }
-            let sleep_for = next
-                .and_then(|(_, at)| (at - now).to_std().ok())
+            let wake = next
+                .map(|(_, at)| at)
+                .into_iter()
+                .chain(self.retries.next())
+                .min();
+            let sleep_for = wake
+                .and_then(|at| (at - now).to_std().ok())
                 .unwrap_or(MAX_SLEEP)
                 .min(MAX_SLEEP);
             let running = self.current.is_some();
@@ -354,6 +363,53 @@ impl<D: DiskManager> Daemon<D> {
         }
     }
 
+    /// Queues the tries again that are due (a job already queued or running is left alone:
+    /// that run is the try).
+    fn queue_retries(&mut self, now: DateTime<Utc>) {
+        for job in self.retries.take_due(now) {
+            let running = self.current.as_ref().is_some_and(|c| c.job == job);
+            if !running && self.queue.push(&job) {
+                tracing::info!(job = %job, "trying {job} again");
+            }
+        }
+    }
+
+    /// After a run of `job` ended: schedules its try again if it failed for a temporary
+    /// cause, and says so.
+    fn plan_retry(&mut self, summary: &burrow_core::RunSummary) {
+        let job = summary.job.as_str();
+        let Some(j) = self.cfg.job(job) else {
+            return;
+        };
+        let now = Utc::now();
+        let next = self
+            .plans
+            .iter()
+            .find(|p| p.name == job)
+            .and_then(|p| plan::next_fire(p, &self.state.job(job), now));
+        let temporary = summary.error_class == Some(burrow_core::ErrorClass::Temporary);
+        match self
+            .retries
+            .record(job, temporary, (j.retries, j.retry_wait), next, now)
+        {
+            Retry::No => {}
+            Retry::At { attempt, of, at } => tracing::warn!(
+                job = %job,
+                "{job} failed for a cause that may pass; trying again at {} (retry {attempt} of {of})",
+                at.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S")
+            ),
+            Retry::NextSlot { at } => tracing::warn!(
+                job = %job,
+                "{job} failed for a cause that may pass; its next scheduled run at {} tries again",
+                at.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S")
+            ),
+            Retry::GaveUp { of } => tracing::error!(
+                job = %job,
+                "{job} failed again after {of} retries; the next try is its next scheduled run"
+            ),
+        }
+    }
+
     fn status_line(&self, next: Option<(&str, DateTime<Utc>)>) -> String {
         if let Some(c) = &self.current {
             return format!(
@@ -379,6 +435,7 @@ impl<D: DiskManager> Daemon<D> {
                 tracing::error!("{e}");
             }
         }
+        self.retries.started(&job);
         let ctl = RunControl::new(self.cancel.subscribe());
         let (cfg, disk, monitor) = (self.cfg.clone(), self.disk.clone(), self.monitor.clone());
         let (job2, ctl2) = (job.clone(), ctl.clone());
@@ -435,6 +492,9 @@ impl<D: DiskManager> Daemon<D> {
             self.awaiting_disk.insert(cur.job.clone());
         } else {
             self.awaiting_disk.remove(&cur.job);
+        }
+        if !*self.cancel.borrow() {
+            self.plan_retry(&summary);
         }
         for w in self.waiters.remove(&cur.job).unwrap_or_default() {
             let _ = w.send(Reply::Finished {
@@ -540,6 +600,7 @@ impl<D: DiskManager> Daemon<D> {
                     "queued": self.queue.contains(&name),
                     "running": self.current.as_ref().is_some_and(|c| c.job == name),
                     "waiting_for_disk": self.awaiting_disk.contains(&name),
+                    "retry_at": self.retries.at(&name).map(|t| t.to_rfc3339()),
                     "last": st.last_run,
                 })
             })

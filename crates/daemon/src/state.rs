@@ -12,7 +12,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use burrow_core::run::{CHECK_RUN, RunStatus, RunSummary};
+use burrow_core::run::{CHECK_RUN, ErrorClass, RunStatus, RunSummary};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,9 @@ pub struct RunRecord {
     pub snapshot_id: Option<String>,
     /// Why the run failed or was skipped.
     pub reason: Option<String>,
+    /// Whether that cause may pass by itself (`temporary`: the daemon tries again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<ErrorClass>,
 }
 
 impl RunRecord {
@@ -67,6 +70,7 @@ impl RunRecord {
             peak_rss_bytes: summary.peak_rss_bytes,
             snapshot_id: summary.snapshot_id.clone(),
             reason: summary.reason.clone(),
+            error_class: summary.error_class,
         }
     }
 }
@@ -310,6 +314,7 @@ mod tests {
             peak_rss_bytes: Some(50 << 20),
             snapshot_id: Some(format!("snap{n}")),
             reason: None,
+            error_class: None,
         }
     }
 
