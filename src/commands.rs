@@ -452,6 +452,12 @@ async fn forget<D: DiskManager>(
         );
         return Exit::Ok;
     }
+    print_plan(job, &plan, dry_run);
+    Exit::Ok
+}
+
+/// A retention plan as `burrow forget` prints it: what is kept and why, what is removed.
+fn print_plan(job: &str, plan: &burrow_repo::Plan, dry_run: bool) {
     for d in &plan.keep {
         println!(
             "keep    {}  {}  {}",
@@ -477,7 +483,6 @@ async fn forget<D: DiskManager>(
             plan.keep.len()
         );
     }
-    Exit::Ok
 }
 
 /// `burrow prune`: removes the data no snapshot references.
@@ -518,6 +523,52 @@ pub struct RestoreArgs<'a> {
     workers: usize,
 }
 
+/// `burrow restore --dump NAME`: the dump to a local file, or through its restore command
+/// on the server.
+async fn restore_dump(
+    cfg: &Config,
+    job: &burrow_config::Job,
+    name: &str,
+    repo: Repo,
+    args: &RestoreArgs<'_>,
+) -> Exit {
+    let Some(dump) = job.dumps.iter().find(|d| d.name == name) else {
+        return fail(
+            Exit::Usage,
+            format!("job {} has no dump named {name:?}", job.name),
+        );
+    };
+    if args.to_server {
+        return restore_dump_to_server(cfg, job, dump, repo, args.snapshot).await;
+    }
+    let Some(target) = args.target.map(Path::to_owned) else {
+        return Exit::Usage;
+    };
+    let (job_name, snap) = (job.name.clone(), args.snapshot.to_owned());
+    let path = burrow_run::dumps::dump_path(name);
+    let res =
+        tokio::task::spawn_blocking(move || repo.restore_file(&job_name, &snap, &path, &target))
+            .await;
+    let out = match joined(res) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let dest = args.target.unwrap_or(Path::new("")).join(name);
+    if !out.complete() {
+        report_not_restored(&out);
+        return fail(
+            Exit::Failed,
+            format!("dump {name} was not restored to {}", dest.display()),
+        );
+    }
+    println!(
+        "restored dump {name} ({} bytes) to {}",
+        out.bytes,
+        dest.display()
+    );
+    Exit::Ok
+}
+
 async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreArgs<'_>) -> Exit {
     let Some(job) = cfg.job(args.job) else {
         eprintln!(
@@ -532,44 +583,7 @@ async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreAr
         Err(code) => return code,
     };
     if let Some(name) = args.dump {
-        let Some(dump) = job.dumps.iter().find(|d| d.name == name) else {
-            return fail(
-                Exit::Usage,
-                format!("job {} has no dump named {name:?}", job.name),
-            );
-        };
-        return if args.to_server {
-            restore_dump_to_server(cfg, job, dump, repo, args.snapshot).await
-        } else {
-            let Some(target) = args.target.map(Path::to_owned) else {
-                return Exit::Usage;
-            };
-            let (job_name, snap) = (job.name.clone(), args.snapshot.to_owned());
-            let path = burrow_run::dumps::dump_path(name);
-            let res = tokio::task::spawn_blocking(move || {
-                repo.restore_file(&job_name, &snap, &path, &target)
-            })
-            .await;
-            let out = match joined(res) {
-                Ok(v) => v,
-                Err(code) => return code,
-            };
-            let dest = args.target.unwrap_or(Path::new("")).join(name);
-            if out.complete() {
-                println!(
-                    "restored dump {name} ({} bytes) to {}",
-                    out.bytes,
-                    dest.display()
-                );
-                Exit::Ok
-            } else {
-                report_not_restored(&out);
-                fail(
-                    Exit::Failed,
-                    format!("dump {name} was not restored to {}", dest.display()),
-                )
-            }
-        };
+        return restore_dump(cfg, job, name, repo, &args).await;
     }
     let Some(target) = args.target.map(Path::to_owned) else {
         return Exit::Usage;

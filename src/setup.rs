@@ -439,7 +439,6 @@ async fn trust(config: &Path, server: &str, write: bool) -> Exit {
             return Exit::Failed;
         }
     };
-    let fp = key.fingerprint(HashAlg::Sha256).to_string();
     let mut bare = key.clone();
     bare.set_comment("");
     let line = match bare.to_openssh() {
@@ -449,6 +448,43 @@ async fn trust(config: &Path, server: &str, write: bool) -> Exit {
             return Exit::Failed;
         }
     };
+    show_host_key(config, server, s, &key, &line);
+    match &s.host_key {
+        Some(pinned) if burrow_ssh::pinned_accepts(pinned, &key) => {
+            println!("\nThe config already pins this key: nothing to change.");
+            return Exit::Ok;
+        }
+        Some(pinned) => {
+            println!(
+                "\nWARNING: the config pins a different key ({}). If the server's key changed on purpose\n\
+                 (reinstalled server), check the new one as above; otherwise do not connect.",
+                short(pinned)
+            );
+            if write {
+                eprintln!(
+                    "burrow: not replacing the pinned key with --write: after checking the new key, replace it by hand"
+                );
+                return Exit::Failed;
+            }
+        }
+        None => {}
+    }
+    if !write {
+        println!("(or run this again with --write to have burrow set it)");
+        return Exit::Ok;
+    }
+    pin(config, &text, server, &line)
+}
+
+/// What `setup trust` shows of the key the server presented, and how to check it by hand.
+fn show_host_key(
+    config: &Path,
+    server: &str,
+    s: &burrow_config::ServerOutline,
+    key: &PublicKey,
+    line: &str,
+) {
+    let fp = key.fingerprint(HashAlg::Sha256).to_string();
     let alg = key.algorithm();
     let kind = alg.as_str();
     let file_kind = match kind {
@@ -474,31 +510,11 @@ async fn trust(config: &Path, server: &str, write: bool) -> Exit {
     println!("  servers:");
     println!("    {server}:");
     println!("      host_key: \"{line}\"");
-    match &s.host_key {
-        Some(pinned) if burrow_ssh::pinned_accepts(pinned, &key) => {
-            println!("\nThe config already pins this key: nothing to change.");
-            return Exit::Ok;
-        }
-        Some(pinned) => {
-            println!(
-                "\nWARNING: the config pins a different key ({}). If the server's key changed on purpose\n\
-                 (reinstalled server), check the new one as above; otherwise do not connect.",
-                short(pinned)
-            );
-            if write {
-                eprintln!(
-                    "burrow: not replacing the pinned key with --write: after checking the new key, replace it by hand"
-                );
-                return Exit::Failed;
-            }
-        }
-        None => {}
-    }
-    if !write {
-        println!("(or run this again with --write to have burrow set it)");
-        return Exit::Ok;
-    }
-    let edited = match burrow_config::set_host_key(&text, config, server, &line) {
+}
+
+/// Writes `line` as `servers.SERVER.host_key` into the config file (`--write`).
+fn pin(config: &Path, text: &str, server: &str, line: &str) -> Exit {
+    let edited = match burrow_config::set_host_key(text, config, server, line) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("burrow: not editing {}: {e}", config.display());
@@ -581,6 +597,17 @@ fn key_stick(mountpoint: &Path, bytes: usize, password: bool) -> Exit {
         eprintln!("burrow: / is the system disk, not a key stick");
         return Exit::Usage;
     }
+    let key_file = match write_secrets(&mp, bytes, password) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    print_stick_steps(&mp, &source, &key_file, password);
+    Exit::Ok
+}
+
+/// Writes the LUKS key file (and with `password` the repository password) onto the stick
+/// at `mp`, never over an existing file; returns the key file's path.
+fn write_secrets(mp: &Path, bytes: usize, password: bool) -> Result<PathBuf, Exit> {
     let key_file = mp.join("file");
     let pw_file = mp.join("burrow-password");
     for p in std::iter::once(&key_file).chain(password.then_some(&pw_file)) {
@@ -589,14 +616,14 @@ fn key_stick(mountpoint: &Path, bytes: usize, password: bool) -> Exit {
                 "burrow: {} exists; not overwriting it (it may be the only key to your backup disk)",
                 p.display()
             );
-            return Exit::Failed;
+            return Err(Exit::Failed);
         }
     }
     let mut key = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut key);
     if let Err(e) = write_new(&key_file, 0o400, &key) {
         eprintln!("burrow: cannot write {}: {e}", key_file.display());
-        return Exit::Failed;
+        return Err(Exit::Failed);
     }
     key.fill(0);
     println!(
@@ -611,17 +638,22 @@ fn key_stick(mountpoint: &Path, bytes: usize, password: bool) -> Exit {
             .collect();
         if let Err(e) = write_new(&pw_file, 0o400, format!("{secret}\n").as_bytes()) {
             eprintln!("burrow: cannot write {}: {e}", pw_file.display());
-            return Exit::Failed;
+            return Err(Exit::Failed);
         }
         println!(
             "wrote {} (repository password, mode 0400)",
             pw_file.display()
         );
     }
-    if let Ok(d) = fs::File::open(&mp) {
+    if let Ok(d) = fs::File::open(mp) {
         let _ = d.sync_all();
     }
-    let fs_uuid = findmnt(&mp, "UUID").filter(|u| !u.is_empty());
+    Ok(key_file)
+}
+
+/// The steps after `setup key-stick`: the key into the LUKS header, the config lines.
+fn print_stick_steps(mp: &Path, source: &str, key_file: &Path, password: bool) {
+    let fs_uuid = findmnt(mp, "UUID").filter(|u| !u.is_empty());
     let luks = luks_uuids();
     let disk = match luks.as_slice() {
         [one] => format!("/dev/disk/by-uuid/{one}"),
@@ -670,7 +702,6 @@ fn key_stick(mountpoint: &Path, bytes: usize, password: bool) -> Exit {
         }
     );
     println!("Then unmount the stick: umount {}", mp.display());
-    Exit::Ok
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! The `burrow` binary as scripts and people use it: exit codes, located config errors, a
 //! local job end to end, JSON summaries, restore.
 
+// A test reads as one scenario from top to bottom: longer than library functions may be.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use burrow_testkit::noise;

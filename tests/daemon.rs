@@ -1,6 +1,9 @@
 //! `burrow daemon` as systemd runs it: notify socket, watchdog, control socket, healthchecks
 //! pings with run ids and the log tail, status, and a clean stop on SIGTERM.
 
+// A test reads as one scenario from top to bottom: longer than library functions may be.
+#![allow(clippy::too_many_lines)]
+
 use std::fs;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;

@@ -2,6 +2,9 @@
 //! PostgreSQL cluster: a live database dumped while it is written to restores consistent, and
 //! a failing dump next to good ones gives a partial snapshot without it.
 
+// A test reads as one scenario from top to bottom: longer than library functions may be.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use common::{burrow, json, text};

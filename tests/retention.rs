@@ -1,5 +1,8 @@
 //! `burrow forget` and `burrow prune` as scripts use them.
 
+// A test reads as one scenario from top to bottom: longer than library functions may be.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use common::{burrow, json, text};

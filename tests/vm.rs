@@ -22,6 +22,9 @@
 //! `tests/vm/rootfs.sh`). Without them the test reports itself skipped through
 //! `burrow_testkit::missing` (a failure under `CI=true`).
 
+// A test reads as one scenario from top to bottom: longer than library functions may be.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use std::fs;

@@ -79,6 +79,18 @@ pub async fn serve(cfg: Config, sim: bool) -> Exit {
 
 type Waiter = oneshot::Sender<Reply>;
 
+/// What the loop waits on, besides the running job.
+struct Sources {
+    requests: mpsc::Receiver<(Request, Waiter)>,
+    disk_events: mpsc::Receiver<DiskEvent>,
+    ready: mpsc::Receiver<Result<PathBuf, burrow_core::disk::DiskError>>,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    watchdog: tokio::time::Interval,
+    /// The acceptor, the disk event pump and the heartbeat: aborted at the stop.
+    tasks: Vec<JoinHandle<()>>,
+}
+
 struct Current {
     job: String,
     run_id: String,
@@ -208,27 +220,83 @@ impl<D: DiskManager> Daemon<D> {
 
     async fn run(&mut self) -> Exit {
         let sock = socket_path();
-        let listener = match bind(&sock) {
-            Ok(l) => l,
+        let mut io = match self.listen(&sock) {
+            Ok(io) => io,
             Err(e) => {
                 eprintln!("burrow: {e}");
                 return Exit::Failed;
             }
         };
-        let (ctl_tx, mut ctl_rx) = mpsc::channel::<(Request, Waiter)>(16);
+        tracing::info!(
+            "burrow daemon started: {} scheduled job(s), control socket {}",
+            self.plans.len(),
+            sock.display()
+        );
+        self.sd.ready();
+        if !self.awaiting_disk.is_empty() {
+            self.prepare_volume();
+        }
+        loop {
+            let sleep_for = self.step();
+            let running = self.current.is_some();
+            tokio::select! {
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = io.watchdog.tick() => self.sd.watchdog(),
+                Some((req, tx)) = io.requests.recv() => self.request(req, tx),
+                Some(ev) = io.disk_events.recv() => self.disk_event(ev).await,
+                Some(res) = io.ready.recv() => self.disk_ready(res),
+                report = async { (&mut self.current.as_mut().unwrap().handle).await }, if running => {
+                    self.finish(report).await;
+                }
+                _ = io.term.recv() => break,
+                _ = io.int.recv() => break,
+            }
+        }
+        self.stop(io, &sock).await
+    }
+
+    /// One turn of the loop before it waits: queues what is due, starts a run when idle,
+    /// updates `STATUS=`; returns how long to sleep at most.
+    fn step(&mut self) -> Duration {
+        let now = Utc::now();
+        self.queue_retries(now);
+        self.queue_due(now);
+        if self.current.is_none()
+            && let Some(q) = self.queue.pop()
+        {
+            self.start_run(q.job, q.slot);
+        }
+        let next = plan::next_wake(&self.plans, &self.state, now);
+        let line = self.status_line(next);
+        if line != self.last_status {
+            self.sd.status(&line);
+            self.last_status = line;
+        }
+        let wake = next
+            .map(|(_, at)| at)
+            .into_iter()
+            .chain(self.retries.next())
+            .min();
+        wake.and_then(|at| (at - now).to_std().ok())
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP)
+    }
+
+    /// The loop's event sources: the control socket, signals, disk events, the heartbeat
+    /// and the watchdog.
+    fn listen(&mut self, sock: &PathBuf) -> Result<Sources, String> {
+        let listener = bind(sock)?;
+        let (ctl_tx, requests) = mpsc::channel::<(Request, Waiter)>(16);
         let acceptor = tokio::spawn(accept(listener, ctl_tx));
-        let (mut term, mut int) = match (
+        let (Ok(term), Ok(int)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(t), Ok(i)) => (t, i),
-            _ => {
-                eprintln!("burrow: cannot install signal handlers");
-                return Exit::Failed;
-            }
+        ) else {
+            acceptor.abort();
+            return Err("cannot install signal handlers".into());
         };
-        // Disk events come through a task so the loop below never holds the manager's lock.
-        let (ev_tx, mut ev_rx) = mpsc::channel::<DiskEvent>(16);
+        // Disk events come through a task so the loop never holds the manager's lock.
+        let (ev_tx, disk_events) = mpsc::channel::<DiskEvent>(16);
         let events = self.disk.clone().map(|d| {
             tokio::spawn(async move {
                 while let Some(ev) = d.next_event().await {
@@ -238,7 +306,6 @@ impl<D: DiskManager> Daemon<D> {
                 }
             })
         });
-        let mut ready_rx = self.ready_rx.take().expect("run() is called once");
         let heartbeat = self.cfg.healthchecks.heartbeat.clone().map(|url| {
             let monitor = self.monitor.clone();
             tokio::spawn(async move {
@@ -255,56 +322,23 @@ impl<D: DiskManager> Daemon<D> {
                 .unwrap_or(Duration::from_secs(3600)),
         );
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-        tracing::info!(
-            "burrow daemon started: {} scheduled job(s), control socket {}",
-            self.plans.len(),
-            sock.display()
-        );
-        self.sd.ready();
-        if !self.awaiting_disk.is_empty() {
-            self.prepare_volume();
-        }
-        loop {
-            let now = Utc::now();
-            self.queue_retries(now);
-            self.queue_due(now);
-            if self.current.is_none()
-                && let Some(q) = self.queue.pop()
-            {
-                self.start_run(q.job, q.slot);
-            }
-            let next = plan::next_wake(&self.plans, &self.state, now);
-            let line = self.status_line(next);
-            if line != self.last_status {
-                self.sd.status(&line);
-                self.last_status = line;
-            }
-            let wake = next
-                .map(|(_, at)| at)
+        Ok(Sources {
+            requests,
+            disk_events,
+            ready: self.ready_rx.take().expect("run() is called once"),
+            term,
+            int,
+            watchdog,
+            tasks: [Some(acceptor), events, heartbeat]
                 .into_iter()
-                .chain(self.retries.next())
-                .min();
-            let sleep_for = wake
-                .and_then(|at| (at - now).to_std().ok())
-                .unwrap_or(MAX_SLEEP)
-                .min(MAX_SLEEP);
-            let running = self.current.is_some();
-            tokio::select! {
-                _ = tokio::time::sleep(sleep_for) => {}
-                _ = watchdog.tick() => self.sd.watchdog(),
-                Some((req, tx)) = ctl_rx.recv() => self.request(req, tx),
-                Some(ev) = ev_rx.recv() => self.disk_event(ev).await,
-                Some(res) = ready_rx.recv() => self.disk_ready(res),
-                report = async { (&mut self.current.as_mut().unwrap().handle).await }, if running => {
-                    self.finish(report).await;
-                }
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-            }
-        }
+                .flatten()
+                .collect(),
+        })
+    }
 
-        // Shutdown: stop the pull safely; the run still runs its after commands.
+    /// Shutdown: stops the pull safely (the run still runs its after commands), answers who
+    /// still waits, removes the socket.
+    async fn stop(&mut self, io: Sources, sock: &Path) -> Exit {
         tracing::info!("stopping");
         self.sd.stopping();
         let _ = self.cancel.send(true);
@@ -323,14 +357,10 @@ impl<D: DiskManager> Daemon<D> {
                 });
             }
         }
-        acceptor.abort();
-        if let Some(e) = events {
-            e.abort();
+        for t in io.tasks {
+            t.abort();
         }
-        if let Some(h) = heartbeat {
-            h.abort();
-        }
-        let _ = std::fs::remove_file(&sock);
+        let _ = std::fs::remove_file(sock);
         tracing::info!("stopped");
         Exit::Ok
     }

@@ -5,6 +5,9 @@
 //! as skipped through `burrow_testkit::missing` (a failure under `CI=true`). The tests share
 //! fixed UUIDs and loop devices, so they run one at a time behind `SERIAL`.
 
+// A test reads as one scenario from top to bottom: longer than library functions may be.
+#![allow(clippy::too_many_lines)]
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -157,6 +157,54 @@ pub enum RepoError {
     Rustic(String),
 }
 
+/// The chunker of the repository's config; a repository of fixed-size chunks is refused.
+fn chunking_of(config: &rustic_core::repofile::ConfigFile) -> Result<chunker::Chunking, RepoError> {
+    if config.chunker() != Chunker::Rabin {
+        return Err(RepoError::Rustic(
+            "this repository cuts files into fixed-size chunks, which burrow does not \
+             write; back up into a repository made by `burrow init` or `restic init`"
+                .into(),
+        ));
+    }
+    Ok(chunker::Chunking::new(
+        config.poly()?,
+        config.chunk_size(),
+        config.chunk_min_size(),
+        config.chunk_max_size(),
+    ))
+}
+
+/// The snapshot's summary, as restic writes it, from what the writer counted; `start` is
+/// when the backup began, `snap_time` the snapshot's time.
+fn summary_of(w: &writer::Written, start: Zoned, snap_time: &Zoned) -> SnapshotSummary {
+    let end = Zoned::now();
+    let secs = |from: &Zoned| end.duration_since(from).as_secs_f64().max(0.0);
+    let mut sum = SnapshotSummary::default();
+    sum.files_new = w.files_new;
+    sum.files_changed = w.files_changed;
+    sum.files_unmodified = w.files_unmodified;
+    sum.total_files_processed = w.files;
+    sum.total_bytes_processed = w.file_bytes;
+    sum.dirs_new = w.dirs_new;
+    sum.dirs_changed = w.dirs_changed;
+    sum.dirs_unmodified = w.dirs_unmodified;
+    sum.total_dirs_processed = w.dirs;
+    sum.data_blobs = w.data_blobs;
+    sum.tree_blobs = w.tree_blobs;
+    sum.data_added = w.data_added + w.tree_added;
+    sum.data_added_packed = w.data_added_packed + w.tree_added_packed;
+    sum.data_added_files = w.data_added;
+    sum.data_added_files_packed = w.data_added_packed;
+    sum.data_added_trees = w.tree_added;
+    sum.data_added_trees_packed = w.tree_added_packed;
+    sum.command = "burrow".into();
+    sum.backup_duration = secs(&start);
+    sum.total_duration = secs(snap_time);
+    sum.backup_start = start;
+    sum.backup_end = end;
+    sum
+}
+
 impl From<RepoError> for burrow_core::RunError {
     /// A lock held by restic or another burrow goes away by itself; everything else needs a
     /// person (a password, a damaged repository, a missing one).
@@ -730,19 +778,7 @@ impl Repo {
         };
 
         let config = self.repo.config();
-        if config.chunker() != Chunker::Rabin {
-            return Err(RepoError::Rustic(
-                "this repository cuts files into fixed-size chunks, which burrow does not \
-                 write; back up into a repository made by `burrow init` or `restic init`"
-                    .into(),
-            ));
-        }
-        let chunking = chunker::Chunking::new(
-            config.poly()?,
-            config.chunk_size(),
-            config.chunk_min_size(),
-            config.chunk_max_size(),
-        );
+        let chunking = chunking_of(config)?;
         let sealer = crypto::Sealer::new(&self.repo.key())
             .ok_or_else(|| RepoError::Rustic("the repository key has an unknown form".into()))?;
         let be = &self.be;
@@ -789,32 +825,7 @@ impl Repo {
         for p in &paths {
             snap.paths.add(p.display().to_string());
         }
-        let end = Zoned::now();
-        let secs = |from: &Zoned| end.duration_since(from).as_secs_f64().max(0.0);
-        let mut sum = SnapshotSummary::default();
-        sum.files_new = w.files_new;
-        sum.files_changed = w.files_changed;
-        sum.files_unmodified = w.files_unmodified;
-        sum.total_files_processed = w.files;
-        sum.total_bytes_processed = w.file_bytes;
-        sum.dirs_new = w.dirs_new;
-        sum.dirs_changed = w.dirs_changed;
-        sum.dirs_unmodified = w.dirs_unmodified;
-        sum.total_dirs_processed = w.dirs;
-        sum.data_blobs = w.data_blobs;
-        sum.tree_blobs = w.tree_blobs;
-        sum.data_added = w.data_added + w.tree_added;
-        sum.data_added_packed = w.data_added_packed + w.tree_added_packed;
-        sum.data_added_files = w.data_added;
-        sum.data_added_files_packed = w.data_added_packed;
-        sum.data_added_trees = w.tree_added;
-        sum.data_added_trees_packed = w.tree_added_packed;
-        sum.command = "burrow".into();
-        sum.backup_duration = secs(&start);
-        sum.total_duration = secs(&snap.time);
-        sum.backup_start = start;
-        sum.backup_end = end;
-        snap.summary = Some(sum);
+        snap.summary = Some(summary_of(&w, start, &snap.time));
         Ok(Pending {
             partial: req.partial || !req.problems.is_empty(),
             snap,

@@ -1,6 +1,9 @@
 //! The repository against real files: backup, parent reuse, restore, partial snapshots,
 //! retention, and stock restic reading what burrow wrote.
 
+// A test reads as one scenario from top to bottom: longer than library functions may be.
+#![allow(clippy::too_many_lines)]
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

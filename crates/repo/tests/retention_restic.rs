@@ -3,6 +3,9 @@
 //! over two years (several a day, month and year boundaries, both DST changes of
 //! Europe/Berlin, other UTC offsets, times written by `restic backup --time` too).
 
+// A test reads as one scenario from top to bottom: longer than library functions may be.
+#![allow(clippy::too_many_lines)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;

@@ -313,22 +313,7 @@ impl DeadMan {
         log: &RunLog,
     ) -> bool {
         let d = shell_quote(&self.dir);
-        let launcher = format!(
-            "D={d}\n\
-             [ -d \"$D\" ] || {{ echo lost; exit 0; }}\n\
-             if [ -e \"$D/marker\" ]; then\n\
-             \x20 setsid nohup /bin/sh \"$D/after.sh\" burrow </dev/null >/dev/null 2>&1 &\n\
-             \x20 wait $!\n\
-             fi\n\
-             n=0\n\
-             while [ -d \"$D\" ] && [ ! -e \"$D/done\" ] && [ $n -lt {budget} ]; do sleep 1; n=$((n+1)); done\n\
-             [ -d \"$D\" ] || {{ echo lost; exit 0; }}\n\
-             [ -e \"$D/done\" ] || {{ echo unfinished; exit 0; }}\n\
-             echo \"claimed $(cat \"$D/claimed\")\"\n\
-             cat \"$D/status\" 2>/dev/null\n\
-             exit 0\n",
-            budget = self.budget.as_secs()
-        );
+        let launcher = self.launcher();
         log.info(format!(
             "after: the dead-man's switch runs {} command(s) on {} now",
             after.len(),
@@ -378,6 +363,48 @@ impl DeadMan {
         } else {
             log.info("dead-man's switch disarmed; its timer is stopped");
         }
+        let ok = self.report(host, after, &status, hook_timeout, log).await;
+        if let Err(e) = host
+            .exec(&format!("rm -rf {d}"), Duration::from_secs(30))
+            .await
+        {
+            log.warn(format!("cannot remove {}: {e}", self.dir));
+        }
+        ok
+    }
+
+    /// The script that claims the `after` commands on the server (unless the timer did), waits
+    /// for them within the budget and prints who ran them and their exit statuses.
+    fn launcher(&self) -> String {
+        let d = shell_quote(&self.dir);
+        format!(
+            "D={d}\n\
+             [ -d \"$D\" ] || {{ echo lost; exit 0; }}\n\
+             if [ -e \"$D/marker\" ]; then\n\
+             \x20 setsid nohup /bin/sh \"$D/after.sh\" burrow </dev/null >/dev/null 2>&1 &\n\
+             \x20 wait $!\n\
+             fi\n\
+             n=0\n\
+             while [ -d \"$D\" ] && [ ! -e \"$D/done\" ] && [ $n -lt {budget} ]; do sleep 1; n=$((n+1)); done\n\
+             [ -d \"$D\" ] || {{ echo lost; exit 0; }}\n\
+             [ -e \"$D/done\" ] || {{ echo unfinished; exit 0; }}\n\
+             echo \"claimed $(cat \"$D/claimed\")\"\n\
+             cat \"$D/status\" 2>/dev/null\n\
+             exit 0\n",
+            budget = self.budget.as_secs()
+        )
+    }
+
+    /// Logs each `after` command's output and result as the switch recorded them on the
+    /// server; returns whether all passed.
+    async fn report(
+        &self,
+        host: &Host,
+        after: &[String],
+        status: &[(usize, u32, bool)],
+        hook_timeout: Duration,
+        log: &RunLog,
+    ) -> bool {
         let mut ok = true;
         for (i, cmd) in after.iter().enumerate() {
             let files = host
@@ -411,12 +438,6 @@ impl DeadMan {
                     log.error(format!("after: `{cmd}` failed: no exit status"));
                 }
             }
-        }
-        if let Err(e) = host
-            .exec(&format!("rm -rf {d}"), Duration::from_secs(30))
-            .await
-        {
-            log.warn(format!("cannot remove {}: {e}", self.dir));
         }
         ok
     }

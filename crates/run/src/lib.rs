@@ -684,31 +684,16 @@ async fn pull(
             .await?,
         ),
     };
-    let source: Box<dyn Source> = match (host, sftp) {
-        (Host::Local, _) => Box::new(LocalSource::new(
-            &job.paths,
-            Excludes::new(&job.exclude).map_err(|e| RunError::permanent(e.to_string()))?,
-        )),
-        (Host::Remote(_), Some(sftp)) => Box::new(sftp?),
-        (Host::Remote(_), None) => Box::new(LocalSource::new(&[], Excludes::none())),
-    };
-    let mut paths: Vec<PathBuf> = job.paths.clone();
+    let source = source_of(job, host, sftp)?;
     let extra = spooled
         .as_ref()
         .map(|s| s.entries(&run.ctl.bytes_read))
         .unwrap_or_default();
+    let paths = snapshot_paths(job, !extra.is_empty())?;
     let dumps_failed = problems
         .snapshot()
         .iter()
         .any(|p| p.path.starts_with(dumps::DUMPS_ROOT));
-    if !extra.is_empty() {
-        paths.push(PathBuf::from(dumps::DUMPS_ROOT));
-    }
-    if paths.is_empty() {
-        return Err(RunError::permanent(
-            "every dump failed and the job has no paths: nothing to store",
-        ));
-    }
     log.info(format!(
         "pulling {} path(s) from {}",
         job.paths.len(),
@@ -742,13 +727,13 @@ async fn pull(
         )));
     }
     let anomaly = anomaly::judge(&pending.counts(), &job.anomaly);
-    let mut tags = Vec::new();
-    if pending.partial() {
-        tags.push(burrow_repo::TAG_PARTIAL);
-    }
-    if anomaly.is_some() {
-        tags.push(burrow_repo::TAG_ANOMALY);
-    }
+    let tags: Vec<&str> = [
+        pending.partial().then_some(burrow_repo::TAG_PARTIAL),
+        anomaly.is_some().then_some(burrow_repo::TAG_ANOMALY),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let (out, repo) = blocking(move || {
         let out = pending.commit(&repo, &tags);
         (out, repo)
@@ -756,6 +741,38 @@ async fn pull(
     .await?;
     let out = out.map_err(|e| RunError::from(e).context("saving the snapshot failed"))?;
     Ok(Pulled { out, repo, anomaly })
+}
+
+/// The paths the snapshot names: the job's, and the dumps' directory when a dump was
+/// spooled; none is an error.
+fn snapshot_paths(job: &Job, dumps: bool) -> Result<Vec<PathBuf>, RunError> {
+    let mut paths = job.paths.clone();
+    if dumps {
+        paths.push(PathBuf::from(dumps::DUMPS_ROOT));
+    }
+    if paths.is_empty() {
+        return Err(RunError::permanent(
+            "every dump failed and the job has no paths: nothing to store",
+        ));
+    }
+    Ok(paths)
+}
+
+/// Where a job's files come from: this machine, the server's SFTP (started while the
+/// repository opened), or nothing for a job of dumps only.
+fn source_of(
+    job: &Job,
+    host: &Host,
+    sftp: Option<Result<SftpSource, RunError>>,
+) -> Result<Box<dyn Source>, RunError> {
+    Ok(match (host, sftp) {
+        (Host::Local, _) => Box::new(LocalSource::new(
+            &job.paths,
+            Excludes::new(&job.exclude).map_err(|e| RunError::permanent(e.to_string()))?,
+        )),
+        (Host::Remote(_), Some(sftp)) => Box::new(sftp?),
+        (Host::Remote(_), None) => Box::new(LocalSource::new(&[], Excludes::none())),
+    })
 }
 
 /// What [`archive`] stores: [`BackupRequest`] with owned parts, to cross to a blocking thread.

@@ -422,26 +422,34 @@ async fn read_file(
             Step::Again => continue,
             Step::Fail(e) => return Err(e),
         };
-        let kind = attrs.permissions.unwrap_or(0) & crate::source::S_IFMT;
-        if attrs.permissions.is_some() && kind != crate::source::S_IFREG {
-            return Err(io::Error::other(format!(
-                "changed type while read: listed as a regular file, the opened file is {}; left out of this snapshot",
-                crate::source::type_name(kind)
-            )));
-        }
-        if let Some(now) = attrs.size
-            && now != t.size
-        {
-            problems.push(
-                &t.path,
-                format!(
-                    "changed while read: listed {} bytes, {now} bytes after the read; the {} listed bytes are stored",
-                    t.size, t.size
-                ),
-            );
-        }
+        checked_after_read(t, &attrs, problems)?;
         return Ok(true);
     }
+}
+
+/// The file's attributes on the handle it was read through, after the read: a file that
+/// became something else is refused; a size other than the listed one is a problem (the
+/// listed bytes are stored).
+fn checked_after_read(t: &Target, attrs: &wire::Attrs, problems: &Problems) -> io::Result<()> {
+    let kind = attrs.permissions.unwrap_or(0) & crate::source::S_IFMT;
+    if attrs.permissions.is_some() && kind != crate::source::S_IFREG {
+        return Err(io::Error::other(format!(
+            "changed type while read: listed as a regular file, the opened file is {}; left out of this snapshot",
+            crate::source::type_name(kind)
+        )));
+    }
+    if let Some(now) = attrs.size
+        && now != t.size
+    {
+        problems.push(
+            &t.path,
+            format!(
+                "changed while read: listed {} bytes, {now} bytes after the read; the {} listed bytes are stored",
+                t.size, t.size
+            ),
+        );
+    }
+    Ok(())
 }
 
 struct SftpContent {

@@ -270,6 +270,61 @@ fn sig_name(sig: &Sig) -> String {
     }
 }
 
+/// What the command behind an SFTP channel said besides SFTP.
+#[derive(Debug, Default)]
+struct CommandEnd {
+    status: Mutex<Status>,
+    /// The server refused to run the command.
+    refused: std::sync::atomic::AtomicBool,
+}
+
+impl CommandEnd {
+    /// Forwards the channel's data to the SFTP client's end of the pipe and records stderr
+    /// (without the process id line), the exit status and a refusal, until the channel ends.
+    async fn pump(
+        &self,
+        mut r: ChannelReadHalf,
+        mut to_client: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        pid: &Mutex<Option<u32>>,
+        name: &str,
+    ) {
+        let status = || self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut forwarding = true;
+        while let Some(msg) = r.wait().await {
+            match msg {
+                ChannelMsg::Data { data } if forwarding => {
+                    // Once the SFTP client is gone, keep draining for the exit status.
+                    forwarding = to_client.write_all(&data).await.is_ok();
+                }
+                ChannelMsg::Eof => {
+                    let _ = to_client.shutdown().await;
+                }
+                ChannelMsg::ExtendedData { data, ext: 1 } => {
+                    let data = take_pid(&data, pid);
+                    if data.is_empty() {
+                        continue;
+                    }
+                    debug!(target = %name, stderr = %String::from_utf8_lossy(&data).trim(), "sftp command");
+                    status().stderr.push(&data);
+                }
+                ChannelMsg::ExitStatus { exit_status } => {
+                    status().exit_status = Some(exit_status);
+                }
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    status().exit_signal = Some(sig_name(&signal_name));
+                }
+                ChannelMsg::Failure => {
+                    self.refused
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let _ = to_client.shutdown().await;
+    }
+}
+
 /// What the channel reported besides stdout.
 #[derive(Debug)]
 struct Status {
@@ -857,59 +912,19 @@ impl Session {
             "exec /bin/sh -c {}",
             sh_quote(&format!("echo \"{PID_MARK}$$\" >&2; {cmd}"))
         );
-        let (mut r, w) = self.start(&wrapped).await?;
+        let (r, w) = self.start(&wrapped).await?;
         let (client_end, server_end) = tokio::io::duplex(256 * 1024);
-        let (from_client, mut to_client) = tokio::io::split(server_end);
-        let status = Arc::new(Mutex::new(Status::default()));
-        let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (from_client, to_client) = tokio::io::split(server_end);
+        let end = Arc::new(CommandEnd::default());
         let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
         // The writer closes the channel only once the reader has seen its end (or after a
         // moment): a close sent while the command is exiting can cost its exit status.
         let read_done = Arc::new(tokio::sync::Notify::new());
-        let name = self.inner.name.clone();
         {
-            let status = status.clone();
-            let refused = refused.clone();
-            let read_done = read_done.clone();
+            let (end, read_done) = (end.clone(), read_done.clone());
+            let name = self.inner.name.clone();
             tokio::spawn(async move {
-                let mut forwarding = true;
-                while let Some(msg) = r.wait().await {
-                    match msg {
-                        ChannelMsg::Data { data } if forwarding => {
-                            // Once the SFTP client is gone, keep draining for the exit status.
-                            forwarding = to_client.write_all(&data).await.is_ok();
-                        }
-                        ChannelMsg::Eof => {
-                            let _ = to_client.shutdown().await;
-                        }
-                        ChannelMsg::ExtendedData { data, ext: 1 } => {
-                            let data = take_pid(&data, &pid);
-                            if data.is_empty() {
-                                continue;
-                            }
-                            debug!(target = %name, stderr = %String::from_utf8_lossy(&data).trim(), "sftp command");
-                            status
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .stderr
-                                .push(&data);
-                        }
-                        ChannelMsg::ExitStatus { exit_status } => {
-                            status.lock().unwrap_or_else(|e| e.into_inner()).exit_status =
-                                Some(exit_status);
-                        }
-                        ChannelMsg::ExitSignal { signal_name, .. } => {
-                            status.lock().unwrap_or_else(|e| e.into_inner()).exit_signal =
-                                Some(sig_name(&signal_name));
-                        }
-                        ChannelMsg::Failure => {
-                            refused.store(true, std::sync::atomic::Ordering::Relaxed);
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
-                let _ = to_client.shutdown().await;
+                end.pump(r, to_client, &pid, &name).await;
                 read_done.notify_one();
                 let _ = ended_tx.send(());
             });
@@ -923,8 +938,8 @@ impl Session {
         });
 
         let failed = |detail: Option<String>| {
-            let st = status.lock().unwrap_or_else(|e| e.into_inner());
-            let was_refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+            let st = end.status.lock().unwrap_or_else(|e| e.into_inner());
+            let was_refused = end.refused.load(std::sync::atomic::Ordering::Relaxed);
             let stderr = st.stderr.text();
             let detail = if was_refused {
                 "the server refused to run the command".to_owned()

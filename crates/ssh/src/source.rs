@@ -347,36 +347,8 @@ impl Walker {
 
     /// Sends one entry; for a directory, pushes its listing. False when the consumer is gone.
     async fn emit(&mut self, path: PathBuf, child: Child, tx: &mpsc::Sender<Msg>) -> bool {
-        let mode = child.attrs.permissions.unwrap_or(0);
-        let kind = match mode & S_IFMT {
-            S_IFDIR => EntryKind::Dir,
-            S_IFREG => EntryKind::File,
-            S_IFLNK => match &child.link {
-                Some(Ok(t)) => EntryKind::Symlink {
-                    target: OsString::from(OsStr::from_bytes(t)),
-                },
-                Some(Err(e)) => {
-                    self.ctx
-                        .problems
-                        .push(&path, format!("cannot read symlink: {e}"));
-                    return true;
-                }
-                None => {
-                    self.ctx.problems.push(&path, "cannot read symlink");
-                    return true;
-                }
-            },
-            S_IFIFO => EntryKind::Fifo,
-            S_IFSOCK => EntryKind::Socket,
-            S_IFCHR => EntryKind::CharDevice { rdev: 0 },
-            S_IFBLK => EntryKind::BlockDevice { rdev: 0 },
-            other => {
-                self.ctx.problems.push(
-                    &path,
-                    format!("unknown file type {other:o} reported by the server; skipped"),
-                );
-                return true;
-            }
+        let Some(kind) = self.kind_of(&path, &child) else {
+            return true;
         };
         let meta = meta_of(&child.attrs, kind == EntryKind::File);
         let content = if kind == EntryKind::File {
@@ -411,36 +383,77 @@ impl Walker {
             }
         }
         if is_dir {
-            let listing = loop {
-                if let Some(l) = self.ahead.done.remove(path.as_os_str()) {
-                    self.ahead.scheduled.remove(path.as_os_str());
-                    break l;
-                }
-                match self.ahead.in_flight.next().await {
-                    Some((p, l)) => self.arrived(p, l),
-                    None => break Err("listing was lost".to_owned()),
-                }
-            };
-            let listed = listing.unwrap_or_else(|e| {
-                self.ctx
-                    .problems
-                    .push(&path, format!("cannot list directory: {e}"));
-                Listed {
-                    children: Vec::new(),
-                    dirs: Vec::new(),
-                }
-            });
-            self.stack.push(Frame {
-                dir: path,
-                listed,
-                next: 0,
-            });
-            // What the walk will need next changes only here and when a listing arrives
-            // (`arrived`); a file emitted changes nothing, and scheduling walks the known
-            // future, so it is not done per file.
-            self.schedule();
+            self.descend(path).await;
         }
         true
+    }
+
+    /// The kind of entry `child` is; `None` (recorded as a problem) when it cannot be stored.
+    fn kind_of(&self, path: &Path, child: &Child) -> Option<EntryKind> {
+        let mode = child.attrs.permissions.unwrap_or(0);
+        Some(match mode & S_IFMT {
+            S_IFDIR => EntryKind::Dir,
+            S_IFREG => EntryKind::File,
+            S_IFLNK => match &child.link {
+                Some(Ok(t)) => EntryKind::Symlink {
+                    target: OsString::from(OsStr::from_bytes(t)),
+                },
+                Some(Err(e)) => {
+                    self.ctx
+                        .problems
+                        .push(path, format!("cannot read symlink: {e}"));
+                    return None;
+                }
+                None => {
+                    self.ctx.problems.push(path, "cannot read symlink");
+                    return None;
+                }
+            },
+            S_IFIFO => EntryKind::Fifo,
+            S_IFSOCK => EntryKind::Socket,
+            S_IFCHR => EntryKind::CharDevice { rdev: 0 },
+            S_IFBLK => EntryKind::BlockDevice { rdev: 0 },
+            other => {
+                self.ctx.problems.push(
+                    path,
+                    format!("unknown file type {other:o} reported by the server; skipped"),
+                );
+                return None;
+            }
+        })
+    }
+
+    /// The directory `path` was sent: waits for its listing (taking in others as they
+    /// arrive) and walks into it.
+    async fn descend(&mut self, path: PathBuf) {
+        let listing = loop {
+            if let Some(l) = self.ahead.done.remove(path.as_os_str()) {
+                self.ahead.scheduled.remove(path.as_os_str());
+                break l;
+            }
+            match self.ahead.in_flight.next().await {
+                Some((p, l)) => self.arrived(p, l),
+                None => break Err("listing was lost".to_owned()),
+            }
+        };
+        let listed = listing.unwrap_or_else(|e| {
+            self.ctx
+                .problems
+                .push(&path, format!("cannot list directory: {e}"));
+            Listed {
+                children: Vec::new(),
+                dirs: Vec::new(),
+            }
+        });
+        self.stack.push(Frame {
+            dir: path,
+            listed,
+            next: 0,
+        });
+        // What the walk will need next changes only here and when a listing arrives
+        // (`arrived`); a file emitted changes nothing, and scheduling walks the known
+        // future, so it is not done per file.
+        self.schedule();
     }
 
     fn arrived(&mut self, path: PathBuf, listing: Listing) {

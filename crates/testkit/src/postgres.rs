@@ -82,34 +82,42 @@ impl Postgres {
             running: false,
         };
 
-        let initdb = pg.bin.join("initdb");
-        run(pg
+        pg.init_and_start();
+        pg.running = true;
+        Some(pg)
+    }
+
+    /// `initdb`, the settings of a private throwaway cluster, `pg_ctl start`.
+    fn init_and_start(&mut self) {
+        let initdb = self.bin.join("initdb");
+        run(self
             .server_command(&initdb)
             .arg("-D")
-            .arg(&pg.data)
+            .arg(&self.data)
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
             .arg("--locale=C"));
         let settings = format!(
             "\nlisten_addresses = ''\n\
              unix_socket_directories = '{}'\n\
-             port = {port}\n\
+             port = {}\n\
              fsync = off\n\
              synchronous_commit = off\n\
              full_page_writes = off\n\
              shared_buffers = 16MB\n",
-            pg.socket_dir.display()
+            self.socket_dir.display(),
+            self.port
         );
-        let conf = pg.data.join("postgresql.conf");
+        let conf = self.data.join("postgresql.conf");
         let mut text = fs::read_to_string(&conf).expect("read postgresql.conf");
         text.push_str(&settings);
         fs::write(&conf, text).expect("write postgresql.conf");
 
-        let pg_ctl = pg.bin.join("pg_ctl");
-        let log = pg.dir.path().join("postgres.log");
-        let out = pg
+        let pg_ctl = self.bin.join("pg_ctl");
+        let log = self.dir.path().join("postgres.log");
+        let out = self
             .server_command(&pg_ctl)
             .arg("-D")
-            .arg(&pg.data)
+            .arg(&self.data)
             .arg("-l")
             .arg(&log)
             .args(["-w", "-t", "60", "start"])
@@ -124,8 +132,6 @@ impl Postgres {
                 fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        pg.running = true;
-        Some(pg)
     }
 
     /// The directory holding the server's socket (for `-h` / `PGHOST`).
