@@ -9,6 +9,7 @@ use burrow_config::Config;
 use burrow_core::Exit;
 use burrow_core::bytes::human;
 use burrow_core::disk::DiskManager;
+use burrow_core::exec::Exec;
 use burrow_core::{RunError, RunStatus, RunSummary, short_id};
 use burrow_disk::{SimDisk, UDisks2Manager};
 use burrow_repo::Repo;

@@ -7,6 +7,7 @@
 pub mod bytes;
 pub mod disk;
 pub mod exclude;
+pub mod exec;
 pub mod exit;
 pub mod fsutil;
 pub mod local;

@@ -15,8 +15,8 @@ use burrow_core::{Problems, RunError};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use crate::host::Host;
 use crate::log::RunLog;
+use burrow_core::exec::Exec;
 
 /// Where dumps appear in a snapshot.
 pub const DUMPS_ROOT: &str = "/burrow-dumps";
@@ -101,7 +101,7 @@ async fn cancelled(mut cancel: watch::Receiver<bool>) {
 /// The caller holds the repository lock, so spool directories of other runs are leftovers of
 /// a crash and are removed first.
 pub async fn spool(
-    host: &Host,
+    host: &impl Exec,
     job: &Job,
     spool_root: &Path,
     run_id: &str,
@@ -144,7 +144,7 @@ pub async fn spool(
                 .await
                 .map_err(|e| format!("cannot create {}: {e}", file_path.display()))?;
             // A dump that outlives `timeout` or a shutdown is ended on the server with its
-            // process group (`Host::exec_to_writer`).
+            // process group (`Exec::exec_to_writer`).
             let out = host
                 .exec_to_writer(&d.command, &mut f, timeout, cancelled(cancel.clone()))
                 .await
@@ -180,4 +180,77 @@ pub async fn spool(
 fn set_private(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_testkit::exec::{Reply, ScriptedExec};
+
+    fn job(dump_timeout: &str) -> Job {
+        let text = format!(
+            "repository: {{path: /r, password_file: /dev/null}}\njobs:\n  db:\n    dump_timeout: {dump_timeout}\n    dumps:\n      - {{name: main.sql, command: dump-main}}\n      - {{name: broken.sql, command: dump-broken}}\n      - {{name: slow.sql, command: dump-slow}}\n"
+        );
+        burrow_config::parse_with(&text, Path::new("c.yaml"), false)
+            .unwrap()
+            .jobs
+            .remove("db")
+            .unwrap()
+    }
+
+    /// On the fake: a dump's stdout is spooled byte for byte; a failed or hung dump is a
+    /// problem under its path and is not stored; the run goes on with the others.
+    #[tokio::test]
+    async fn a_failed_or_hung_dump_is_a_problem_and_the_others_are_spooled() {
+        let server = ScriptedExec::new("vps")
+            .on("dump-main", Reply::ok("CREATE TABLE t;\n"))
+            .on(
+                "dump-broken",
+                Reply::fails(2, "pg_dump: connection refused"),
+            )
+            .on("dump-slow", Reply::Hang);
+        let tmp = tempfile::tempdir().unwrap();
+        let problems = Problems::new();
+        let log = RunLog::new("db", "r1", "vps");
+        let (_tx, cancel) = watch::channel(false);
+        let spooled = spool(
+            &server,
+            &job("1s"),
+            tmp.path(),
+            "r1",
+            &problems,
+            &log,
+            &cancel,
+        )
+        .await
+        .unwrap();
+        assert_eq!(server.commands(), ["dump-main", "dump-broken", "dump-slow"]);
+        let bytes = Arc::new(AtomicU64::new(0));
+        let names: Vec<PathBuf> = spooled
+            .entries(&bytes)
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(names, [PathBuf::from(DUMPS_ROOT), dump_path("main.sql")]);
+        assert_eq!(
+            std::fs::read(tmp.path().join("r1/main.sql")).unwrap(),
+            b"CREATE TABLE t;\n"
+        );
+        let found = problems.snapshot();
+        let by_path: Vec<(PathBuf, &str)> = found
+            .iter()
+            .map(|p| (p.path.clone(), p.message.as_str()))
+            .collect();
+        assert_eq!(by_path.len(), 2, "{by_path:?}");
+        assert_eq!(by_path[0].0, dump_path("broken.sql"));
+        assert!(by_path[0].1.contains("exit status 2"), "{by_path:?}");
+        assert_eq!(by_path[1].0, dump_path("slow.sql"));
+        assert!(by_path[1].1.contains("timed out"), "{by_path:?}");
+        assert!(!tmp.path().join("r1/broken.sql").exists());
+        drop(spooled);
+        assert!(
+            !tmp.path().join("r1").exists(),
+            "the spool goes with the run"
+        );
+    }
 }

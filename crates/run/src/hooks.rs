@@ -4,7 +4,7 @@
 //! whatever happens next (failure, timeout, shutdown, burrow killed, the Pi losing power).
 //!
 //! Every command runs in a process group of its own and is ended with that group when its
-//! `hook_timeout` passes (`Host::exec`: TERM, then KILL), so nothing it started keeps running.
+//! `hook_timeout` passes (`Exec::exec`: TERM, then KILL), so nothing it started keeps running.
 //!
 //! Without `after_deadline`, burrow runs the `after` commands itself ([`run_after`]). With it,
 //! the dead-man's switch ([`DeadMan`]) keeps the rule even when burrow dies at any moment.
@@ -42,16 +42,15 @@ use std::time::Duration;
 
 use burrow_config::shell_quote;
 use burrow_core::RunError;
-use burrow_ssh::{KILL_GRACE, OUTPUT_TAIL};
+use burrow_core::exec::{Exec, KILL_GRACE, OUTPUT_TAIL, humanize};
 
-use crate::host::{Host, humanize};
 use crate::log::RunLog;
 
 /// Runs `before` commands in order; stops at the first failure. Returns whether all passed
 /// and whether any started (which obliges the `after` commands). With a dead-man's switch,
 /// each command first marks on the server that it started ([`DeadMan::before_command`]).
 pub async fn run_before(
-    host: &Host,
+    host: &impl Exec,
     cmds: &[String],
     timeout: Duration,
     deadman: Option<&DeadMan>,
@@ -70,7 +69,7 @@ pub async fn run_before(
 }
 
 /// Runs every `after` command, in order, even when one fails. Returns whether all passed.
-pub async fn run_after(host: &Host, cmds: &[String], timeout: Duration, log: &RunLog) -> bool {
+pub async fn run_after(host: &impl Exec, cmds: &[String], timeout: Duration, log: &RunLog) -> bool {
     let mut ok = true;
     for cmd in cmds {
         ok &= run_one(host, "after", cmd, cmd, timeout, log).await;
@@ -80,7 +79,7 @@ pub async fn run_after(host: &Host, cmds: &[String], timeout: Duration, log: &Ru
 
 /// Runs `run` (which is `cmd`, or `cmd` behind a mark) and logs it as `cmd`.
 async fn run_one(
-    host: &Host,
+    host: &impl Exec,
     what: &str,
     cmd: &str,
     run: &str,
@@ -260,7 +259,7 @@ impl DeadMan {
     /// from now on (the job has no `before` commands); otherwise only once a `before` command
     /// ran [`DeadMan::before_command`]'s mark.
     pub async fn arm(
-        host: &Host,
+        host: &impl Exec,
         run_id: &str,
         deadline: Duration,
         after: &[String],
@@ -307,7 +306,7 @@ impl DeadMan {
     /// burrow does not run them itself then, as the runner or the timer does.
     pub async fn run_after(
         self,
-        host: &Host,
+        host: &impl Exec,
         after: &[String],
         hook_timeout: Duration,
         log: &RunLog,
@@ -399,7 +398,7 @@ impl DeadMan {
     /// server; returns whether all passed.
     async fn report(
         &self,
-        host: &Host,
+        host: &impl Exec,
         after: &[String],
         status: &[(usize, u32, bool)],
         hook_timeout: Duration,
@@ -446,6 +445,7 @@ impl DeadMan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::Local;
     use std::path::Path;
 
     fn log() -> RunLog {
@@ -490,7 +490,7 @@ mod tests {
         let log = log();
         let after = vec![append(&flag)];
         let dm = DeadMan::arm(
-            &Host::Local,
+            &Local,
             &log.run_id,
             Duration::from_secs(1),
             &after,
@@ -500,7 +500,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let (ok, _) = run_before(&Host::Local, &["true".into()], T, Some(&dm), &log).await;
+        let (ok, _) = run_before(&Local, &["true".into()], T, Some(&dm), &log).await;
         assert!(ok);
         let dir = dir_path(&log.run_id);
         wait_until("the timer never ran the after commands", || {
@@ -508,7 +508,7 @@ mod tests {
         })
         .await;
         assert_eq!(lines(&flag), 1);
-        assert!(dm.run_after(&Host::Local, &after, T, &log).await);
+        assert!(dm.run_after(&Local, &after, T, &log).await);
         assert_eq!(lines(&flag), 1, "burrow must not run them again");
         assert!(log.tail().contains("already fired"), "{}", log.tail());
         assert!(!Path::new(&dir).exists());
@@ -520,7 +520,7 @@ mod tests {
         let flag = tmp.path().join("flag");
         let log = log();
         let _dm = DeadMan::arm(
-            &Host::Local,
+            &Local,
             &log.run_id,
             Duration::from_secs(1),
             &[append(&flag)],
@@ -547,7 +547,7 @@ mod tests {
         let log = log();
         let after = vec![append(&flag)];
         let dm = DeadMan::arm(
-            &Host::Local,
+            &Local,
             &log.run_id,
             Duration::from_secs(30),
             &after,
@@ -565,7 +565,7 @@ mod tests {
         )
         .unwrap();
         std::fs::remove_dir_all(dir_path(&log.run_id)).unwrap();
-        assert!(dm.run_after(&Host::Local, &after, T, &log).await);
+        assert!(dm.run_after(&Local, &after, T, &log).await);
         assert_eq!(lines(&flag), 1);
     }
 
@@ -576,7 +576,7 @@ mod tests {
         let log = log();
         let after = vec![append(&flag), "echo to-out; echo to-err >&2".into()];
         let dm = DeadMan::arm(
-            &Host::Local,
+            &Local,
             &log.run_id,
             Duration::from_secs(2),
             &after,
@@ -588,7 +588,7 @@ mod tests {
         .unwrap();
         let pgid = timer_pgid(&log.run_id);
         assert!(group_alive(pgid));
-        assert!(dm.run_after(&Host::Local, &after, T, &log).await);
+        assert!(dm.run_after(&Local, &after, T, &log).await);
         assert_eq!(lines(&flag), 1);
         assert!(
             !group_alive(pgid),
@@ -620,7 +620,7 @@ mod tests {
         ];
         let t = Duration::from_secs(1);
         let dm = DeadMan::arm(
-            &Host::Local,
+            &Local,
             &log.run_id,
             Duration::from_secs(60),
             &after,
@@ -630,7 +630,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(!dm.run_after(&Host::Local, &after, t, &log).await);
+        assert!(!dm.run_after(&Local, &after, t, &log).await);
         assert_eq!(lines(&flag), 1);
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
@@ -656,11 +656,11 @@ mod tests {
             "exit 4".into(),
             format!("touch {}", p("b3")),
         ];
-        let (ok, started) = run_before(&Host::Local, &before, T, None, &log).await;
+        let (ok, started) = run_before(&Local, &before, T, None, &log).await;
         assert!(!ok && started);
         assert!(tmp.path().join("b1").exists() && !tmp.path().join("b3").exists());
         let after = vec!["exit 1".into(), format!("touch {}", p("a2"))];
-        assert!(!run_after(&Host::Local, &after, T, &log).await);
+        assert!(!run_after(&Local, &after, T, &log).await);
         assert!(tmp.path().join("a2").exists());
         assert!(log.tail().contains("exit status 4"), "{}", log.tail());
     }
@@ -676,8 +676,7 @@ mod tests {
             "echo $$ > {}; sleep 30; true",
             shell_quote(&pidfile.to_string_lossy())
         );
-        let (ok, _) =
-            run_before(&Host::Local, &[cmd], Duration::from_millis(300), None, &log).await;
+        let (ok, _) = run_before(&Local, &[cmd], Duration::from_millis(300), None, &log).await;
         assert!(!ok);
         assert!(t0.elapsed() < Duration::from_secs(10));
         assert!(log.tail().contains("timed out"), "{}", log.tail());
@@ -706,5 +705,73 @@ mod tests {
             })
         );
         assert_eq!(parse_outcome(b""), None);
+    }
+    // The same rules on the scripted fake of the Exec port: no process, no server.
+    use burrow_testkit::exec::{Reply, ScriptedExec};
+
+    fn cmds(v: &[&str]) -> Vec<String> {
+        v.iter().map(|c| (*c).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn on_the_fake_before_stops_at_its_first_failure_and_after_runs_every_command() {
+        let server = ScriptedExec::new("vps")
+            .on("stop b", Reply::fails(1, "no such service"))
+            .on("start b", Reply::fails(3, ""));
+        let log = log();
+        let before = cmds(&["stop a", "stop b", "stop c"]);
+        assert_eq!(
+            run_before(&server, &before, T, None, &log).await,
+            (false, true)
+        );
+        assert_eq!(server.commands(), ["stop a", "stop b"]);
+        let after = cmds(&["start a", "start b", "start c"]);
+        assert!(!run_after(&server, &after, T, &log).await);
+        assert_eq!(
+            server.commands()[2..],
+            ["start a", "start b", "start c"],
+            "after runs every command, the failed one too"
+        );
+        let tail = log.tail();
+        assert!(tail.contains("`stop b` failed: exit status 1"), "{tail}");
+        assert!(tail.contains("no such service"), "{tail}");
+        assert!(tail.contains("`start b` failed: exit status 3"), "{tail}");
+    }
+
+    #[tokio::test]
+    async fn on_the_fake_a_hung_before_command_fails_at_its_timeout_and_counts_as_started() {
+        let server = ScriptedExec::new("vps").on("pg_ctl stop", Reply::Hang);
+        let log = log();
+        let t0 = std::time::Instant::now();
+        let before = cmds(&["pg_ctl stop", "never"]);
+        let (ok, started) =
+            run_before(&server, &before, Duration::from_millis(200), None, &log).await;
+        assert!(!ok && started);
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+        assert_eq!(server.commands(), ["pg_ctl stop"]);
+        assert!(log.tail().contains("timed out"), "{}", log.tail());
+    }
+
+    #[tokio::test]
+    async fn on_the_fake_a_switch_that_cannot_be_armed_is_an_error_naming_the_place() {
+        let server = ScriptedExec::new("vps").on("burrow-deadman.r1", Reply::fails(4, ""));
+        let e = DeadMan::arm(&server, "r1", T, &cmds(&["start"]), T, false, &log())
+            .await
+            .err()
+            .expect("arming fails");
+        assert!(
+            e.message
+                .contains("cannot create /tmp/burrow-deadman.r1 on vps"),
+            "{e}"
+        );
+        let broken = ScriptedExec::new("vps").on(
+            "burrow-deadman",
+            Reply::Fail(RunError::temporary("the connection to vps was lost")),
+        );
+        let e = DeadMan::arm(&broken, "r2", T, &cmds(&["start"]), T, false, &log())
+            .await
+            .err()
+            .expect("arming fails");
+        assert_eq!(e.class, burrow_core::ErrorClass::Temporary, "{e}");
     }
 }

@@ -1,12 +1,13 @@
-//! Where a job's commands run: on its server over SSH, or on this machine for local jobs.
-//! Both give the same [`ExecOutput`], so hooks and dumps have one code path.
+//! Where a job's commands run: on its server over SSH, or on this machine for local jobs
+//! ([`Local`]). Both are [`Exec`] adapters, so hooks and dumps have one code path.
 
 use std::future::Future;
 use std::process::Stdio;
 use std::time::Duration;
 
 use burrow_core::RunError;
-use burrow_ssh::{ExecOutput, KILL_GRACE, OUTPUT_TAIL, Session};
+use burrow_core::exec::{Exec, ExecOutput, KILL_GRACE, OUTPUT_TAIL, humanize};
+use burrow_ssh::Session;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Command;
 
@@ -38,30 +39,78 @@ fn sh(cmd: &str) -> Command {
     c
 }
 
-impl Host {
-    pub fn describe(&self) -> &str {
+/// This machine as the place of a local job's commands: `/bin/sh -c` in a process group of
+/// its own (`process_group(0)`), ended with that group after its timeout.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Local;
+
+impl Exec for Local {
+    fn describe(&self) -> &str {
+        "this machine"
+    }
+
+    async fn exec(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, RunError> {
+        local_run::<tokio::io::Sink>(cmd, None, timeout, std::future::pending()).await
+    }
+
+    async fn exec_to_writer<W: AsyncWrite + Unpin + Send>(
+        &self,
+        cmd: &str,
+        out: &mut W,
+        timeout: Duration,
+        cancel: impl Future<Output = ()> + Send,
+    ) -> Result<ExecOutput, RunError> {
+        local_run(cmd, Some(out), timeout, cancel).await
+    }
+
+    async fn exec_with_stdin<R: AsyncRead + Unpin + Send>(
+        &self,
+        cmd: &str,
+        mut input: R,
+    ) -> Result<ExecOutput, RunError> {
+        let mut c = sh(cmd);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .map_err(|e| RunError::permanent(format!("cannot start /bin/sh: {e}")))?;
+        let mut stdin = child.stdin.take().ok_or_else(|| piped("stdin"))?;
+        let feed = async {
+            let r = tokio::io::copy(&mut input, &mut stdin).await;
+            drop(stdin);
+            r
+        };
+        let (fed, out) = tokio::join!(feed, child.wait_with_output());
+        let out = out.map_err(|e| RunError::permanent(e.to_string()))?;
+        if let Err(e) = fed
+            && out.status.success()
+        {
+            return Err(RunError::permanent(format!(
+                "feeding the command failed: {e}"
+            )));
+        }
+        Ok(local_output(out.status, out.stdout, out.stderr))
+    }
+}
+
+/// A job's place: the server's SSH session, or this machine.
+impl Exec for Host {
+    fn describe(&self) -> &str {
         match self {
-            Host::Local => "this machine",
-            Host::Remote(s) => s.name(),
+            Host::Local => Local.describe(),
+            Host::Remote(s) => s.describe(),
         }
     }
 
-    /// Runs `cmd` to completion or until `timeout`. Either way the command runs in a process
-    /// group of its own (on the server: `Session::exec`; here: `process_group(0)`), and a
-    /// command still running at `timeout` is ended with that group: TERM, then KILL after
-    /// [`KILL_GRACE`].
-    pub async fn exec(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, RunError> {
+    async fn exec(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, RunError> {
         match self {
-            Host::Remote(s) => Ok(s.exec(cmd, timeout).await?),
-            Host::Local => {
-                local_run::<tokio::io::Sink>(cmd, None, timeout, std::future::pending()).await
-            }
+            Host::Local => Local.exec(cmd, timeout).await,
+            Host::Remote(s) => Exec::exec(s, cmd, timeout).await,
         }
     }
 
-    /// Runs `cmd` and streams its stdout into `out` (a dump). Ended like [`Host::exec`] after
-    /// `timeout`, or as soon as `cancel` resolves.
-    pub async fn exec_to_writer<W: AsyncWrite + Unpin + Send>(
+    async fn exec_to_writer<W: AsyncWrite + Unpin + Send>(
         &self,
         cmd: &str,
         out: &mut W,
@@ -69,46 +118,28 @@ impl Host {
         cancel: impl Future<Output = ()> + Send,
     ) -> Result<ExecOutput, RunError> {
         match self {
-            Host::Remote(s) => Ok(s.exec_to_writer(cmd, out, timeout, cancel).await?),
-            Host::Local => local_run(cmd, Some(out), timeout, cancel).await,
+            Host::Local => Local.exec_to_writer(cmd, out, timeout, cancel).await,
+            Host::Remote(s) => Exec::exec_to_writer(s, cmd, out, timeout, cancel).await,
         }
     }
 
-    /// Runs `cmd` with `input` as its stdin (restoring a dump).
-    pub async fn exec_with_stdin<R: AsyncRead + Unpin + Send>(
+    async fn exec_with_stdin<R: AsyncRead + Unpin + Send>(
         &self,
         cmd: &str,
-        mut input: R,
+        input: R,
     ) -> Result<ExecOutput, RunError> {
         match self {
-            Host::Remote(s) => Ok(s.exec_with_stdin(cmd, input).await?),
-            Host::Local => {
-                let mut c = sh(cmd);
-                c.stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
-                let mut child = c
-                    .spawn()
-                    .map_err(|e| RunError::permanent(format!("cannot start /bin/sh: {e}")))?;
-                let mut stdin = child.stdin.take().ok_or_else(|| piped("stdin"))?;
-                let feed = async {
-                    let r = tokio::io::copy(&mut input, &mut stdin).await;
-                    drop(stdin);
-                    r
-                };
-                let (fed, out) = tokio::join!(feed, child.wait_with_output());
-                let out = out.map_err(|e| RunError::permanent(e.to_string()))?;
-                if let Err(e) = fed
-                    && out.status.success()
-                {
-                    return Err(RunError::permanent(format!(
-                        "feeding the command failed: {e}"
-                    )));
-                }
-                Ok(local_output(out.status, out.stdout, out.stderr))
-            }
+            Host::Local => Local.exec_with_stdin(cmd, input).await,
+            Host::Remote(s) => Exec::exec_with_stdin(s, cmd, input).await,
         }
     }
+}
+
+fn timed_out(after: Duration) -> RunError {
+    RunError::temporary(format!(
+        "timed out: it did not finish within {} and was stopped",
+        humanize(after)
+    ))
 }
 
 fn piped(which: &str) -> RunError {
@@ -168,7 +199,7 @@ async fn local_run<W: AsyncWrite + Unpin + Send>(
         tokio::select! {
             res = run => Ok(res),
             // as on a server: a command that hung or was stopped may do better next time
-            _ = tokio::time::sleep(timeout) => Err(RunError::temporary(format!("timed out after {}", humanize(timeout)))),
+            _ = tokio::time::sleep(timeout) => Err(timed_out(timeout)),
             _ = cancel => Err(RunError::temporary("interrupted: burrow is stopping")),
         }
     };
@@ -192,18 +223,4 @@ async fn local_run<W: AsyncWrite + Unpin + Send>(
     }
     err_task.abort();
     Err(reason)
-}
-
-/// `2h`, `10m`, `30s`, `250ms`: durations as the config file writes them.
-pub fn humanize(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 && s.is_multiple_of(3600) {
-        format!("{}h", s / 3600)
-    } else if s >= 60 && s.is_multiple_of(60) {
-        format!("{}m", s / 60)
-    } else if s > 0 {
-        format!("{s}s")
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }

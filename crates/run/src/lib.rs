@@ -32,6 +32,7 @@ use std::time::Instant;
 use burrow_config::{Config, HostKey, Job, Server};
 use burrow_core::disk::{DiskManager, Release};
 use burrow_core::exclude::Excludes;
+use burrow_core::exec::Exec;
 use burrow_core::local::LocalSource;
 use burrow_core::monitor::{Monitor, Outcome};
 use burrow_core::run::ErrorItem;

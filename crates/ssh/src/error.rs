@@ -80,7 +80,7 @@ pub enum SshError {
     #[error("channel to {target} failed: {reason}")]
     Channel { target: String, reason: String },
 
-    #[error("command on {target} did not finish within {}s and was stopped: {command}", .after.as_secs())]
+    #[error("command on {target} timed out: it did not finish within {} and was stopped: {command}", burrow_core::exec::humanize(*.after))]
     ExecTimeout {
         target: String,
         command: String,

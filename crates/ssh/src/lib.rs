@@ -20,7 +20,7 @@ pub use channel::{DEFAULT_IO_TIMEOUT, MAX_STALLS};
 pub use error::SshError;
 pub use hostkey::{HostKeyPolicy, fetch_host_key, pinned_accepts};
 pub use prefetch::PrefetchLimits;
-pub use session::{ExecOutput, KILL_GRACE, OUTPUT_TAIL, Session, SshTarget};
+pub use session::{Session, SshTarget};
 pub use sftp::{Sftp, SftpLimits};
 pub use source::SftpSource;
 pub use wire::{Attrs, DirEntry};

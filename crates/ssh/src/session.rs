@@ -18,12 +18,7 @@ use burrow_core::shell_quote;
 use crate::error::{SshError, is_network_error};
 use crate::hostkey::{HostKeyCheck, HostKeyPolicy, Verdict};
 
-/// How much of a command's stdout and stderr [`ExecOutput`] keeps: the last 64 KiB of each.
-pub const OUTPUT_TAIL: usize = 64 * 1024;
-
-/// How long a command that is being stopped gets between TERM and KILL, on the server and
-/// (in burrow-run) on this machine.
-pub const KILL_GRACE: Duration = Duration::from_secs(5);
+use burrow_core::exec::{ExecOutput, KILL_GRACE, OUTPUT_TAIL};
 
 /// The first line a command started by [`wrap`] writes on stderr, followed by its process
 /// group id. It is taken off stderr before anyone sees it.
@@ -117,36 +112,6 @@ impl SshTarget {
         } else {
             format!("{}:{}", self.host, self.port)
         }
-    }
-}
-
-/// What a command left behind. stdout and stderr are the last [`OUTPUT_TAIL`] bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecOutput {
-    pub exit_status: Option<u32>,
-    pub exit_signal: Option<String>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
-
-impl ExecOutput {
-    /// True when the command exited with status 0.
-    pub fn success(&self) -> bool {
-        self.exit_status == Some(0)
-    }
-
-    /// `exit status 3`, `signal KILL` or `no exit status`.
-    pub fn status_text(&self) -> String {
-        match (&self.exit_status, &self.exit_signal) {
-            (Some(s), _) => format!("exit status {s}"),
-            (None, Some(sig)) => format!("signal {sig}"),
-            (None, None) => "no exit status".to_owned(),
-        }
-    }
-
-    /// stderr as text, trimmed.
-    pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).trim().to_owned()
     }
 }
 
@@ -1138,6 +1103,40 @@ fn connect_error(
     }
 }
 
+/// The server side of the [`Exec`](burrow_core::exec::Exec) port: the session's own methods,
+/// with their errors classed ([`SshError::is_temporary`]).
+impl burrow_core::exec::Exec for Session {
+    fn describe(&self) -> &str {
+        self.name()
+    }
+
+    async fn exec(
+        &self,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Result<ExecOutput, burrow_core::RunError> {
+        Ok(Session::exec(self, cmd, timeout).await?)
+    }
+
+    async fn exec_to_writer<W: AsyncWrite + Unpin + Send>(
+        &self,
+        cmd: &str,
+        out: &mut W,
+        timeout: Duration,
+        cancel: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<ExecOutput, burrow_core::RunError> {
+        Ok(Session::exec_to_writer(self, cmd, out, timeout, cancel).await?)
+    }
+
+    async fn exec_with_stdin<R: AsyncRead + Unpin + Send>(
+        &self,
+        cmd: &str,
+        input: R,
+    ) -> Result<ExecOutput, burrow_core::RunError> {
+        Ok(Session::exec_with_stdin(self, cmd, input).await?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1171,3 +1170,4 @@ mod tests {
         assert_eq!(t.into_vec(), b"hij");
     }
 }
+

@@ -30,7 +30,7 @@ async fn exec_keeps_only_the_tail_of_long_output() {
     let Some(sshd) = Sshd::start() else { return };
     let s = Session::connect(&target(&sshd)).await.unwrap();
     let out = s.exec("seq 1 100000", T).await.unwrap();
-    assert_eq!(out.stdout.len(), burrow_ssh::OUTPUT_TAIL);
+    assert_eq!(out.stdout.len(), burrow_core::exec::OUTPUT_TAIL);
     assert!(out.stdout.ends_with(b"99999\n100000\n"));
 }
 

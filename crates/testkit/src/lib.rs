@@ -3,6 +3,7 @@
 //! cluster, image files attached as loop devices through UDisks2, and the rule for services
 //! that are missing (skip loudly locally, fail under `CI=true`).
 
+pub mod exec;
 pub mod http;
 pub mod loopdev;
 pub mod postgres;
