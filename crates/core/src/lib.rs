@@ -5,6 +5,7 @@
 //! crates and convert foreign types into these at their boundary.
 
 pub mod bytes;
+pub mod clock;
 pub mod disk;
 pub mod exclude;
 pub mod exec;

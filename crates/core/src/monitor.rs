@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+use crate::ping::PingUrl;
 use crate::run::RunStatus;
 
 /// How a run ended, as sent to monitoring.
@@ -18,4 +19,7 @@ pub trait Monitor: Send + Sync + 'static {
     fn start(&self, job: &str, run_id: &str) -> impl Future<Output = ()> + Send;
     fn finish(&self, job: &str, run_id: &str, outcome: &Outcome)
     -> impl Future<Output = ()> + Send;
+    /// The daemon is alive (`healthchecks.heartbeat`, every few minutes), so a dead Pi
+    /// alerts too.
+    fn heartbeat(&self, url: &PingUrl) -> impl Future<Output = ()> + Send;
 }

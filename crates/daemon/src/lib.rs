@@ -2,5 +2,6 @@
 
 pub mod control;
 pub mod plan;
+pub mod runner;
 pub mod serve;
 pub mod state;

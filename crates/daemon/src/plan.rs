@@ -171,15 +171,18 @@ pub fn next_fire(job: &JobPlan, state: &JobState, now: DateTime<Utc>) -> Option<
 }
 
 /// The job to wake up for next and when (`now` when one is due already). Ties go to the job
-/// listed first.
+/// listed first. Jobs `busy` names (queued or running) are left out: a due slot of theirs
+/// asks for nothing until their run ends, which wakes the loop anyway; counted, it would
+/// make the loop spin for as long as the run takes.
 pub fn next_wake<'a>(
     jobs: &'a [JobPlan],
     states: &State,
     now: DateTime<Utc>,
+    busy: impl Fn(&str) -> bool,
 ) -> Option<(&'a str, DateTime<Utc>)> {
     let fresh = JobState::default();
     let mut best: Option<(&'a str, DateTime<Utc>)> = None;
-    for job in jobs {
+    for job in jobs.iter().filter(|j| !busy(&j.name)) {
         let state = states.jobs.get(&job.name).unwrap_or(&fresh);
         if let Some(at) = next_fire(job, state, now)
             && best.is_none_or(|(_, b)| at < b)
@@ -601,21 +604,26 @@ mod tests {
             state.observe(&j.name, now);
         }
         assert_eq!(
-            next_wake(&jobs, &state, now),
+            next_wake(&jobs, &state, now, |_| false),
             Some(("db", utc("2026-11-24T01:30:00Z")))
         );
         state.mark_slot("db", utc("2026-11-24T01:30:00Z"));
         // Tie between web and mail: the one listed first.
         assert_eq!(
-            next_wake(&jobs, &state, utc("2026-11-24T02:00:00Z")),
+            next_wake(&jobs, &state, utc("2026-11-24T02:00:00Z"), |_| false),
             Some(("web", utc("2026-11-24T03:00:00Z")))
         );
         // A due job wakes the daemon at once.
         assert_eq!(
-            next_wake(&jobs, &state, utc("2026-11-24T04:00:00Z")),
+            next_wake(&jobs, &state, utc("2026-11-24T04:00:00Z"), |_| false),
             Some(("web", utc("2026-11-24T04:00:00Z")))
         );
-        assert_eq!(next_wake(&[], &state, now), None);
+        // ... unless its run is queued or running: then the next one's time counts
+        assert_eq!(
+            next_wake(&jobs, &state, utc("2026-11-24T04:00:00Z"), |j| j != "db"),
+            Some(("db", utc("2026-11-25T01:30:00Z")))
+        );
+        assert_eq!(next_wake(&[], &state, now, |_| false), None);
     }
 
     #[test]

@@ -3,13 +3,16 @@
 //! queue hands out one job at a time, and a job is never queued twice.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use burrow_config::{Config, PingUrl};
+use burrow_core::clock::{Clock, SystemClock};
 use burrow_core::disk::{DiskEvent, DiskManager, Release};
+use burrow_core::monitor::Monitor;
 use burrow_core::{Exit, RunError, RunStatus};
 use burrow_disk::{SimDisk, UDisks2Manager};
 use burrow_notify::Healthchecks;
@@ -25,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::control::{Reply, Request, socket_path};
 use crate::plan::{self, JobPlan, Retries, Retry, RunQueue};
+use crate::runner::{Runner, Runs};
 use crate::state::{History, RunRecord, State, Store};
 
 /// The repository check's name in the queue, the state files, the status and monitoring: the
@@ -49,7 +53,19 @@ pub async fn serve(cfg: Config, sim: bool) -> Exit {
             return Exit::Failed;
         }
     };
-    let sd = Systemd::from_env();
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("burrow: cannot install signal handlers");
+        return Exit::Failed;
+    };
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
     if sim || cfg.disk.is_none() {
         let disk = cfg.disk.as_ref().map(|d| {
             let base = cfg.state_dir.join("sim");
@@ -63,17 +79,56 @@ pub async fn serve(cfg: Config, sim: bool) -> Exit {
             );
             Arc::new(SimDisk::new(vol, d.key.is_some()).with_key_dir(key))
         });
-        return Daemon::start(cfg, disk, sd, sim).await;
+        return run_daemon(cfg, real_adapters(disk, sim), socket_path(), stop).await;
     }
     let Some(settings) = burrow_run::disk_settings(&cfg) else {
         return Exit::Usage;
     };
     match UDisks2Manager::connect(settings).await {
-        Ok(d) => Daemon::start(cfg, Some(Arc::new(d)), sd, false).await,
+        Ok(d) => {
+            run_daemon(
+                cfg,
+                real_adapters(Some(Arc::new(d)), false),
+                socket_path(),
+                stop,
+            )
+            .await
+        }
         Err(e) => {
             eprintln!("burrow: cannot manage the backup disk: {e}");
             Exit::Failed
         }
+    }
+}
+
+/// What the loop works through: the disk, monitoring, the runs, the clock and systemd. The
+/// real adapters come from [`serve`]; the loop's tests give it fakes.
+pub struct Adapters<D, M, R> {
+    pub disk: Option<Arc<D>>,
+    pub monitor: Arc<M>,
+    pub runner: Arc<R>,
+    pub clock: Arc<dyn Clock>,
+    pub sd: Systemd,
+    /// `burrow daemon --sim` (said in `status`).
+    pub sim: bool,
+}
+
+/// The wiring of `burrow daemon`: healthchecks, burrow-run's runs, the system clock,
+/// systemd from the environment. `cfg` is set by [`run_daemon`] (runs and pings need it).
+fn real_adapters<D: DiskManager>(
+    disk: Option<Arc<D>>,
+    sim: bool,
+) -> impl FnOnce(&Arc<Config>) -> Adapters<D, Healthchecks, Runs<D>> {
+    move |cfg| Adapters {
+        monitor: Arc::new(Healthchecks::new(ping_urls(cfg))),
+        runner: Arc::new(Runs {
+            cfg: cfg.clone(),
+            disk: disk.clone(),
+        }),
+        disk,
+        clock: Arc::new(SystemClock),
+        sd: Systemd::from_env(),
+        sim,
     }
 }
 
@@ -84,8 +139,6 @@ struct Sources {
     requests: mpsc::Receiver<(Request, Waiter)>,
     disk_events: mpsc::Receiver<DiskEvent>,
     ready: mpsc::Receiver<Result<PathBuf, burrow_core::disk::DiskError>>,
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
     watchdog: tokio::time::Interval,
     /// The acceptor, the disk event pump and the heartbeat: aborted at the stop.
     tasks: Vec<JoinHandle<()>>,
@@ -99,11 +152,13 @@ struct Current {
     handle: JoinHandle<RunReport>,
 }
 
-struct Daemon<D: DiskManager> {
+struct Daemon<D: DiskManager, M: Monitor, R: Runner> {
     cfg: Arc<Config>,
     disk: Option<Arc<D>>,
     sd: Systemd,
-    monitor: Arc<Healthchecks>,
+    monitor: Arc<M>,
+    runner: Arc<R>,
+    clock: Arc<dyn Clock>,
     store: Store,
     state: State,
     history: History,
@@ -139,16 +194,33 @@ pub fn ping_urls(cfg: &Config) -> std::collections::HashMap<String, PingUrl> {
     m
 }
 
-impl<D: DiskManager> Daemon<D> {
-    async fn start(cfg: Config, disk: Option<Arc<D>>, sd: Systemd, sim: bool) -> Exit {
-        let monitor = Arc::new(Healthchecks::new(ping_urls(&cfg)));
+/// The daemon's loop with `adapters` (made from the config) until `stop` resolves: loads
+/// the state, listens on `sock`, schedules, queues and runs, and stops safely.
+pub async fn run_daemon<D: DiskManager, M: Monitor, R: Runner>(
+    cfg: Config,
+    adapters: impl FnOnce(&Arc<Config>) -> Adapters<D, M, R>,
+    sock: PathBuf,
+    stop: impl Future<Output = ()> + Send,
+) -> Exit {
+    let cfg = Arc::new(cfg);
+    let a = adapters(&cfg);
+    let Some(mut daemon) = Daemon::load(cfg, a) else {
+        return Exit::Failed;
+    };
+    daemon.run(&sock, stop).await
+}
+
+impl<D: DiskManager, M: Monitor, R: Runner> Daemon<D, M, R> {
+    /// The daemon with its state loaded; `None` (said on stderr) when `state_dir` cannot
+    /// be made.
+    fn load(cfg: Arc<Config>, a: Adapters<D, M, R>) -> Option<Self> {
         let store = Store::new(cfg.state_dir.clone());
         if let Err(e) = std::fs::create_dir_all(store.dir()) {
             eprintln!(
                 "burrow: cannot create state_dir {}: {e}",
                 store.dir().display()
             );
-            return Exit::Failed;
+            return None;
         }
         let loaded = store.load_state_or_fresh();
         if let Some(p) = &loaded.problem {
@@ -158,7 +230,7 @@ impl<D: DiskManager> Daemon<D> {
         if let Some(p) = &history.problem {
             tracing::error!("{p}; starting with an empty run history");
         }
-        let now = Utc::now();
+        let now = a.clock.now();
         let mut state = loaded.value;
         let mut plans: Vec<JobPlan> = cfg
             .jobs
@@ -193,11 +265,13 @@ impl<D: DiskManager> Daemon<D> {
             .collect();
         let (cancel, _) = watch::channel(false);
         let (ready_tx, ready_rx) = mpsc::channel(4);
-        let mut daemon = Daemon {
-            cfg: Arc::new(cfg),
-            disk,
-            sd,
-            monitor,
+        Some(Daemon {
+            cfg,
+            disk: a.disk,
+            sd: a.sd,
+            monitor: a.monitor,
+            runner: a.runner,
+            clock: a.clock,
             store,
             state,
             history: history.value,
@@ -210,17 +284,15 @@ impl<D: DiskManager> Daemon<D> {
             pending_lock: false,
             cancel,
             started: now,
-            sim,
+            sim: a.sim,
             last_status: String::new(),
             ready_tx,
             ready_rx: Some(ready_rx),
-        };
-        daemon.run().await
+        })
     }
 
-    async fn run(&mut self) -> Exit {
-        let sock = socket_path();
-        let mut io = match self.listen(&sock) {
+    async fn run(&mut self, sock: &Path, stop: impl Future<Output = ()> + Send) -> Exit {
+        let mut io = match self.listen(sock) {
             Ok(io) => io,
             Err(e) => {
                 eprintln!("burrow: {e}");
@@ -236,6 +308,7 @@ impl<D: DiskManager> Daemon<D> {
         if !self.awaiting_disk.is_empty() {
             self.prepare_volume();
         }
+        tokio::pin!(stop);
         loop {
             let sleep_for = self.step();
             let running = self.current.is_some();
@@ -248,17 +321,16 @@ impl<D: DiskManager> Daemon<D> {
                 report = async { (&mut self.current.as_mut().unwrap().handle).await }, if running => {
                     self.finish(report).await;
                 }
-                _ = io.term.recv() => break,
-                _ = io.int.recv() => break,
+                _ = &mut stop => break,
             }
         }
-        self.stop(io, &sock).await
+        self.stop(io, sock).await
     }
 
     /// One turn of the loop before it waits: queues what is due, starts a run when idle,
     /// updates `STATUS=`; returns how long to sleep at most.
     fn step(&mut self) -> Duration {
-        let now = Utc::now();
+        let now = self.clock.now();
         self.queue_retries(now);
         self.queue_due(now);
         if self.current.is_none()
@@ -266,7 +338,10 @@ impl<D: DiskManager> Daemon<D> {
         {
             self.start_run(q.job, q.slot);
         }
-        let next = plan::next_wake(&self.plans, &self.state, now);
+        let busy = |job: &str| {
+            self.queue.contains(job) || self.current.as_ref().is_some_and(|c| c.job == job)
+        };
+        let next = plan::next_wake(&self.plans, &self.state, now, busy);
         let line = self.status_line(next);
         if line != self.last_status {
             self.sd.status(&line);
@@ -284,17 +359,10 @@ impl<D: DiskManager> Daemon<D> {
 
     /// The loop's event sources: the control socket, signals, disk events, the heartbeat
     /// and the watchdog.
-    fn listen(&mut self, sock: &PathBuf) -> Result<Sources, String> {
+    fn listen(&mut self, sock: &Path) -> Result<Sources, String> {
         let listener = bind(sock)?;
         let (ctl_tx, requests) = mpsc::channel::<(Request, Waiter)>(16);
         let acceptor = tokio::spawn(accept(listener, ctl_tx));
-        let (Ok(term), Ok(int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            acceptor.abort();
-            return Err("cannot install signal handlers".into());
-        };
         // Disk events come through a task so the loop never holds the manager's lock.
         let (ev_tx, disk_events) = mpsc::channel::<DiskEvent>(16);
         let events = self.disk.clone().map(|d| {
@@ -312,7 +380,7 @@ impl<D: DiskManager> Daemon<D> {
                 let mut every = tokio::time::interval(HEARTBEAT);
                 loop {
                     every.tick().await;
-                    monitor.ping_plain(&url).await;
+                    monitor.heartbeat(&url).await;
                 }
             })
         });
@@ -326,8 +394,6 @@ impl<D: DiskManager> Daemon<D> {
             requests,
             disk_events,
             ready: self.ready_rx.take().expect("run() is called once"),
-            term,
-            int,
             watchdog,
             tasks: [Some(acceptor), events, heartbeat]
                 .into_iter()
@@ -411,7 +477,7 @@ impl<D: DiskManager> Daemon<D> {
         let Some(j) = self.cfg.job(job) else {
             return;
         };
-        let now = Utc::now();
+        let now = self.clock.now();
         let next = self
             .plans
             .iter()
@@ -467,24 +533,17 @@ impl<D: DiskManager> Daemon<D> {
         }
         self.retries.started(&job);
         let ctl = RunControl::new(self.cancel.subscribe());
-        let (cfg, disk, monitor) = (self.cfg.clone(), self.disk.clone(), self.monitor.clone());
+        let (runner, monitor) = (self.runner.clone(), self.monitor.clone());
         let (job2, ctl2) = (job.clone(), ctl.clone());
         let handle = tokio::spawn(async move {
             let run_id = ctl2.run_id.clone();
-            burrow_run::monitored(monitor.as_ref(), &job2, &run_id, async {
-                if job2 == CHECK {
-                    burrow_run::run_check(&cfg, disk.as_deref(), ctl2).await
-                } else {
-                    burrow_run::run_job(&cfg, disk.as_deref(), &job2, ctl2).await
-                }
-            })
-            .await
+            burrow_run::monitored(monitor.as_ref(), &job2, &run_id, runner.run(&job2, ctl2)).await
         });
         self.current = Some(Current {
             job,
             run_id: ctl.run_id,
             bytes_read: ctl.bytes_read,
-            started: Utc::now(),
+            started: self.clock.now(),
             handle,
         });
     }
@@ -597,7 +656,7 @@ impl<D: DiskManager> Daemon<D> {
     }
 
     fn status_json(&self) -> serde_json::Value {
-        let now = Utc::now();
+        let now = self.clock.now();
         let jobs: Vec<serde_json::Value> = self
             .cfg
             .jobs
@@ -753,7 +812,7 @@ fn dir_size(p: &Path) -> Option<u64> {
 }
 
 /// Binds the control socket: owner-only, replacing a stale socket but never a live daemon's.
-fn bind(path: &PathBuf) -> Result<UnixListener, String> {
+fn bind(path: &Path) -> Result<UnixListener, String> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent()
         && !dir.exists()

@@ -237,6 +237,10 @@ impl Monitor for Healthchecks {
         self.send(job, outcome.status.as_str(), url, Some(&outcome.log))
             .await;
     }
+
+    async fn heartbeat(&self, url: &PingUrl) {
+        self.ping_plain(url).await;
+    }
 }
 
 /// Builds the HTTP client pings are sent with. Fails on a machine without CA certificates, with

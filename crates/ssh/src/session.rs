@@ -1170,4 +1170,3 @@ mod tests {
         assert_eq!(t.into_vec(), b"hij");
     }
 }
-

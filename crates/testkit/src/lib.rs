@@ -4,6 +4,7 @@
 //! that are missing (skip loudly locally, fail under `CI=true`).
 
 pub mod exec;
+pub mod fakes;
 pub mod http;
 pub mod loopdev;
 pub mod postgres;
