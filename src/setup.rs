@@ -4,8 +4,6 @@
 //! anything on the server or on the disks: they print what to do there.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -13,8 +11,7 @@ use std::time::Duration;
 use burrow_config::{Outline, outline};
 use burrow_core::Exit;
 use rand::{Rng, RngCore};
-use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
-use russh::keys::ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey};
+use russh::keys::ssh_key::{HashAlg, PublicKey};
 
 use crate::cli::Setup;
 
@@ -41,39 +38,11 @@ fn read_outline(config: &Path) -> Result<(String, Outline), String> {
     Ok((text, o))
 }
 
-fn pub_path(key: &Path) -> PathBuf {
-    let mut p = key.as_os_str().to_owned();
-    p.push(".pub");
-    PathBuf::from(p)
-}
-
-fn host_name() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// Creates `path` (which must not exist) with `mode` and `data`, flushed to the device.
-fn write_new(path: &Path, mode: u32, data: &[u8]) -> std::io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(mode)
-        .open(path)?;
-    let res = f.write_all(data).and_then(|()| f.sync_all());
-    if res.is_err() {
-        let _ = fs::remove_file(path);
-    }
-    res
-}
-
 // ---- setup key -----------------------------------------------------------------------------
 
 fn key(config: &Path, file: &Path, existing: bool) -> Exit {
     let public = if existing {
-        match read_public(file) {
+        match burrow_ssh::keys::read_public(file) {
             Ok(k) => k,
             Err(e) => {
                 eprintln!("burrow: {e}");
@@ -81,8 +50,15 @@ fn key(config: &Path, file: &Path, existing: bool) -> Exit {
             }
         }
     } else {
-        match create_key(file) {
-            Ok(k) => k,
+        match burrow_ssh::keys::create(file) {
+            Ok(k) => {
+                eprintln!(
+                    "created {} (private, 0600) and {}",
+                    file.display(),
+                    burrow_ssh::keys::public_path(file).display()
+                );
+                k
+            }
             Err(e) => {
                 eprintln!("burrow: {e}");
                 return Exit::Failed;
@@ -98,58 +74,6 @@ fn key(config: &Path, file: &Path, existing: bool) -> Exit {
     };
     print!("{}", server_lines(config, file, &line));
     Exit::Ok
-}
-
-fn read_public(file: &Path) -> Result<PublicKey, String> {
-    let p = pub_path(file);
-    if let Ok(text) = fs::read_to_string(&p) {
-        return PublicKey::from_openssh(text.trim())
-            .map_err(|e| format!("{}: not an OpenSSH public key: {e}", p.display()));
-    }
-    let text =
-        fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    PrivateKey::from_openssh(&text)
-        .map(|k| k.public_key().clone())
-        .map_err(|e| format!("{}: not an OpenSSH private key: {e}", file.display()))
-}
-
-fn create_key(file: &Path) -> Result<PublicKey, String> {
-    let pubfile = pub_path(file);
-    for p in [file, pubfile.as_path()] {
-        if p.exists() || p.is_symlink() {
-            return Err(format!(
-                "{} exists; not overwriting it (use --existing to print the lines for that key, or choose another --file)",
-                p.display()
-            ));
-        }
-    }
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let mut seed = [0u8; 32];
-    rand::rng().fill_bytes(&mut seed);
-    let pair = Ed25519Keypair::from_seed(&seed);
-    seed.fill(0);
-    let comment = format!("burrow@{}", host_name());
-    let key = PrivateKey::new(KeypairData::Ed25519(pair), comment)
-        .map_err(|e| format!("cannot build the key: {e}"))?;
-    let private = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| format!("cannot encode the key: {e}"))?;
-    let public = key.public_key().clone();
-    let public_line = public
-        .to_openssh()
-        .map_err(|e| format!("cannot encode the public key: {e}"))?;
-    write_new(file, 0o600, private.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-    write_new(&pubfile, 0o644, format!("{public_line}\n").as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", pubfile.display()))?;
-    eprintln!(
-        "created {} (private, 0600) and {}",
-        file.display(),
-        pubfile.display()
-    );
-    Ok(public)
 }
 
 /// The text to paste on the server(s) that use this key: authorized_keys and sudoers.
@@ -196,212 +120,11 @@ restrict {public_line}
         )),
         Ok((_, o)) => {
             for (name, s) in &servers {
-                out.push_str(&sudoers(&o, name, s));
+                out.push_str(&burrow_config::sudoers::rule(&o, name, s));
             }
         }
     }
     out
-}
-
-/// A sudoers rule for `server`'s user: exactly the commands the config runs there with sudo.
-fn sudoers(o: &Outline, name: &str, s: &burrow_config::ServerOutline) -> String {
-    let mut allowed: Vec<String> = Vec::new();
-    let mut later: Vec<String> = Vec::new();
-    let mut by_hand: Vec<String> = Vec::new();
-    let mut guessed: Vec<String> = Vec::new();
-    let mut consider = |what: &str, cmd: &str, enabled: bool| {
-        let Some(rest) = strip_sudo(cmd) else { return };
-        match sudoers_command(rest) {
-            Ok((c, guess)) => {
-                if let Some(g) = guess
-                    && !guessed.contains(&g)
-                {
-                    guessed.push(g);
-                }
-                let list = if enabled { &mut allowed } else { &mut later };
-                if !list.contains(&c) {
-                    list.push(c);
-                }
-            }
-            Err(why) => by_hand.push(format!("{what}: `{cmd}`: {why}")),
-        }
-    };
-    if let Some(c) = &s.sftp_command {
-        consider(&format!("servers.{name}.sftp_command"), c, true);
-    }
-    for j in o
-        .jobs
-        .values()
-        .filter(|j| j.server.as_deref() == Some(name))
-    {
-        for (path, c) in &j.commands {
-            consider(path, c, j.enabled);
-        }
-    }
-    let mut out = format!(
-        "\n# ---- sudoers for server {name} ({user}@{host})
-# Only the config's commands that start with `sudo` are listed, without `sudo` and its -n:
-# the user may run exactly these, as root, without a password, and nothing else. Put the rule
-# in /etc/sudoers.d/burrow and check it with `visudo -cf /etc/sudoers.d/burrow`.
-# Write `sudo -n` in the config: a command missing here then fails at once instead of
-# waiting for a password.
-",
-        user = s.user,
-        host = s.host
-    );
-    if s.sftp_command.is_none() {
-        out.push_str(
-            "# Files are read with the server's sftp subsystem as this user. To read root-owned files\n\
-             # (Docker volumes) read-only, set sftp_command: \"sudo -n /usr/lib/openssh/sftp-server -R\"\n\
-             # and run this again.\n",
-        );
-    }
-    if !guessed.is_empty() {
-        out.push_str(&format!(
-            "# sudoers needs full paths; these were assumed to live in /usr/bin: {}.\n# Check with `command -v NAME` on the server.\n",
-            guessed.join(", ")
-        ));
-    }
-    if allowed.is_empty() {
-        out.push_str("# (no enabled job runs a command with sudo on this server)\n");
-    } else {
-        out.push_str(&format!(
-            "{} ALL=(root) NOPASSWD: {}\n",
-            s.user,
-            allowed.join(", \\\n    ")
-        ));
-    }
-    if !later.is_empty() {
-        out.push_str(&format!(
-            "# For jobs that are still disabled; add them to the rule when you enable the jobs:\n# {}\n",
-            later.join(", ")
-        ));
-    }
-    for h in by_hand {
-        out.push_str(&format!(
-            "# Not listed, write a rule by hand if needed: {h}\n"
-        ));
-    }
-    out
-}
-
-/// `sudo -n CMD...` → `CMD...`; `None` for commands that do not start with sudo.
-fn strip_sudo(cmd: &str) -> Option<&str> {
-    let c = cmd.trim_start();
-    let rest = c.strip_prefix("sudo")?;
-    if !rest.starts_with([' ', '\t']) {
-        return None;
-    }
-    let mut rest = rest.trim_start();
-    while let Some(r) = rest.strip_prefix("-n") {
-        if !(r.is_empty() || r.starts_with([' ', '\t'])) {
-            break;
-        }
-        rest = r.trim_start();
-    }
-    Some(rest)
-}
-
-/// The sudoers form of a simple command: its words (quotes removed, as the shell does), the
-/// program as a full path, sudoers' special characters escaped. Also returns the program name
-/// when its path was assumed. Shell syntax and sudo options are refused.
-fn sudoers_command(cmd: &str) -> Result<(String, Option<String>), String> {
-    let words = split_words(cmd)?;
-    let Some(first) = words.first() else {
-        return Err("nothing after sudo".into());
-    };
-    if first.starts_with('-') {
-        return Err(format!("sudo option {first} (only -n is understood)"));
-    }
-    let (prog, guess) = if first.starts_with('/') {
-        (first.clone(), None)
-    } else if first.contains('/') || first.contains('=') {
-        return Err("not a plain program name".into());
-    } else {
-        (format!("/usr/bin/{first}"), Some(first.clone()))
-    };
-    let mut parts = vec![escape_sudoers(&prog)];
-    parts.extend(words[1..].iter().map(|w| escape_sudoers(w)));
-    if words.len() == 1 {
-        // A bare program in sudoers allows any arguments; "" allows none.
-        parts.push("\"\"".into());
-    }
-    Ok((parts.join(" "), guess))
-}
-
-fn escape_sudoers(w: &str) -> String {
-    let mut out = String::new();
-    for c in w.chars() {
-        if matches!(c, '\\' | ',' | ':' | '=' | ' ' | '"' | '#') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Splits a command line into words like the shell, for simple commands only.
-fn split_words(cmd: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = cmd.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => cur.push(c),
-                        None => return Err("unbalanced quote".into()),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\')) => cur.push(c),
-                            Some(c) => {
-                                cur.push('\\');
-                                cur.push(c);
-                            }
-                            None => return Err("unbalanced quote".into()),
-                        },
-                        Some('$' | '`') => return Err("shell expansion".into()),
-                        Some(c) => cur.push(c),
-                        None => return Err("unbalanced quote".into()),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(c) => cur.push(c),
-                    None => return Err("trailing backslash".into()),
-                }
-            }
-            '|' | '&' | ';' | '<' | '>' | '(' | ')' | '$' | '`' | '*' | '?' | '[' | '{' | '~'
-            | '\n' => return Err("shell syntax".into()),
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    Ok(words)
 }
 
 // ---- setup trust ---------------------------------------------------------------------------
@@ -621,7 +344,7 @@ fn write_secrets(mp: &Path, bytes: usize, password: bool) -> Result<PathBuf, Exi
     }
     let mut key = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut key);
-    if let Err(e) = write_new(&key_file, 0o400, &key) {
+    if let Err(e) = burrow_core::fsutil::create_new(&key_file, 0o400, &key) {
         eprintln!("burrow: cannot write {}: {e}", key_file.display());
         return Err(Exit::Failed);
     }
@@ -636,7 +359,9 @@ fn write_secrets(mp: &Path, bytes: usize, password: bool) -> Result<PathBuf, Exi
             .take(48)
             .map(char::from)
             .collect();
-        if let Err(e) = write_new(&pw_file, 0o400, format!("{secret}\n").as_bytes()) {
+        if let Err(e) =
+            burrow_core::fsutil::create_new(&pw_file, 0o400, format!("{secret}\n").as_bytes())
+        {
             eprintln!("burrow: cannot write {}: {e}", pw_file.display());
             return Err(Exit::Failed);
         }
@@ -702,34 +427,4 @@ fn print_stick_steps(mp: &Path, source: &str, key_file: &Path, password: bool) {
         }
     );
     println!("Then unmount the stick: umount {}", mp.display());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sudo_commands_become_sudoers_entries() {
-        let c = |s: &str| strip_sudo(s).map(|r| sudoers_command(r).map(|x| x.0));
-        assert_eq!(c("docker stop x"), None);
-        assert_eq!(c("sudoku"), None);
-        assert_eq!(
-            c("sudo -n docker stop infra_synapse_1"),
-            Some(Ok("/usr/bin/docker stop infra_synapse_1".into()))
-        );
-        assert_eq!(
-            c("sudo -n /usr/lib/openssh/sftp-server -R"),
-            Some(Ok("/usr/lib/openssh/sftp-server -R".into()))
-        );
-        assert_eq!(
-            c("sudo /usr/bin/psql -c 'a=b, c:d'"),
-            Some(Ok("/usr/bin/psql -c a\\=b\\,\\ c\\:d".into()))
-        );
-        assert_eq!(c("sudo /sbin/reboot"), Some(Ok("/sbin/reboot \"\"".into())));
-        assert!(matches!(
-            c("sudo docker exec x sh -c 'a' | gzip"),
-            Some(Err(_))
-        ));
-        assert!(matches!(c("sudo -u postgres pg_dump db"), Some(Err(_))));
-    }
 }

@@ -8,6 +8,7 @@
 mod locate;
 mod outline;
 mod raw;
+pub mod sudoers;
 mod unique;
 mod validate;
 

@@ -6,6 +6,22 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Creates `path`, which must not exist (a symlink there is not followed), with `mode` and
+/// `data`, flushed to the device; a file left half-written is removed. For secrets (keys,
+/// passwords) that must never replace what is there.
+pub fn create_new(path: &Path, mode: u32, data: &[u8]) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(mode)
+        .open(path)?;
+    let res = f.write_all(data).and_then(|()| f.sync_all());
+    if res.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    res
+}
+
 /// Replaces `path` with `bytes` so that a reader (or a reboot) sees the old or the new content,
 /// never a mix: the temp file lives in the same directory because rename is only atomic within
 /// one file system, and the directory fsync makes the rename itself durable. A file that

@@ -10,6 +10,7 @@
 mod channel;
 mod error;
 mod hostkey;
+pub mod keys;
 mod prefetch;
 mod session;
 mod sftp;
