@@ -162,7 +162,9 @@ fn ping(
             }
         },
     };
-    PingUrl::parse(&url).map_err(|e| errs.add(path, e)).ok()
+    PingUrl::parse(&url)
+        .map_err(|e| errs.add(path, e.to_string()))
+        .ok()
 }
 
 /// The healthchecks settings every ping of the file is built from.

@@ -14,28 +14,41 @@ pub use url::Url;
 #[derive(Clone, PartialEq, Eq)]
 pub struct PingUrl(Url);
 
+/// What is wrong with a ping URL; never the URL itself (it holds the check's secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PingUrlError {
+    #[error("must be an http(s):// URL, e.g. https://hc-ping.com/<uuid>")]
+    Scheme,
+    #[error("the URL has no host, e.g. https://hc-ping.com/<uuid>")]
+    NoHost,
+    #[error("the URL must not have a query or fragment (burrow adds ?rid=)")]
+    Query,
+    #[error("is not a valid URL ({0}), e.g. https://hc-ping.com/<uuid>")]
+    Invalid(url::ParseError),
+}
+
 impl PingUrl {
     /// Checks `text` (white space around it is ignored, one trailing `/` dropped). The
     /// error says what is wrong with an example of what is right, never the URL itself.
-    pub fn parse(text: &str) -> Result<PingUrl, String> {
+    pub fn parse(text: &str) -> Result<PingUrl, PingUrlError> {
         let text = text.trim();
         if !(text.starts_with("https://") || text.starts_with("http://")) {
-            return Err("must be an http(s):// URL, e.g. https://hc-ping.com/<uuid>".into());
+            return Err(PingUrlError::Scheme);
         }
         // Read as written: a URL parser would take `https:///x` for the host `x`.
         let host = text.split_once("://").map_or("", |(_, rest)| {
             rest.split(['/', '?', '#']).next().unwrap_or("")
         });
         if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err("the URL has no host, e.g. https://hc-ping.com/<uuid>".into());
+            return Err(PingUrlError::NoHost);
         }
         if text.contains(['?', '#']) {
-            return Err("the URL must not have a query or fragment (burrow adds ?rid=)".into());
+            return Err(PingUrlError::Query);
         }
-        let url = Url::parse(text.strip_suffix('/').unwrap_or(text))
-            .map_err(|e| format!("is not a valid URL ({e}), e.g. https://hc-ping.com/<uuid>"))?;
+        let url =
+            Url::parse(text.strip_suffix('/').unwrap_or(text)).map_err(PingUrlError::Invalid)?;
         if url.host_str().is_none_or(str::is_empty) {
-            return Err("the URL has no host, e.g. https://hc-ping.com/<uuid>".into());
+            return Err(PingUrlError::NoHost);
         }
         Ok(PingUrl(url))
     }
@@ -94,7 +107,7 @@ mod tests {
             ("https://hc-ping.com/uuid?x=1", "query"),
             ("https://hc-ping.com/uuid#x", "fragment"),
         ] {
-            let e = PingUrl::parse(bad).unwrap_err();
+            let e = PingUrl::parse(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
             assert!(!e.contains("uuid?") && !e.contains("/uuid"), "{bad}: {e}");
         }

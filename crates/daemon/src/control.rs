@@ -45,9 +45,32 @@ pub struct Client {
     stream: UnixStream,
 }
 
+/// Why a call to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot reach the daemon at {}: {source}", path.display())]
+    Reach {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot send to the daemon: {0}")]
+    Send(std::io::Error),
+    #[error("no answer from the daemon: {0}")]
+    NoAnswer(std::io::Error),
+    #[error("the daemon closed the connection (shutting down?)")]
+    Closed,
+    #[error("bad answer from the daemon: {0}")]
+    BadAnswer(serde_json::Error),
+    #[error("unexpected answer from the daemon")]
+    Unexpected,
+    /// The daemon refused (no such job, shutting down): its own words.
+    #[error("{0}")]
+    Refused(String),
+}
+
 impl Client {
     /// Connects to the daemon; `Ok(None)` when no daemon is listening.
-    pub async fn connect() -> Result<Option<Client>, String> {
+    pub async fn connect() -> Result<Option<Client>, ControlError> {
         let path = socket_path();
         match UnixStream::connect(&path).await {
             Ok(stream) => Ok(Some(Client { stream })),
@@ -59,34 +82,31 @@ impl Client {
             {
                 Ok(None)
             }
-            Err(e) => Err(format!(
-                "cannot reach the daemon at {}: {e}",
-                path.display()
-            )),
+            Err(source) => Err(ControlError::Reach { path, source }),
         }
     }
 
-    async fn call(mut self, req: &Request) -> Result<Reply, String> {
-        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    async fn call(mut self, req: &Request) -> Result<Reply, ControlError> {
+        let mut line = serde_json::to_string(req).map_err(ControlError::BadAnswer)?;
         line.push('\n');
         self.stream
             .write_all(line.as_bytes())
             .await
-            .map_err(|e| format!("cannot send to the daemon: {e}"))?;
+            .map_err(ControlError::Send)?;
         let mut reader = BufReader::new(self.stream);
         let mut answer = String::new();
         reader
             .read_line(&mut answer)
             .await
-            .map_err(|e| format!("no answer from the daemon: {e}"))?;
+            .map_err(ControlError::NoAnswer)?;
         if answer.is_empty() {
-            return Err("the daemon closed the connection (shutting down?)".into());
+            return Err(ControlError::Closed);
         }
-        serde_json::from_str(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))
+        serde_json::from_str(&answer).map_err(ControlError::BadAnswer)
     }
 
     /// Asks the daemon to run `job` (queued behind a running job) and waits for the result.
-    pub async fn run(self, job: &str) -> Result<RunSummary, String> {
+    pub async fn run(self, job: &str) -> Result<RunSummary, ControlError> {
         match self
             .call(&Request::Run {
                 job: job.to_owned(),
@@ -94,16 +114,16 @@ impl Client {
             .await?
         {
             Reply::Finished { summary } => Ok(*summary),
-            Reply::Error { message } => Err(message),
-            Reply::Status { .. } => Err("unexpected answer".into()),
+            Reply::Error { message } => Err(ControlError::Refused(message)),
+            Reply::Status { .. } => Err(ControlError::Unexpected),
         }
     }
 
-    pub async fn status(self) -> Result<serde_json::Value, String> {
+    pub async fn status(self) -> Result<serde_json::Value, ControlError> {
         match self.call(&Request::Status).await? {
             Reply::Status { status } => Ok(status),
-            Reply::Error { message } => Err(message),
-            Reply::Finished { .. } => Err("unexpected answer".into()),
+            Reply::Error { message } => Err(ControlError::Refused(message)),
+            Reply::Finished { .. } => Err(ControlError::Unexpected),
         }
     }
 }

@@ -359,7 +359,7 @@ impl<D: DiskManager, M: Monitor, R: Runner> Daemon<D, M, R> {
 
     /// The loop's event sources: the control socket, signals, disk events, the heartbeat
     /// and the watchdog.
-    fn listen(&mut self, sock: &Path) -> Result<Sources, String> {
+    fn listen(&mut self, sock: &Path) -> Result<Sources, SocketError> {
         let listener = bind(sock)?;
         let (ctl_tx, requests) = mpsc::channel::<(Request, Waiter)>(16);
         let acceptor = tokio::spawn(accept(listener, ctl_tx));
@@ -812,31 +812,43 @@ fn dir_size(p: &Path) -> Option<u64> {
 }
 
 /// Binds the control socket: owner-only, replacing a stale socket but never a live daemon's.
-fn bind(path: &Path) -> Result<UnixListener, String> {
+fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     use std::os::unix::fs::PermissionsExt;
+    let failed = |what: &'static str, at: &Path| {
+        let at = at.to_owned();
+        move |source| SocketError::Io { what, at, source }
+    };
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(failed("create", dir))?;
         // Whoever can reach the socket can start runs: owner only.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
+            .map_err(failed("restrict", dir))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another burrow daemon is already running (its socket {} answers)",
-                path.display()
-            ));
+            return Err(SocketError::Taken(path.to_owned()));
         }
         let _ = std::fs::remove_file(path);
     }
-    let l = UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let l = UnixListener::bind(path).map_err(failed("listen on", path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+        .map_err(failed("restrict", path))?;
     Ok(l)
+}
+
+/// Why the control socket cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("another burrow daemon is already running (its socket {} answers)", .0.display())]
+    Taken(PathBuf),
+    #[error("cannot {what} {}: {source}", at.display())]
+    Io {
+        what: &'static str,
+        at: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 async fn accept(listener: UnixListener, tx: mpsc::Sender<(Request, Waiter)>) {

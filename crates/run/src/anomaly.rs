@@ -69,6 +69,26 @@ pub struct PauseFile {
     path: PathBuf,
 }
 
+/// Why the pause file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    #[error("{} is damaged: {source}", path.display())]
+    Damaged {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 impl PauseFile {
     pub fn new(state_dir: &Path) -> Self {
         PauseFile {
@@ -78,27 +98,32 @@ impl PauseFile {
 
     /// The paused jobs. A file that cannot be read or parsed pauses nothing but is reported:
     /// retention is still bounded by the protected newest good snapshot.
-    pub fn load(&self) -> Result<BTreeMap<String, Paused>, String> {
+    pub fn load(&self) -> Result<BTreeMap<String, Paused>, PauseError> {
         match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| format!("{} is damaged: {e}", self.path.display())),
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| PauseError::Damaged {
+                path: self.path.clone(),
+                source,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(format!("cannot read {}: {e}", self.path.display())),
+            Err(source) => Err(PauseError::Read {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
-    pub fn get(&self, job: &str) -> Result<Option<Paused>, String> {
+    pub fn get(&self, job: &str) -> Result<Option<Paused>, PauseError> {
         Ok(self.load()?.remove(job))
     }
 
-    pub fn pause(&self, job: &str, p: Paused) -> Result<(), String> {
+    pub fn pause(&self, job: &str, p: Paused) -> Result<(), PauseError> {
         let mut all = self.load().unwrap_or_default();
         all.insert(job.to_owned(), p);
         self.save(&all)
     }
 
     /// Resumes retention of `job`; returns what was paused.
-    pub fn resume(&self, job: &str) -> Result<Option<Paused>, String> {
+    pub fn resume(&self, job: &str) -> Result<Option<Paused>, PauseError> {
         let mut all = self.load()?;
         let was = all.remove(job);
         if was.is_some() {
@@ -107,11 +132,14 @@ impl PauseFile {
         Ok(was)
     }
 
-    fn save(&self, all: &BTreeMap<String, Paused>) -> Result<(), String> {
-        let mut bytes = serde_json::to_vec_pretty(all).map_err(|e| e.to_string())?;
+    fn save(&self, all: &BTreeMap<String, Paused>) -> Result<(), PauseError> {
+        // A map of strings always serialises.
+        let mut bytes = serde_json::to_vec_pretty(all).unwrap_or_default();
         bytes.push(b'\n');
-        burrow_core::fsutil::write_atomic(&self.path, &bytes)
-            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+        burrow_core::fsutil::write_atomic(&self.path, &bytes).map_err(|source| PauseError::Write {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -188,6 +216,6 @@ mod tests {
         assert_eq!(f.get("j").unwrap(), None);
         assert!(f.get("k").unwrap().is_some());
         std::fs::write(tmp.path().join("retention-paused.json"), "{").unwrap();
-        assert!(f.load().unwrap_err().contains("damaged"));
+        assert!(f.load().unwrap_err().to_string().contains("damaged"));
     }
 }

@@ -101,6 +101,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn exited(status: u32, stdout: Vec<u8>, stderr: Vec<u8>) -> ExecOutput {
+    ExecOutput {
+        exit_status: Some(status),
+        exit_signal: None,
+        stdout,
+        stderr,
+    }
+}
+
 fn hung(timeout: Duration) -> RunError {
     RunError::temporary(format!(
         "timed out: it did not finish within {} and was stopped",
@@ -119,12 +128,7 @@ impl Exec for ScriptedExec {
                 status,
                 stdout,
                 stderr,
-            } => Ok(ExecOutput {
-                exit_status: Some(status),
-                exit_signal: None,
-                stdout,
-                stderr,
-            }),
+            } => Ok(exited(status, stdout, stderr)),
             Reply::Hang => {
                 tokio::time::sleep(timeout).await;
                 Err(hung(timeout))
@@ -150,12 +154,7 @@ impl Exec for ScriptedExec {
                     .await
                     .and(out.flush().await)
                     .map_err(|e| RunError::permanent(format!("writing the output failed: {e}")))?;
-                Ok(ExecOutput {
-                    exit_status: Some(status),
-                    exit_signal: None,
-                    stdout: Vec::new(),
-                    stderr,
-                })
+                Ok(exited(status, Vec::new(), stderr))
             }
             Reply::Hang => {
                 tokio::select! {
@@ -182,12 +181,7 @@ impl Exec for ScriptedExec {
                 status,
                 stdout,
                 stderr,
-            } => Ok(ExecOutput {
-                exit_status: Some(status),
-                exit_signal: None,
-                stdout,
-                stderr,
-            }),
+            } => Ok(exited(status, stdout, stderr)),
             Reply::Hang => Err(RunError::temporary("the command did not end")),
             Reply::Fail(e) => Err(e),
         }
