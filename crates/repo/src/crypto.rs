@@ -102,16 +102,35 @@ impl Sealer {
     }
 
     /// The JSON in an unpacked file's stored bytes (either encoding).
-    pub fn open_file(&self, data: &[u8]) -> Result<Vec<u8>, String> {
-        let plain = self
-            .open(data)
-            .ok_or_else(|| "it does not decrypt with this repository's key".to_owned())?;
+    pub fn open_file(&self, data: &[u8]) -> Result<Vec<u8>, Unreadable> {
+        let plain = self.open(data).ok_or(Unreadable::Key)?;
         match plain.first() {
             Some(b'{') | Some(b'[') => Ok(plain),
-            Some(2) => zstd::decode_all(&plain[1..]).map_err(|e| format!("zstd: {e}")),
-            _ => Err("unknown encoding".into()),
+            Some(2) => zstd::decode_all(&plain[1..]).map_err(Unreadable::Zstd),
+            _ => Err(Unreadable::Encoding),
         }
     }
+}
+
+/// Why a stored file (a lock, a key's data) cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    #[error("it does not decrypt with this repository's key")]
+    Key,
+    #[error("zstd: {0}")]
+    Zstd(std::io::Error),
+    #[error("unknown encoding")]
+    Encoding,
+    #[error("cannot read it: {0}")]
+    Io(std::io::Error),
+    #[error("its content does not match its name")]
+    NotItsName,
+    #[error("too short")]
+    TooShort,
+    #[error("not the JSON expected: {0}")]
+    Json(serde_json::Error),
+    #[error("time {0:?}: {1}")]
+    Time(String, String),
 }
 
 /// Lowercase hex of `bytes`.

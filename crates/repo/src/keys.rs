@@ -17,6 +17,7 @@ use rustic_core::Id;
 use rustic_core::repofile::{KeyFile, MasterKey};
 use sha2::{Digest, Sha256};
 
+use crate::RepoError;
 use crate::crypto::Sealer;
 
 /// restic's memory level: 128 · r · N bytes = 32 MiB.
@@ -46,10 +47,11 @@ pub fn bounded<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     }
 }
 
-fn derive(password: &[u8], salt: &[u8], p: u32) -> Result<[u8; 64], String> {
-    let params = scrypt::Params::new(LOG_N, R, p).map_err(|e| e.to_string())?;
+fn derive(password: &[u8], salt: &[u8], p: u32) -> Result<[u8; 64], RepoError> {
+    let scrypt = |e: &dyn std::fmt::Display| RepoError::Rustic(format!("scrypt: {e}"));
+    let params = scrypt::Params::new(LOG_N, R, p).map_err(|e| scrypt(&e))?;
     let mut out = [0u8; 64];
-    scrypt::scrypt(password, salt, &params, &mut out).map_err(|e| e.to_string())?;
+    scrypt::scrypt(password, salt, &params, &mut out).map_err(|e| scrypt(&e))?;
     Ok(out)
 }
 
@@ -62,11 +64,11 @@ pub fn calibrate() -> u32 {
 }
 
 /// A key file for `master` under `password`, with parallelism `p`; its JSON and id.
-pub fn key_file(master: &MasterKey, password: &str, p: u32) -> Result<(Vec<u8>, Id), String> {
+pub fn key_file(master: &MasterKey, password: &str, p: u32) -> Result<(Vec<u8>, Id), RepoError> {
     let mut salt = vec![0u8; 64];
     rand::Rng::fill(&mut rand::rng(), &mut salt[..]);
     let derived = bounded(|| derive(password.as_bytes(), &salt, p))?;
-    let json = serde_json::to_vec(master).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(master).map_err(|e| RepoError::Rustic(e.to_string()))?;
     let file = KeyFile {
         hostname: nix::unistd::gethostname()
             .ok()
@@ -80,7 +82,7 @@ pub fn key_file(master: &MasterKey, password: &str, p: u32) -> Result<(Vec<u8>, 
         data: Sealer::from_raw(&derived).seal(&json),
         salt,
     };
-    let bytes = serde_json::to_vec(&file).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(&file).map_err(|e| RepoError::Rustic(e.to_string()))?;
     let id = Id::new(Sha256::digest(&bytes).into());
     Ok((bytes, id))
 }

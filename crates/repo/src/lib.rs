@@ -500,8 +500,7 @@ pub fn init(path: &Path, password: &Password) -> Result<Repo, RepoError> {
         &ConfigOptions::default(),
     )?;
     // rustic_core's key costs 128 MiB at every open: replaced by one at restic's cost.
-    let (bytes, id) = keys::key_file(&repo.key(), &password.0, keys::calibrate())
-        .map_err(|e| RepoError::Rustic(format!("cannot make the key file: {e}")))?;
+    let (bytes, id) = keys::key_file(&repo.key(), &password.0, keys::calibrate())?;
     be.write_bytes(FileType::Key, &id, false, bytes::Bytes::from(bytes).into())?;
     if let Some(old) = repo.key_id() {
         be.remove(FileType::Key, old, false)?;
@@ -572,7 +571,7 @@ impl Repo {
         self.be.writes.hold();
         let be = self.be.clone();
         let settle = move |look: lock::SecondLook| {
-            be.writes.settle(look.take().map_err(|e| e.to_string()));
+            be.writes.settle(look.take());
         };
         let (settle_there, look_there) = (settle.clone(), look.clone());
         if let Err(e) = std::thread::Builder::new()

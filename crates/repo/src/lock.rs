@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::RepoError;
-use crate::crypto::{Sealer, hex};
+use crate::crypto::{Sealer, Unreadable, hex};
 
 /// restic's `StaleLockTimeout`: a lock not refreshed for this long is stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -257,24 +257,24 @@ impl Locks {
     }
 
     /// Reads one lock file; `Ok(None)` when it is gone (removed since it was listed).
-    pub fn read(&self, id: &str) -> Result<Option<LockInfo>, String> {
+    pub fn read(&self, id: &str) -> Result<Option<LockInfo>, Unreadable> {
         let data = match fs::read(self.dir().join(id)) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Unreadable::Io(e)),
         };
         if hex(&Sha256::digest(&data)) != id.to_ascii_lowercase() {
-            return Err("its content does not match its name".into());
+            return Err(Unreadable::NotItsName);
         }
         if data.len() < 32 {
-            return Err("too short".into());
+            return Err(Unreadable::TooShort);
         }
         let json = self.key.open_file(&data)?;
-        let j: Json = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+        let j: Json = serde_json::from_slice(&json).map_err(Unreadable::Json)?;
         let time = j
             .time
             .parse::<Timestamp>()
-            .map_err(|e| format!("time {:?}: {e}", j.time))?;
+            .map_err(|e| Unreadable::Time(j.time.clone(), e.to_string()))?;
         Ok(Some(LockInfo {
             time,
             exclusive: j.exclusive,

@@ -29,6 +29,8 @@ use rustic_core::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::RepoError;
+
 #[derive(Debug)]
 pub struct Pinned {
     inner: LocalBackend,
@@ -74,23 +76,28 @@ enum Writes {
     #[default]
     Open,
     Settling,
-    Refused(String),
+    Refused(Refused),
 }
+
+/// Why writes are refused: the lock's second look found a conflict (its message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Refused(String);
 
 impl WriteGate {
     pub(crate) fn hold(&self) {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Writes::Settling;
     }
 
-    pub(crate) fn settle(&self, look: Result<(), String>) {
+    pub(crate) fn settle(&self, look: Result<(), RepoError>) {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = match look {
             Ok(()) => Writes::Open,
-            Err(e) => Writes::Refused(e),
+            Err(e) => Writes::Refused(Refused(e.to_string())),
         };
         self.settled.notify_all();
     }
 
-    fn pass(&self) -> Result<(), String> {
+    fn pass(&self) -> Result<(), Refused> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         while matches!(*state, Writes::Settling) {
             state = self.settled.wait(state).unwrap_or_else(|e| e.into_inner());
@@ -257,7 +264,7 @@ impl Pinned {
     pub fn check_place(&self) -> RusticResult<()> {
         self.writes.pass().map_err(|e| {
             RusticError::new(ErrorKind::Backend, "refusing to write: {reason}")
-                .attach_context("reason", e)
+                .attach_context("reason", e.to_string())
         })?;
         self.check_device()
     }
@@ -371,10 +378,12 @@ mod tests {
             !waiting.is_finished(),
             "a write went ahead of the second look"
         );
-        gate.settle(Err("the repository is locked by restic".into()));
+        gate.settle(Err(RepoError::Locked(
+            "the repository is locked by restic".into(),
+        )));
         assert_eq!(
             waiting.join().unwrap(),
-            Err("the repository is locked by restic".into())
+            Err(Refused("the repository is locked by restic".into()))
         );
         assert!(gate.pass().is_err(), "and every write after it");
         gate.hold();
