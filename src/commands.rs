@@ -81,7 +81,7 @@ pub async fn dispatch(cli: Cli) -> Exit {
         }
         Command::Prune => with_disk(&cfg, async |d| prune(&cfg, d).await).await,
         Command::Check { read_data, json } => check(&cfg, read_data.as_deref(), json).await,
-        Command::Daemon { sim } => burrow_daemon::serve::serve(cfg, sim).await,
+        Command::Daemon { sim } => crate::daemon::serve(cfg, sim).await,
         Command::Status { json } => status(&cfg, json).await,
         Command::Quickstart { .. } | Command::Generate(_) | Command::Setup(_) => {
             unreachable!("handled above")
@@ -662,7 +662,7 @@ async fn run(cfg: &Config, job: &str, json: bool) -> Exit {
         }
     });
     let ctl = RunControl::new(rx);
-    let monitor = burrow_notify::Healthchecks::new(burrow_daemon::serve::ping_urls(cfg));
+    let monitor = burrow_notify::Healthchecks::new(cfg.pings());
     let run_id = ctl.run_id.clone();
     let progress =
         (!json && std::io::stderr().is_terminal()).then(|| spinner(ctl.bytes_read.clone()));

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod daemon;
 mod generate;
 mod logging;
 mod quickstart;

@@ -174,6 +174,19 @@ impl Config {
     pub fn server_of(&self, job: &Job) -> Option<&Server> {
         job.server.as_ref().and_then(|s| self.servers.get(s))
     }
+
+    /// Each job's ping URL, and the check's under its run name, for the monitoring adapter.
+    pub fn pings(&self) -> std::collections::HashMap<String, PingUrl> {
+        let mut m: std::collections::HashMap<String, PingUrl> = self
+            .jobs
+            .values()
+            .filter_map(|j| j.healthcheck.clone().map(|p| (j.name.clone(), p)))
+            .collect();
+        if let Some(hc) = self.check.as_ref().and_then(|c| c.healthcheck.clone()) {
+            m.insert(burrow_core::run::CHECK_RUN.to_owned(), hc);
+        }
+        m
+    }
 }
 
 /// One semantic error: the key path and what is wrong with it.

@@ -19,6 +19,7 @@ pub mod problems;
 pub mod retention;
 pub mod run;
 pub mod schedule;
+pub mod service;
 pub mod source;
 
 pub use exit::Exit;

@@ -9,26 +9,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use burrow_config::{Config, PingUrl};
-use burrow_core::clock::{Clock, SystemClock};
+use burrow_config::Config;
+use burrow_core::clock::Clock;
 use burrow_core::disk::{DiskEvent, DiskManager, Release};
 use burrow_core::monitor::Monitor;
+use burrow_core::service::ServiceManager;
 use burrow_core::{Exit, RunError, RunStatus};
-use burrow_disk::{SimDisk, UDisks2Manager};
-use burrow_notify::Healthchecks;
-use burrow_notify::systemd::Systemd;
 use burrow_run::{RunControl, RunReport};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::control::{Reply, Request, socket_path};
+use crate::control::{Reply, Request};
 use crate::plan::{self, JobPlan, Retries, Retry, RunQueue};
-use crate::runner::{Runner, Runs};
+use crate::runner::Runner;
 use crate::state::{History, RunRecord, State, Store};
 
 /// The repository check's name in the queue, the state files, the status and monitoring: the
@@ -43,93 +40,17 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Pi alerts too; set the check's period to a few times this.
 const HEARTBEAT: Duration = Duration::from_secs(300);
 
-pub async fn serve(cfg: Config, sim: bool) -> Exit {
-    // One daemon per state_dir, held until serve returns; taken before the disk or the socket
-    // is touched. A second daemon is a failure (1), like one whose socket answers.
-    let _one = match burrow_run::place::DaemonLock::acquire(&cfg.state_dir) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            return Exit::Failed;
-        }
-    };
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        eprintln!("burrow: cannot install signal handlers");
-        return Exit::Failed;
-    };
-    let stop = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    };
-    if sim || cfg.disk.is_none() {
-        let disk = cfg.disk.as_ref().map(|d| {
-            let base = cfg.state_dir.join("sim");
-            let (vol, key) = (base.join("volume"), base.join("key"));
-            let _ = std::fs::create_dir_all(&vol);
-            let _ = std::fs::create_dir_all(&key);
-            tracing::warn!(
-                "simulated disks: the backup volume is {} and the key stick {}",
-                vol.display(),
-                key.display()
-            );
-            Arc::new(SimDisk::new(vol, d.key.is_some()).with_key_dir(key))
-        });
-        return run_daemon(cfg, real_adapters(disk, sim), socket_path(), stop).await;
-    }
-    let Some(settings) = burrow_run::disk_settings(&cfg) else {
-        return Exit::Usage;
-    };
-    match UDisks2Manager::connect(settings).await {
-        Ok(d) => {
-            run_daemon(
-                cfg,
-                real_adapters(Some(Arc::new(d)), false),
-                socket_path(),
-                stop,
-            )
-            .await
-        }
-        Err(e) => {
-            eprintln!("burrow: cannot manage the backup disk: {e}");
-            Exit::Failed
-        }
-    }
-}
-
-/// What the loop works through: the disk, monitoring, the runs, the clock and systemd. The
-/// real adapters come from [`serve`]; the loop's tests give it fakes.
+/// What the loop works through: the disk, monitoring, the runs, the clock and the service
+/// manager. `burrow daemon` wires the real adapters (src/daemon.rs); the loop's tests give it
+/// fakes.
 pub struct Adapters<D, M, R> {
     pub disk: Option<Arc<D>>,
     pub monitor: Arc<M>,
     pub runner: Arc<R>,
     pub clock: Arc<dyn Clock>,
-    pub sd: Systemd,
+    pub sd: Arc<dyn ServiceManager>,
     /// `burrow daemon --sim` (said in `status`).
     pub sim: bool,
-}
-
-/// The wiring of `burrow daemon`: healthchecks, burrow-run's runs, the system clock,
-/// systemd from the environment. `cfg` is set by [`run_daemon`] (runs and pings need it).
-fn real_adapters<D: DiskManager>(
-    disk: Option<Arc<D>>,
-    sim: bool,
-) -> impl FnOnce(&Arc<Config>) -> Adapters<D, Healthchecks, Runs<D>> {
-    move |cfg| Adapters {
-        monitor: Arc::new(Healthchecks::new(ping_urls(cfg))),
-        runner: Arc::new(Runs {
-            cfg: cfg.clone(),
-            disk: disk.clone(),
-        }),
-        disk,
-        clock: Arc::new(SystemClock),
-        sd: Systemd::from_env(),
-        sim,
-    }
 }
 
 type Waiter = oneshot::Sender<Reply>;
@@ -155,7 +76,7 @@ struct Current {
 struct Daemon<D: DiskManager, M: Monitor, R: Runner> {
     cfg: Arc<Config>,
     disk: Option<Arc<D>>,
-    sd: Systemd,
+    sd: Arc<dyn ServiceManager>,
     monitor: Arc<M>,
     runner: Arc<R>,
     clock: Arc<dyn Clock>,
@@ -179,19 +100,6 @@ struct Daemon<D: DiskManager, M: Monitor, R: Runner> {
     /// Results of volume preparation started by hot-plug events.
     ready_tx: mpsc::Sender<Result<PathBuf, burrow_core::disk::DiskError>>,
     ready_rx: Option<mpsc::Receiver<Result<PathBuf, burrow_core::disk::DiskError>>>,
-}
-
-/// Each job's ping URL (and the check's), for the healthchecks client.
-pub fn ping_urls(cfg: &Config) -> std::collections::HashMap<String, PingUrl> {
-    let mut m: std::collections::HashMap<String, PingUrl> = cfg
-        .jobs
-        .values()
-        .filter_map(|j| j.healthcheck.clone().map(|p| (j.name.clone(), p)))
-        .collect();
-    if let Some(hc) = cfg.check.as_ref().and_then(|c| c.healthcheck.clone()) {
-        m.insert(CHECK.to_owned(), hc);
-    }
-    m
 }
 
 /// The daemon's loop with `adapters` (made from the config) until `stop` resolves: loads
@@ -905,7 +813,8 @@ mod tests {
         let cfg = burrow_config::parse(&text, Path::new("c.yaml")).unwrap();
         std::fs::create_dir_all(&cfg.state_dir).unwrap();
         let (_cancel, rx) = watch::channel(false);
-        let report = burrow_run::run_check(&cfg, None::<&SimDisk>, RunControl::new(rx)).await;
+        let report =
+            burrow_run::run_check(&cfg, None::<&burrow_disk::SimDisk>, RunControl::new(rx)).await;
         assert_eq!(report.summary.job, CHECK);
         let mut state = State::default();
         state.mark_slot(CHECK, Utc::now());

@@ -168,7 +168,7 @@ impl World {
                 monitor,
                 runner,
                 clock,
-                sd: Systemd::disabled(),
+                sd: Arc::new(Systemd::disabled()),
                 sim: true,
             }
         };

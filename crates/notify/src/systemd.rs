@@ -76,3 +76,25 @@ impl Systemd {
         }
     }
 }
+
+impl burrow_core::service::ServiceManager for Systemd {
+    fn ready(&self) {
+        Systemd::ready(self);
+    }
+
+    fn status(&self, text: &str) {
+        Systemd::status(self, text);
+    }
+
+    fn watchdog(&self) {
+        Systemd::watchdog(self);
+    }
+
+    fn stopping(&self) {
+        Systemd::stopping(self);
+    }
+
+    fn watchdog_interval(&self) -> Option<Duration> {
+        Systemd::watchdog_interval(self)
+    }
+}

@@ -1,0 +1,86 @@
+//! `burrow daemon`: the composition root of the daemon's loop. It takes the daemon lock,
+//! installs the signals, and wires the real adapters (UDisks2 or the simulated disks,
+//! healthchecks, burrow-run's runs, the system clock, systemd) into `run_daemon`.
+
+use std::sync::Arc;
+
+use burrow_config::Config;
+use burrow_core::Exit;
+use burrow_core::clock::SystemClock;
+use burrow_core::disk::DiskManager;
+use burrow_daemon::control::socket_path;
+use burrow_daemon::runner::Runs;
+use burrow_daemon::serve::{Adapters, run_daemon};
+use burrow_disk::{SimDisk, UDisks2Manager};
+use burrow_notify::Healthchecks;
+use burrow_notify::systemd::Systemd;
+use tokio::signal::unix::{SignalKind, signal};
+
+pub async fn serve(cfg: Config, sim: bool) -> Exit {
+    // One daemon per state_dir, held until serve returns; taken before the disk or the socket
+    // is touched. A second daemon is a failure (1), like one whose socket answers.
+    let _one = match burrow_run::place::DaemonLock::acquire(&cfg.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("burrow: {e}");
+            return Exit::Failed;
+        }
+    };
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("burrow: cannot install signal handlers");
+        return Exit::Failed;
+    };
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    if sim || cfg.disk.is_none() {
+        let disk = cfg.disk.as_ref().map(|d| {
+            let base = cfg.state_dir.join("sim");
+            let (vol, key) = (base.join("volume"), base.join("key"));
+            let _ = std::fs::create_dir_all(&vol);
+            let _ = std::fs::create_dir_all(&key);
+            tracing::warn!(
+                "simulated disks: the backup volume is {} and the key stick {}",
+                vol.display(),
+                key.display()
+            );
+            Arc::new(SimDisk::new(vol, d.key.is_some()).with_key_dir(key))
+        });
+        return run_daemon(cfg, adapters(disk, sim), socket_path(), stop).await;
+    }
+    let Some(settings) = burrow_run::disk_settings(&cfg) else {
+        return Exit::Usage;
+    };
+    match UDisks2Manager::connect(settings).await {
+        Ok(d) => run_daemon(cfg, adapters(Some(Arc::new(d)), false), socket_path(), stop).await,
+        Err(e) => {
+            eprintln!("burrow: cannot manage the backup disk: {e}");
+            Exit::Failed
+        }
+    }
+}
+
+/// Healthchecks, burrow-run's runs, the system clock, systemd from the environment; made
+/// from the config `run_daemon` holds.
+fn adapters<D: DiskManager>(
+    disk: Option<Arc<D>>,
+    sim: bool,
+) -> impl FnOnce(&Arc<Config>) -> Adapters<D, Healthchecks, Runs<D>> {
+    move |cfg| Adapters {
+        monitor: Arc::new(Healthchecks::new(cfg.pings())),
+        runner: Arc::new(Runs {
+            cfg: cfg.clone(),
+            disk: disk.clone(),
+        }),
+        disk,
+        clock: Arc::new(SystemClock),
+        sd: Arc::new(Systemd::from_env()),
+        sim,
+    }
+}
