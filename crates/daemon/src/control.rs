@@ -130,13 +130,12 @@ impl Client {
 
 /// `burrow status` for people.
 pub fn render_status(v: &serde_json::Value) -> String {
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
     let mut out = String::new();
     let d = &v["daemon"];
     out.push_str(&format!(
         "burrow daemon pid {} since {}{}\n",
         d["pid"],
-        s(&d["started"]),
+        text(&d["started"]),
         if d["sim"].as_bool() == Some(true) {
             " (simulated disks)"
         } else {
@@ -146,68 +145,75 @@ pub fn render_status(v: &serde_json::Value) -> String {
     if let Some(cur) = v["current"].as_object() {
         out.push_str(&format!(
             "running: {} (run {}), {} bytes read\n",
-            s(&cur["job"]),
-            s(&cur["run_id"]),
+            text(&cur["job"]),
+            text(&cur["run_id"]),
             cur["bytes_read"]
         ));
     }
     let disk = &v["disk"];
     if !disk.is_null() {
+        let say = |key: &str, yes: &'static str, no: &'static str| {
+            if disk[key].as_bool() == Some(true) {
+                yes
+            } else {
+                no
+            }
+        };
         out.push_str(&format!(
             "disk: key {}, disk {}, {}, mounted at {}, {} bytes free\n",
-            if disk["key_present"].as_bool() == Some(true) {
-                "present"
-            } else {
-                "absent"
-            },
-            if disk["disk_present"].as_bool() == Some(true) {
-                "present"
-            } else {
-                "absent"
-            },
-            if disk["unlocked"].as_bool() == Some(true) {
-                "unlocked"
-            } else {
-                "locked"
-            },
-            s(&disk["mount_point"]),
+            say("key_present", "present", "absent"),
+            say("disk_present", "present", "absent"),
+            say("unlocked", "unlocked", "locked"),
+            text(&disk["mount_point"]),
             disk["free_bytes"]
         ));
     }
     let repo = &v["repository"];
     out.push_str(&format!(
         "repository: {} ({} bytes)\n",
-        s(&repo["path"]),
+        text(&repo["path"]),
         repo["size_bytes"]
     ));
     for j in v["jobs"].as_array().into_iter().flatten() {
-        let last = &j["last"];
-        let last_txt = if last.is_null() {
-            "never ran".to_owned()
-        } else {
-            let peak = last["peak_rss_bytes"]
-                .as_u64()
-                .map(|b| format!(", peak memory {}", burrow_core::bytes::human(b)))
-                .unwrap_or_default();
-            format!(
-                "last {} at {} ({:.1}s, {} bytes added{peak})",
-                s(&last["status"]),
-                s(&last["started"]),
-                last["duration_s"].as_f64().unwrap_or(0.0),
-                last["bytes_added"]
-            )
-        };
-        out.push_str(&format!(
-            "job {}: {}; next {}{}\n",
-            s(&j["name"]),
-            last_txt,
-            s(&j["next_run"]),
-            if j["enabled"].as_bool() == Some(false) {
-                " (disabled)"
-            } else {
-                ""
-            }
-        ));
+        out.push_str(&job_line(j));
     }
     out
+}
+
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().unwrap_or("-").to_owned()
+}
+
+/// One job of `burrow status`: its last run, its next, a try again after a temporary failure.
+fn job_line(j: &serde_json::Value) -> String {
+    let last = &j["last"];
+    let last_txt = if last.is_null() {
+        "never ran".to_owned()
+    } else {
+        let peak = last["peak_rss_bytes"]
+            .as_u64()
+            .map(|b| format!(", peak memory {}", burrow_core::bytes::human(b)))
+            .unwrap_or_default();
+        format!(
+            "last {} at {} ({:.1}s, {} bytes added{peak})",
+            text(&last["status"]),
+            text(&last["started"]),
+            last["duration_s"].as_f64().unwrap_or(0.0),
+            last["bytes_added"]
+        )
+    };
+    let retry = j["retry_at"]
+        .as_str()
+        .map(|t| format!("; tries again at {t}"))
+        .unwrap_or_default();
+    format!(
+        "job {}: {last_txt}{retry}; next {}{}\n",
+        text(&j["name"]),
+        text(&j["next_run"]),
+        if j["enabled"].as_bool() == Some(false) {
+            " (disabled)"
+        } else {
+            ""
+        }
+    )
 }

@@ -700,13 +700,12 @@ async fn pull(
         job.paths.len(),
         host.describe()
     ));
-    let host_name = match host {
-        Host::Local => local_hostname(),
-        Host::Remote(s) => s.name().to_owned(),
-    };
     let request = Archive {
         job: job.name.clone(),
-        host: host_name,
+        host: match host {
+            Host::Local => local_hostname(),
+            Host::Remote(s) => s.name().to_owned(),
+        },
         paths,
         source,
         extra,
