@@ -98,7 +98,7 @@ fn accept(cfg: &Config, job: &str) -> Exit {
     }
     match burrow_run::anomaly::PauseFile::new(&cfg.state_dir).resume(job) {
         Ok(Some(p)) => {
-            println!(
+            out!(
                 "{job}: anomaly of snapshot {} accepted ({}); retention resumes at the next run",
                 short_id(&p.snapshot),
                 p.reason
@@ -106,7 +106,7 @@ fn accept(cfg: &Config, job: &str) -> Exit {
             Exit::Ok
         }
         Ok(None) => {
-            println!("{job}: retention is not paused; nothing to accept");
+            out!("{job}: retention is not paused; nothing to accept");
             Exit::Ok
         }
         Err(e) => fail(Exit::Failed, e),
@@ -134,7 +134,7 @@ fn joined<T, E: std::fmt::Display>(
 
 fn check_config(cfg: &Config) -> Exit {
     let enabled = cfg.jobs.values().filter(|j| j.enabled).count();
-    println!(
+    out!(
         "{}: ok ({} server(s), {} job(s), {} enabled)",
         cfg.file.display(),
         cfg.servers.len(),
@@ -147,7 +147,7 @@ fn check_config(cfg: &Config) -> Exit {
             None => "runs only when asked".into(),
         };
         let state = if job.enabled { "" } else { " (disabled)" };
-        println!(
+        out!(
             "  job {}{state}: {}, {} path(s), {} dump(s), {}",
             job.name,
             job.server
@@ -165,21 +165,21 @@ async fn doctor(cfg: &Config, json: bool) -> Exit {
     use burrow_run::doctor::{self, Verdict};
     let findings = doctor::judge(cfg, &doctor::gather(cfg).await);
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&findings).expect("findings serialise")
         );
     } else {
-        println!("{}:", cfg.file.display());
+        out!("{}:", cfg.file.display());
         for f in &findings {
             let v = match f.verdict {
                 Verdict::Ok => "ok",
                 Verdict::Warn => "warn",
                 Verdict::Fail => "FAIL",
             };
-            println!("  {v:<5} {:<16} {}", f.check, f.detail);
+            out!("  {v:<5} {:<16} {}", f.check, f.detail);
             if let Some(fix) = &f.fix {
-                println!("  {:<5} {:<16} fix: {fix}", "", "");
+                out!("  {:<5} {:<16} fix: {fix}", "", "");
             }
         }
     }
@@ -248,7 +248,7 @@ async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
             format!("repository created but the volume marker could not be written: {e}"),
         );
     }
-    println!("created repository {id} at {}", place.repo_path.display());
+    out!("created repository {id} at {}", place.repo_path.display());
     Exit::Ok
 }
 
@@ -309,15 +309,20 @@ async fn snapshots<D: DiskManager>(
                 .iter()
                 .filter_map(|d| serde_json::to_value(d).ok()),
         );
-        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
         return code;
     }
-    println!(
+    out!(
         "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  paths",
-        "id", "time", "job", "host", "files", "size"
+        "id",
+        "time",
+        "job",
+        "host",
+        "files",
+        "size"
     );
     for s in list {
-        println!(
+        out!(
             "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  {}{}",
             s.short_id,
             s.time,
@@ -329,7 +334,7 @@ async fn snapshots<D: DiskManager>(
             if s.partial { "  [partial]" } else { "" }
         );
     }
-    println!("{} snapshot(s)", list.len());
+    out!("{} snapshot(s)", list.len());
     for d in &listing.damaged {
         eprintln!(
             "damaged: snapshot file {} cannot be read ({}); if it stays so, delete it: rm {}",
@@ -366,22 +371,22 @@ async fn check(cfg: &Config, read_data: Option<&str>, json: bool) -> Exit {
         },
     };
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&summary).unwrap_or_default()
         );
         return summary.status.exit();
     }
     match summary.status {
-        RunStatus::Ok => println!("check: ok — no errors found ({:.1}s)", summary.duration_s),
-        _ => println!(
+        RunStatus::Ok => out!("check: ok — no errors found ({:.1}s)", summary.duration_s),
+        _ => out!(
             "check: {} — {}",
             summary.status.as_str(),
             summary.reason.as_deref().unwrap_or("")
         ),
     }
     for e in &summary.errors {
-        println!("  problem: {}: {}", e.path, e.message);
+        out!("  problem: {}: {}", e.path, e.message);
     }
     summary.status.exit()
 }
@@ -447,7 +452,7 @@ async fn forget<D: DiskManager>(
         }
     }
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&plan).unwrap_or_default()
         );
@@ -460,7 +465,7 @@ async fn forget<D: DiskManager>(
 /// A retention plan as `burrow forget` prints it: what is kept and why, what is removed.
 fn print_plan(job: &str, plan: &burrow_repo::Plan, dry_run: bool) {
     for d in &plan.keep {
-        println!(
+        out!(
             "keep    {}  {}  {}",
             short_id(&d.id),
             d.time,
@@ -468,18 +473,18 @@ fn print_plan(job: &str, plan: &burrow_repo::Plan, dry_run: bool) {
         );
     }
     for d in &plan.remove {
-        println!("remove  {}  {}", short_id(&d.id), d.time);
+        out!("remove  {}  {}", short_id(&d.id), d.time);
     }
     let n = plan.remove.len();
     if dry_run {
-        println!(
+        out!(
             "job {job}: {} kept, {n} would be removed (dry run: nothing changed)",
             plan.keep.len()
         );
     } else if n == 0 {
-        println!("job {job}: {} kept, nothing to remove", plan.keep.len());
+        out!("job {job}: {} kept, nothing to remove", plan.keep.len());
     } else {
-        println!(
+        out!(
             "job {job}: {} kept, {n} removed; `burrow prune` frees their data",
             plan.keep.len()
         );
@@ -507,7 +512,7 @@ async fn prune<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
     if let Err(code) = joined(pruned) {
         return code;
     }
-    println!(
+    out!(
         "pruned {}: data no snapshot references is removed",
         path.display()
     );
@@ -562,7 +567,7 @@ async fn restore_dump(
             format!("dump {name} was not restored to {}", dest.display()),
         );
     }
-    println!(
+    out!(
         "restored dump {name} ({} bytes) to {}",
         out.bytes,
         dest.display()
@@ -603,7 +608,7 @@ async fn restore<D: DiskManager>(cfg: &Config, disk: Option<&D>, args: RestoreAr
         Ok(out) => out,
         Err(code) => return code,
     };
-    println!(
+    out!(
         "restored snapshot {} into {}: {} file(s), {} dir(s), {}",
         short_id(&out.snapshot_id),
         args.target
@@ -722,18 +727,18 @@ fn spinner(
 /// Prints a run summary and returns its exit code.
 pub fn report(s: &RunSummary, json: bool) -> Exit {
     if json {
-        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
         return s.status.exit();
     }
     match s.status {
         RunStatus::Ok | RunStatus::Partial | RunStatus::Warning | RunStatus::Anomaly => {
-            println!(
+            out!(
                 "{}: {} — snapshot {}",
                 s.job,
                 s.status.as_str(),
                 s.snapshot_id.as_deref().map_or("-", |i| short_id(i))
             );
-            println!(
+            out!(
                 "  files: {} new, {} changed, {} unmodified; {} read, {} added; {:.1}s",
                 s.files_new,
                 s.files_changed,
@@ -744,7 +749,7 @@ pub fn report(s: &RunSummary, json: bool) -> Exit {
             );
         }
         RunStatus::Failed | RunStatus::Skipped => {
-            println!(
+            out!(
                 "{}: {} — {}",
                 s.job,
                 s.status.as_str(),
@@ -754,15 +759,15 @@ pub fn report(s: &RunSummary, json: bool) -> Exit {
     }
     for e in &s.errors {
         if e.path == "anomaly" {
-            println!("  anomaly: {}", e.message);
+            out!("  anomaly: {}", e.message);
         } else {
-            println!("  not backed up: {}: {}", e.path, e.message);
+            out!("  not backed up: {}: {}", e.path, e.message);
         }
     }
     if s.snapshot_id.is_some()
         && let Some(r) = &s.reason
     {
-        println!("  {r}");
+        out!("  {r}");
     }
     s.status.exit()
 }
@@ -772,9 +777,9 @@ async fn status(cfg: &Config, json: bool) -> Exit {
         Ok(Some(client)) => match client.status().await {
             Ok(v) => {
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 } else {
-                    print!("{}", burrow_daemon::control::render_status(&v));
+                    outp!("{}", burrow_daemon::control::render_status(&v));
                 }
                 Exit::Ok
             }
@@ -855,7 +860,7 @@ async fn restore_dump_to_server(
     }
     match (fed, out) {
         (Ok(Ok(n)), Ok(o)) if o.success() => {
-            println!("restored dump {} ({n} bytes) with `{cmd}`", dump.name);
+            out!("restored dump {} ({n} bytes) with `{cmd}`", dump.name);
             Exit::Ok
         }
         (Ok(Err(e)), _) => fail(Exit::Failed, format!("reading the dump failed: {e}")),

@@ -72,7 +72,7 @@ fn write_pages(dir: &Path) -> std::io::Result<()> {
         let mut out = Vec::new();
         render_page(&cmd, is_root, &mut out)?;
         std::fs::write(&path, out)?;
-        println!("{}", path.display());
+        out!("{}", path.display());
     }
     Ok(())
 }

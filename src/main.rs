@@ -2,6 +2,9 @@
 //! simulated adapters, and maps every outcome to an exit code. The work happens in the
 //! library crates.
 
+#[macro_use]
+mod output;
+
 mod cli;
 mod commands;
 mod daemon;

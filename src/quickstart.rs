@@ -82,7 +82,7 @@ pub async fn run(dir: &Path, path: Option<&Path>) -> Exit {
         };
         let rp = repo_path.clone();
         match tokio::task::spawn_blocking(move || burrow_repo::init(&rp, &password)).await {
-            Ok(Ok(r)) => println!("created repository {} at {}", r.id(), repo_path.display()),
+            Ok(Ok(r)) => out!("created repository {} at {}", r.id(), repo_path.display()),
             Ok(Err(e)) => {
                 eprintln!("burrow: {e}");
                 return Exit::Failed;
@@ -93,17 +93,17 @@ pub async fn run(dir: &Path, path: Option<&Path>) -> Exit {
             }
         }
     }
-    println!("backing up {} (job `quickstart`)", path.display());
+    out!("backing up {} (job `quickstart`)", path.display());
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let report = run_job::<SimDisk>(&cfg, None, "quickstart", RunControl::new(rx)).await;
     let exit = crate::commands::report(&report.summary, false);
     if matches!(exit, Exit::Ok | Exit::Partial | Exit::Warning) {
         let c = cfg_path.display();
-        println!("\nnext:");
-        println!("  burrow --config {c} snapshots");
-        println!("  burrow --config {c} run quickstart          # again: only changes are read");
-        println!("  burrow --config {c} restore quickstart latest --target /tmp/burrow-restore");
-        println!(
+        out!("\nnext:");
+        out!("  burrow --config {c} snapshots");
+        out!("  burrow --config {c} run quickstart          # again: only changes are read");
+        out!("  burrow --config {c} restore quickstart latest --target /tmp/burrow-restore");
+        out!(
             "  restic -r {} --password-file {} snapshots",
             repo_path.display(),
             pw.display()

@@ -72,7 +72,7 @@ fn key(config: &Path, file: &Path, existing: bool) -> Exit {
             return Exit::Failed;
         }
     };
-    print!("{}", server_lines(config, file, &line));
+    outp!("{}", server_lines(config, file, &line));
     Exit::Ok
 }
 
@@ -174,11 +174,11 @@ async fn trust(config: &Path, server: &str, write: bool) -> Exit {
     show_host_key(config, server, s, &key, &line);
     match &s.host_key {
         Some(pinned) if burrow_ssh::pinned_accepts(pinned, &key) => {
-            println!("\nThe config already pins this key: nothing to change.");
+            out!("\nThe config already pins this key: nothing to change.");
             return Exit::Ok;
         }
         Some(pinned) => {
-            println!(
+            out!(
                 "\nWARNING: the config pins a different key ({}). If the server's key changed on purpose\n\
                  (reinstalled server), check the new one as above; otherwise do not connect.",
                 short(pinned)
@@ -193,7 +193,7 @@ async fn trust(config: &Path, server: &str, write: bool) -> Exit {
         None => {}
     }
     if !write {
-        println!("(or run this again with --write to have burrow set it)");
+        out!("(or run this again with --write to have burrow set it)");
         return Exit::Ok;
     }
     pin(config, &text, server, &line)
@@ -216,23 +216,24 @@ fn show_host_key(
         k if k.starts_with("ecdsa-") => "ecdsa",
         _ => "ed25519",
     };
-    println!(
+    out!(
         "server {server} ({}:{}) presented this host key. It is NOT trusted yet:",
-        s.host, s.port
+        s.host,
+        s.port
     );
-    println!("  {line}");
-    println!("  fingerprint: {fp}");
-    println!();
-    println!("Compare the fingerprint with the one the server itself prints, over a connection");
-    println!("you already trust (the provider's web console, or an SSH session you verified):");
-    println!("  ssh-keygen -lf /etc/ssh/ssh_host_{file_kind}_key.pub");
-    println!(
+    out!("  {line}");
+    out!("  fingerprint: {fp}");
+    out!();
+    out!("Compare the fingerprint with the one the server itself prints, over a connection");
+    out!("you already trust (the provider's web console, or an SSH session you verified):");
+    out!("  ssh-keygen -lf /etc/ssh/ssh_host_{file_kind}_key.pub");
+    out!(
         "They must be identical. Then pin the key in {}:",
         config.display()
     );
-    println!("  servers:");
-    println!("    {server}:");
-    println!("      host_key: \"{line}\"");
+    out!("  servers:");
+    out!("    {server}:");
+    out!("      host_key: \"{line}\"");
 }
 
 /// Writes `line` as `servers.SERVER.host_key` into the config file (`--write`).
@@ -246,7 +247,7 @@ fn pin(config: &Path, text: &str, server: &str, line: &str) -> Exit {
     };
     match burrow_core::fsutil::write_atomic(config, edited.as_bytes()) {
         Ok(()) => {
-            println!(
+            out!(
                 "\nwrote servers.{server}.host_key to {} — only after you compared the fingerprint!",
                 config.display()
             );
@@ -349,7 +350,7 @@ fn write_secrets(mp: &Path, bytes: usize, password: bool) -> Result<PathBuf, Exi
         return Err(Exit::Failed);
     }
     key.fill(0);
-    println!(
+    out!(
         "wrote {} ({bytes} random bytes, mode 0400)",
         key_file.display()
     );
@@ -365,7 +366,7 @@ fn write_secrets(mp: &Path, bytes: usize, password: bool) -> Result<PathBuf, Exi
             eprintln!("burrow: cannot write {}: {e}", pw_file.display());
             return Err(Exit::Failed);
         }
-        println!(
+        out!(
             "wrote {} (repository password, mode 0400)",
             pw_file.display()
         );
@@ -384,39 +385,37 @@ fn print_stick_steps(mp: &Path, source: &str, key_file: &Path, password: bool) {
         [one] => format!("/dev/disk/by-uuid/{one}"),
         _ => "/dev/disk/by-uuid/<LUKS UUID of the backup disk>".to_owned(),
     };
-    println!();
-    println!(
-        "Add the key file to the backup disk's LUKS header (asks for an existing passphrase):"
-    );
+    out!();
+    out!("Add the key file to the backup disk's LUKS header (asks for an existing passphrase):");
     if luks.len() > 1 {
-        println!(
+        out!(
             "  # several LUKS containers: {} — pick the backup disk's",
             luks.join(", ")
         );
     } else if luks.is_empty() {
-        println!("  # find the UUID with `lsblk -f` (FSTYPE crypto_LUKS)");
+        out!("  # find the UUID with `lsblk -f` (FSTYPE crypto_LUKS)");
     }
-    println!("  cryptsetup luksAddKey {disk} {}", key_file.display());
-    println!("Test it:");
-    println!(
+    out!("  cryptsetup luksAddKey {disk} {}", key_file.display());
+    out!("Test it:");
+    out!(
         "  cryptsetup open --test-passphrase --key-file {} {disk} && echo ok",
         key_file.display()
     );
-    println!();
-    println!("In the config ({source}):");
-    println!("disk:");
-    println!("  key:");
+    out!();
+    out!("In the config ({source}):");
+    out!("disk:");
+    out!("  key:");
     match &fs_uuid {
-        Some(u) => println!("    fs_uuid: \"{u}\""),
-        None => println!("    fs_uuid: \"<filesystem UUID of the stick: lsblk -f {source}>\""),
+        Some(u) => out!("    fs_uuid: \"{u}\""),
+        None => out!("    fs_uuid: \"<filesystem UUID of the stick: lsblk -f {source}>\""),
     }
-    println!("    key_file: file");
+    out!("    key_file: file");
     if password {
-        println!("repository:");
-        println!("  password_file: burrow-password");
+        out!("repository:");
+        out!("  password_file: burrow-password");
     }
-    println!();
-    println!(
+    out!();
+    out!(
         "Keep a copy of {} somewhere safe (not next to the disk): without it and without a\n\
          passphrase in the LUKS header, the backups cannot be opened.{}",
         key_file.display(),
@@ -426,5 +425,5 @@ fn print_stick_steps(mp: &Path, source: &str, key_file: &Path, password: bool) {
             ""
         }
     );
-    println!("Then unmount the stick: umount {}", mp.display());
+    out!("Then unmount the stick: umount {}", mp.display());
 }

@@ -50,6 +50,23 @@ fn example_config_checks_clean() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
+/// `burrow … | head -1`: the reader goes away before burrow writes; burrow ends quietly with
+/// 0 instead of a panic on the broken pipe.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = burrow_command(&root.join("config.example.yaml"), &["check-config"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
 #[test]
 fn misspelled_key_exits_2_with_file_line_col() {
     let tmp = tempfile::tempdir().unwrap();

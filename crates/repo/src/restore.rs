@@ -115,14 +115,30 @@ fn safe_entries(items: Vec<(PathBuf, Node)>, refused: &mut Vec<PathBuf>) -> Vec<
 /// file workers.
 trait Store: Sync {
     /// The entries of the directory stored as tree `id`.
-    fn tree(&self, id: &TreeId) -> Result<Vec<Node>, String>;
+    fn tree(&self, id: &TreeId) -> Result<Vec<Node>, EntryError>;
     /// Writes the content of file `node` to `w`.
-    fn content(&self, node: &Node, w: &mut dyn Write) -> Result<(), String>;
+    fn content(&self, node: &Node, w: &mut dyn Write) -> Result<(), EntryError>;
+}
+
+/// Why one entry (or a listing) could not be restored; the outcome names it with its path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum EntryError {
+    /// What the repository said, in one line.
+    #[error("{0}")]
+    Repository(String),
+    #[error("internal error while reading the repository: {0}")]
+    Panic(String),
+    #[error("{what}: {}", .errno.desc())]
+    Sys { what: &'static str, errno: Errno },
+    #[error("cannot find a free temporary name")]
+    NoTmpName,
+    #[error("content unreadable: {0}")]
+    Content(Box<EntryError>),
 }
 
 /// A rustic_core error in one line, for the report.
-fn describe(e: &RusticError) -> String {
-    e.to_string().lines().next().unwrap_or("").trim().to_owned()
+fn describe(e: &RusticError) -> EntryError {
+    EntryError::Repository(e.to_string().lines().next().unwrap_or("").trim().to_owned())
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
@@ -133,26 +149,22 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs `f`, turning a panic into an error.
-fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        Err(format!(
-            "internal error while reading the repository: {}",
-            panic_text(p.as_ref())
-        ))
-    })
+fn guarded<T>(f: impl FnOnce() -> Result<T, EntryError>) -> Result<T, EntryError> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(EntryError::Panic(panic_text(p.as_ref()))))
 }
 
 struct RepoStore<'a>(&'a Repository<IndexedFullStatus>);
 
 impl Store for RepoStore<'_> {
-    fn tree(&self, id: &TreeId) -> Result<Vec<Node>, String> {
+    fn tree(&self, id: &TreeId) -> Result<Vec<Node>, EntryError> {
         self.0
             .get_tree(id)
             .map(|t| t.nodes)
             .map_err(|e| describe(&e))
     }
 
-    fn content(&self, node: &Node, mut w: &mut dyn Write) -> Result<(), String> {
+    fn content(&self, node: &Node, mut w: &mut dyn Write) -> Result<(), EntryError> {
         self.0.dump(node, &mut w).map_err(|e| describe(&e))
     }
 }
@@ -168,16 +180,16 @@ fn tmp_name() -> OsString {
 /// Makes something under a fresh temporary name in `dir`, retrying on a name that exists.
 fn with_tmp_name<T>(
     mut make: impl FnMut(&OsStr) -> nix::Result<T>,
-) -> Result<(OsString, T), String> {
+) -> Result<(OsString, T), EntryError> {
     for _ in 0..64 {
         let name = tmp_name();
         match make(&name) {
             Ok(v) => return Ok((name, v)),
             Err(Errno::EEXIST) => continue,
-            Err(e) => return Err(format!("cannot create a temporary entry: {}", e.desc())),
+            Err(e) => return Err(errno("cannot create a temporary entry", e)),
         }
     }
-    Err("cannot find a free temporary name".into())
+    Err(EntryError::NoTmpName)
 }
 
 fn timespec(t: Option<rustic_core::jiff::Timestamp>) -> TimeSpec {
@@ -193,8 +205,8 @@ fn owner(node: &Node) -> (Option<Uid>, Option<Gid>) {
     )
 }
 
-fn errno(what: &str, e: Errno) -> String {
-    format!("{what}: {}", e.desc())
+fn errno(what: &'static str, errno: Errno) -> EntryError {
+    EntryError::Sys { what, errno }
 }
 
 /// What happened to one entry.
@@ -454,7 +466,7 @@ impl Writer<'_> {
                 }
                 let w = self.waiting.pop_front().expect("front exists");
                 if let Err(e) = self.maker.set_meta(w.dir.as_fd(), &w.node) {
-                    self.fail(&w.path, e);
+                    self.fail(&w.path, e.to_string());
                 }
             }
             let must_wait = (all && (self.in_flight > 0 || !self.waiting.is_empty()))
@@ -468,7 +480,7 @@ impl Writer<'_> {
                     // Every worker is gone: what they had is lost; finish the directories.
                     for w in std::mem::take(&mut self.waiting) {
                         if let Err(e) = self.maker.set_meta(w.dir.as_fd(), &w.node) {
-                            self.fail(&w.path, e);
+                            self.fail(&w.path, e.to_string());
                         }
                     }
                     return;
@@ -543,7 +555,7 @@ impl Maker<'_> {
         };
         let (tmp, meta_err) = match made {
             Ok(v) => v,
-            Err(e) => return (Fate::Failed(e), 0),
+            Err(e) => return (Fate::Failed(e.to_string()), 0),
         };
         let fate = match place(dir, &tmp, name) {
             Fate::Written => match meta_err {
@@ -561,7 +573,7 @@ impl Maker<'_> {
         dir: BorrowedFd<'_>,
         node: &Node,
         bytes: &mut u64,
-    ) -> Result<(OsString, Option<String>), String> {
+    ) -> Result<(OsString, Option<EntryError>), EntryError> {
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let (tmp, fd) = with_tmp_name(|n| openat(dir, n, flags, Mode::from_bits_truncate(0o600)))?;
@@ -576,7 +588,7 @@ impl Maker<'_> {
         if let Err(e) = read {
             drop(file);
             let _ = unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-            return Err(format!("content unreadable: {e}"));
+            return Err(EntryError::Content(Box::new(e)));
         }
         *bytes = n;
         let meta = self.set_meta(file.as_fd(), node).err();
@@ -587,7 +599,7 @@ impl Maker<'_> {
         &self,
         dir: BorrowedFd<'_>,
         node: &Node,
-    ) -> Result<(OsString, Option<String>), String> {
+    ) -> Result<(OsString, Option<EntryError>), EntryError> {
         let target = node.node_type.to_link().to_owned();
         let (tmp, ()) = with_tmp_name(|n| symlinkat(target.as_os_str(), dir, n))?;
         let mut meta = None;
@@ -614,7 +626,7 @@ impl Maker<'_> {
         &self,
         dir: BorrowedFd<'_>,
         node: &Node,
-    ) -> Result<(OsString, Option<String>), String> {
+    ) -> Result<(OsString, Option<EntryError>), EntryError> {
         let (tmp, ()) = with_tmp_name(|n| mkfifoat(dir, n, Mode::from_bits_truncate(0o600)))?;
         // Opened for reading without blocking, only to set its metadata through the handle.
         let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -639,7 +651,7 @@ impl Maker<'_> {
 
     /// Owner (as root), mode and times of an open file or directory. The owner goes first:
     /// `fchown` clears setuid and setgid.
-    fn set_meta(&self, fd: BorrowedFd<'_>, node: &Node) -> Result<(), String> {
+    fn set_meta(&self, fd: BorrowedFd<'_>, node: &Node) -> Result<(), EntryError> {
         let mut first_err = None;
         if self.as_root {
             let (u, g) = owner(node);
@@ -662,7 +674,7 @@ impl Maker<'_> {
 
 /// Opens directory `name` in `parent` without following a symlink; anything else found there
 /// (a symlink, a file) is unlinked and a real directory made.
-fn open_dir(parent: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, String> {
+fn open_dir(parent: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, EntryError> {
     match openat(parent, name, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => return Ok(fd),
         Err(Errno::ENOENT) => {}
@@ -688,17 +700,19 @@ fn place(dir: BorrowedFd<'_>, tmp: &OsStr, name: &OsStr) -> Fate {
             match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
                 Ok(()) => match renameat(dir, tmp, dir, name) {
                     Ok(()) => return Fate::Written,
-                    Err(e) => Fate::Failed(errno("cannot move it into place", e)),
+                    Err(e) => Fate::Failed(errno("cannot move it into place", e).to_string()),
                 },
                 Err(Errno::ENOTEMPTY | Errno::EEXIST) => Fate::Refused(
                     "a non-empty directory of that name is in the target; move it away and \
                      restore again"
                         .into(),
                 ),
-                Err(e) => Fate::Failed(errno("cannot remove the directory in its place", e)),
+                Err(e) => {
+                    Fate::Failed(errno("cannot remove the directory in its place", e).to_string())
+                }
             }
         }
-        Err(e) => Fate::Failed(errno("cannot move it into place", e)),
+        Err(e) => Fate::Failed(errno("cannot move it into place", e).to_string()),
     };
     let _ = unlinkat(dir, tmp, UnlinkatFlags::NoRemoveDir);
     fate
@@ -734,7 +748,7 @@ pub fn restore(
 ) -> Result<RestoreOutcome, RepoError> {
     let repo = guarded(|| repo.to_indexed().map_err(|e| describe(&e)))
         .map_err(|e| RepoError::Rustic(format!("cannot read the repository index: {e}")))?;
-    let not_found = |e: String| RepoError::NoSnapshot {
+    let not_found = |e: EntryError| RepoError::NoSnapshot {
         what: format!(
             "path {} in snapshot {} ({e})",
             subpath.map(|p| p.display().to_string()).unwrap_or_default(),
@@ -857,20 +871,24 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         trees: HashMap<TreeId, Vec<Node>>,
-        content: HashMap<u64, Result<Vec<u8>, String>>,
+        content: HashMap<u64, Result<Vec<u8>, EntryError>>,
     }
 
     impl Store for Fake {
-        fn tree(&self, id: &TreeId) -> Result<Vec<Node>, String> {
+        fn tree(&self, id: &TreeId) -> Result<Vec<Node>, EntryError> {
             self.trees
                 .get(id)
                 .cloned()
-                .ok_or_else(|| "tree not in the repository".into())
+                .ok_or_else(|| EntryError::Repository("tree not in the repository".into()))
         }
-        fn content(&self, node: &Node, w: &mut dyn Write) -> Result<(), String> {
+        fn content(&self, node: &Node, w: &mut dyn Write) -> Result<(), EntryError> {
             match self.content.get(&node.meta.inode) {
-                Some(Ok(b)) => w.write_all(b).map_err(|e| e.to_string()),
-                Some(Err(e)) if e == "panic" => panic!("pack shorter than its header says"),
+                Some(Ok(b)) => w
+                    .write_all(b)
+                    .map_err(|e| EntryError::Repository(e.to_string())),
+                Some(Err(EntryError::Repository(e))) if e == "panic" => {
+                    panic!("pack shorter than its header says")
+                }
                 Some(Err(e)) => {
                     w.write_all(b"partial").unwrap();
                     Err(e.clone())
@@ -881,7 +899,7 @@ mod tests {
     }
 
     impl Fake {
-        fn with_content(&mut self, name: &str, mode: u32, c: Result<Vec<u8>, String>) -> Node {
+        fn with_content(&mut self, name: &str, mode: u32, c: Result<Vec<u8>, EntryError>) -> Node {
             let inode = self.content.len() as u64 + 1;
             self.content.insert(inode, c);
             let mut m = meta(&EntryKind::File, mode);
@@ -892,7 +910,7 @@ mod tests {
             self.with_content(name, mode, Ok(content.as_bytes().to_vec()))
         }
         fn broken(&mut self, name: &str, reason: &str) -> Node {
-            self.with_content(name, 0o644, Err(reason.to_owned()))
+            self.with_content(name, 0o644, Err(EntryError::Repository(reason.to_owned())))
         }
         fn dir(&mut self, name: &str, mode: u32, children: Vec<Node>) -> Node {
             let id = TreeId::from(Id::random());
