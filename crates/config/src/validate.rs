@@ -442,7 +442,7 @@ fn host_key(e: &mut Errors, p: &str, s: &RawServer) -> Option<HostKey> {
         (Some(k), None) => {
             let k = k.trim();
             if let Err(why) = pinned_host_key(k) {
-                e.add(format!("{p}.host_key"), why);
+                e.add(format!("{p}.host_key"), why.to_string());
             }
             Some(HostKey::Pinned(k.to_owned()))
         }
@@ -674,29 +674,49 @@ fn check(e: &mut Errors, c: &RawCheck, pings: &Pings) -> Option<Check> {
     }
 }
 
+/// Why a pinned `host_key` is not in a form the SSH adapter accepts.
+#[derive(Debug, thiserror::Error)]
+enum PinnedForm {
+    #[error(
+        "{prefix} fingerprints are the base64 of {len} bytes: {chars} characters, without '=' padding, as `ssh-keygen -lf` prints them (got {got:?})"
+    )]
+    Fingerprint {
+        prefix: &'static str,
+        len: usize,
+        chars: usize,
+        got: String,
+    },
+    #[error(
+        "expected an OpenSSH public key line (\"ssh-ed25519 AAAA…\"), or a SHA256: or SHA512: fingerprint"
+    )]
+    Shape,
+    #[error(
+        "not an OpenSSH public key line: the key after {0:?} is not base64 of an {0} key (copy the whole line, e.g. from `burrow setup trust` or `ssh-keyscan`)"
+    )]
+    Blob(String),
+}
+
 /// A pinned `host_key` in a form the SSH adapter accepts (`HostKeyCheck::prepare` in
 /// crates/ssh): a `SHA256:` or `SHA512:` fingerprint as `ssh-keygen -l` prints it (the digest
 /// in base64 without `=` padding), or an OpenSSH public key line whose key blob names the same
 /// algorithm as its first word.
-fn pinned_host_key(k: &str) -> Result<(), String> {
+fn pinned_host_key(k: &str) -> Result<(), PinnedForm> {
     for (prefix, len) in [("SHA256:", 32), ("SHA512:", 64)] {
         if let Some(b64) = k.strip_prefix(prefix) {
             return match base64(b64, false) {
                 Some(digest) if digest.len() == len => Ok(()),
-                _ => Err(format!(
-                    "{prefix} fingerprints are the base64 of {len} bytes: {} characters, without '=' padding, as `ssh-keygen -lf` prints them (got {:?})",
-                    (len * 8).div_ceil(6),
-                    k
-                )),
+                _ => Err(PinnedForm::Fingerprint {
+                    prefix,
+                    len,
+                    chars: (len * 8).div_ceil(6),
+                    got: k.to_owned(),
+                }),
             };
         }
     }
     let mut words = k.split_whitespace();
     let (Some(algo), Some(blob)) = (words.next(), words.next()) else {
-        return Err(
-            "expected an OpenSSH public key line (\"ssh-ed25519 AAAA…\"), or a SHA256: or SHA512: fingerprint"
-                .into(),
-        );
+        return Err(PinnedForm::Shape);
     };
     // The blob starts with the algorithm name, as a length-prefixed string.
     let named = base64(blob, true).and_then(|b| {
@@ -704,9 +724,7 @@ fn pinned_host_key(k: &str) -> Result<(), String> {
         Some(b.get(4..4 + n)? == algo.as_bytes())
     });
     if named != Some(true) {
-        return Err(format!(
-            "not an OpenSSH public key line: the key after {algo:?} is not base64 of an {algo} key (copy the whole line, e.g. from `burrow setup trust` or `ssh-keyscan`)"
-        ));
+        return Err(PinnedForm::Blob(algo.to_owned()));
     }
     Ok(())
 }

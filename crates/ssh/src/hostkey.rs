@@ -26,21 +26,30 @@ enum Expected {
     Fingerprint(Fingerprint),
 }
 
+/// Why a pinned `host_key` value names no key.
+#[derive(Debug, thiserror::Error)]
+enum NotAKey {
+    #[error("not a valid fingerprint: {0}")]
+    Fingerprint(russh::keys::ssh_key::Error),
+    #[error("not a valid public key line: {0}")]
+    KeyLine(russh::keys::ssh_key::Error),
+}
+
 impl Expected {
     /// A pinned `host_key`: an OpenSSH public key line or a `SHA256:`/`SHA512:` fingerprint.
-    fn parse(value: &str) -> Result<Expected, String> {
+    fn parse(value: &str) -> Result<Expected, NotAKey> {
         let v = value.trim();
         if v.starts_with("SHA256:") || v.starts_with("SHA512:") {
             return v
                 .parse::<Fingerprint>()
                 .map(Expected::Fingerprint)
-                .map_err(|e| format!("not a valid fingerprint: {e}"));
+                .map_err(NotAKey::Fingerprint);
         }
         // Normalise whitespace: config files often carry tabs or double spaces.
         let line = v.split_whitespace().collect::<Vec<_>>().join(" ");
         PublicKey::from_openssh(&line)
             .map(Expected::Key)
-            .map_err(|e| format!("not a valid public key line: {e}"))
+            .map_err(NotAKey::KeyLine)
     }
 
     fn accepts(&self, seen: &PublicKey) -> bool {
@@ -134,10 +143,10 @@ impl HostKeyCheck {
     ) -> Result<HostKeyCheck, SshError> {
         match policy {
             HostKeyPolicy::Pinned(value) => {
-                let bad = |reason: String| SshError::HostKeyPolicy {
+                let bad = |reason: NotAKey| SshError::HostKeyPolicy {
                     target: target.to_owned(),
                     value: value.clone(),
-                    reason,
+                    reason: reason.to_string(),
                 };
                 Ok(HostKeyCheck {
                     expected: vec![Expected::parse(value).map_err(bad)?],

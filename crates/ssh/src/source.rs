@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -201,7 +202,7 @@ struct Child {
     name: Bytes,
     attrs: Attrs,
     /// Target of a symlink; `Err` holds why it could not be read.
-    link: Option<Result<Bytes, String>>,
+    link: Option<io::Result<Bytes>>,
 }
 
 impl Child {
@@ -221,7 +222,18 @@ struct Listed {
     dirs: Vec<usize>,
 }
 
-type Listing = Result<Listed, String>;
+type Listing = Result<Listed, ListError>;
+
+/// Why a directory could not be listed (a problem of the snapshot, under the directory).
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    #[error("{0}")]
+    Sftp(io::Error),
+    #[error("listing task failed: {0}")]
+    Task(tokio::task::JoinError),
+    #[error("listing was lost")]
+    Lost,
+}
 
 type ListingFuture = Pin<Box<dyn Future<Output = (PathBuf, Listing)> + Send>>;
 
@@ -314,7 +326,7 @@ impl Walker {
                     .ch
                     .run("READLINK", |s| async move { s.read_link(r).await })
                     .await;
-                child.link = Some(link.map_err(|e| e.to_string()));
+                child.link = Some(link);
             }
             if !self.emit(root, child, &tx).await {
                 return;
@@ -433,7 +445,7 @@ impl Walker {
             }
             match self.ahead.in_flight.next().await {
                 Some((p, l)) => self.arrived(p, l),
-                None => break Err("listing was lost".to_owned()),
+                None => break Err(ListError::Lost),
             }
         };
         let listed = listing.unwrap_or_else(|e| {
@@ -477,7 +489,7 @@ impl Walker {
             let mut task = task;
             let listing = match (&mut task.0).await {
                 Ok(l) => l,
-                Err(e) => Err(format!("listing task failed: {e}")),
+                Err(e) => Err(ListError::Task(e)),
             };
             (path, listing)
         }));
@@ -566,7 +578,7 @@ async fn list_dir(
             |s| async move { s.read_dir(d).await },
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ListError::Sftp)?;
     let mut children = Vec::with_capacity(names.len());
     for de in names {
         // `.` and `..` are dropped by the client. A name with a `/` or a NUL, or an empty
@@ -599,7 +611,7 @@ async fn list_dir(
         .map(|(i, _)| i)
         .collect();
     if !links.is_empty() {
-        let resolved: Vec<(usize, Result<Bytes, String>)> = futures::stream::iter(links)
+        let resolved: Vec<(usize, io::Result<Bytes>)> = futures::stream::iter(links)
             .map(|i| {
                 let ch = ch.clone();
                 let p = name_path(&dir, &children[i].name);
@@ -610,7 +622,7 @@ async fn list_dir(
                             async move { s.read_link(remote(p)).await }
                         })
                         .await;
-                    (i, link.map_err(|e| e.to_string()))
+                    (i, link)
                 }
             })
             .buffer_unordered(READLINK_CONCURRENCY)
