@@ -6,12 +6,14 @@
 //! [`judge`] turns them into findings and is a pure function, so every verdict is tested
 //! without the machine it describes.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use burrow_config::Config;
 use burrow_core::bytes::human;
-use burrow_core::disk::{DiskManager, DiskState};
+use burrow_core::disk::{DiskError, DiskManager, DiskState};
+use burrow_notify::HealthchecksError;
 use serde::Serialize;
 
 /// Below this, the backup volume is reported as nearly full (prune needs room to rewrite packs).
@@ -79,19 +81,19 @@ pub enum LocalZone {
 }
 
 /// What [`gather`] found out. Every field is a plain fact, so tests can state any machine.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Facts {
     /// `None` without `disk` in the config. `Err`: UDisks2 could not be reached (why).
-    pub udisks: Option<Result<DiskState, String>>,
+    pub udisks: Option<Result<DiskState, DiskError>>,
     /// The libblockdev crypto plugin UDisks2 needs for LUKS, if installed.
     pub luks_plugin: Option<PathBuf>,
     /// `None` when no ping URL is configured. `Err`: the HTTP client cannot be built (why).
-    pub http_client: Option<Result<(), String>>,
+    pub http_client: Option<Result<(), HealthchecksError>>,
     pub local_zone: LocalZone,
     /// Free bytes on the filesystem of the state directory (or its nearest existing parent).
-    pub state_free: Result<u64, String>,
+    pub state_free: io::Result<u64>,
     /// Free bytes where the repository lives, without `disk` (with it: `udisks`).
-    pub repo_free: Option<Result<u64, String>>,
+    pub repo_free: Option<io::Result<u64>>,
     /// Stock restic on PATH (reads the repository without burrow).
     pub restic: Option<PathBuf>,
 }
@@ -108,19 +110,18 @@ pub async fn gather(cfg: &Config) -> Facts {
             .await
             {
                 Ok(Ok(d)) => Ok(d.state().await),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("UDisks2 did not answer within 30 s".to_owned()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(DiskError::Failed(
+                    "UDisks2 did not answer within 30 s".to_owned(),
+                )),
             },
         ),
     };
     let pings = cfg.jobs.values().any(|j| j.healthcheck.is_some())
         || cfg.check.as_ref().is_some_and(|c| c.healthcheck.is_some())
         || cfg.healthchecks.heartbeat.is_some();
-    let http_client = pings.then(|| {
-        burrow_notify::healthchecks::build_client(Duration::from_secs(10))
-            .map(drop)
-            .map_err(|e| e.to_string())
-    });
+    let http_client =
+        pings.then(|| burrow_notify::healthchecks::build_client(Duration::from_secs(10)).map(drop));
     let repo_free = cfg.disk.is_none().then(|| free_near(&cfg.repository.path));
     Facts {
         udisks,
@@ -167,7 +168,7 @@ pub fn judge(cfg: &Config, f: &Facts) -> Vec<Finding> {
         ),
     });
     if let Some(free) = &f.repo_free {
-        out.push(volume_space(&cfg.repository.path, free.clone()));
+        out.push(volume_space(&cfg.repository.path, free));
     }
     out.push(match &f.restic {
         Some(p) => Finding::ok(
@@ -252,18 +253,21 @@ fn disk_findings(cfg: &Config, f: &Facts, out: &mut Vec<Finding>) {
     };
     out.push(Finding::ok("backup-disk", how));
     if let (Some(mp), Some(free)) = (&s.mount_point, s.free_bytes) {
-        out.push(volume_space(mp, Ok(free)));
+        out.push(volume_space(mp, &Ok(free)));
     }
 }
 
-fn volume_space(at: &Path, free: Result<u64, String>) -> Finding {
+fn volume_space(at: &Path, free: &io::Result<u64>) -> Finding {
     match free {
-        Ok(n) if n < MIN_VOLUME_FREE => Finding::warn(
+        Ok(n) if *n < MIN_VOLUME_FREE => Finding::warn(
             "free-space",
-            format!("{}: only {} free", at.display(), human(n)),
+            format!("{}: only {} free", at.display(), human(*n)),
             "forget and prune old snapshots (`burrow forget JOB`, `burrow prune`) or use a larger disk",
         ),
-        Ok(n) => Finding::ok("free-space", format!("{}: {} free", at.display(), human(n))),
+        Ok(n) => Finding::ok(
+            "free-space",
+            format!("{}: {} free", at.display(), human(*n)),
+        ),
         Err(e) => Finding::warn(
             "free-space",
             format!("{}: {e}", at.display()),
@@ -333,15 +337,20 @@ fn zone_of(localtime: &Path) -> LocalZone {
 
 /// Free space of the filesystem holding `path`, or of its nearest existing parent (a state
 /// directory not created yet lands there).
-fn free_near(path: &Path) -> Result<u64, String> {
+fn free_near(path: &Path) -> io::Result<u64> {
     let mut p = path;
     loop {
         if p.exists() {
-            return burrow_disk::free_space(p).map_err(|e| e.to_string());
+            return burrow_disk::free_space(p);
         }
         match p.parent() {
             Some(parent) => p = parent,
-            None => return Err("no part of the path exists".into()),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "no part of the path exists",
+                ));
+            }
         }
     }
 }
@@ -432,7 +441,9 @@ jobs:
     fn each_missing_piece_fails_with_its_fix() {
         let cfg = config(DISK);
         let mut f = healthy();
-        f.udisks = Some(Err("cannot connect to the system D-Bus".into()));
+        f.udisks = Some(Err(DiskError::Failed(
+            "cannot connect to the system D-Bus".into(),
+        )));
         let out = judge(&cfg, &f);
         let (v, text) = verdict(&out, "udisks2");
         assert_eq!(v, Verdict::Fail);
@@ -453,7 +464,7 @@ jobs:
         assert_eq!(verdict(&judge(&cfg, &f), "luks").0, Verdict::Ok);
 
         let mut f = healthy();
-        f.http_client = Some(Err("no CA certificates".into()));
+        f.http_client = Some(Err(HealthchecksError::Client("no CA certificates".into())));
         let (v, text) = verdict(&judge(&cfg, &f), "ca-certificates");
         assert_eq!(v, Verdict::Fail);
         assert!(text.contains("apt-get install ca-certificates"), "{text}");
