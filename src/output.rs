@@ -1,18 +1,25 @@
-//! Command output on stdout. A reader that went away (`burrow status --json | head -1`) ends
-//! burrow quietly with 0, as it does for `head`'s other writers, instead of a panic; any
-//! other write error is said once and fails the command.
+//! Command output on stdout. A reader that went away (`burrow status --json | head -1`) is
+//! not an error of the command: the rest of the output is dropped and the command ends with
+//! its own exit code (a run that failed still exits 1), instead of a panic. Any other write
+//! error is said once on stderr, and the output stops there too.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once stdout cannot be written: nothing more is tried.
+static STOPPED: AtomicBool = AtomicBool::new(false);
 
 /// Writes `args` to stdout; see the module docs for what happens when that fails.
 pub fn write(args: std::fmt::Arguments<'_>) {
+    if STOPPED.load(Ordering::Relaxed) {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+        STOPPED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("burrow: cannot write the output: {e}");
         }
-        eprintln!("burrow: cannot write the output: {e}");
-        std::process::exit(burrow_core::Exit::Failed.code());
     }
 }
 

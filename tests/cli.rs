@@ -50,21 +50,40 @@ fn example_config_checks_clean() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
-/// `burrow … | head -1`: the reader goes away before burrow writes; burrow ends quietly with
-/// 0 instead of a panic on the broken pipe.
+/// `burrow … | head -1`: the reader goes away before burrow writes. No panic on the broken
+/// pipe: the command ends with its own exit code, 0 for `check-config` of a clean config and
+/// 1 for a `check` that finds no repository (its report goes to the closed stdout).
 #[test]
-fn output_into_a_closed_pipe_ends_quietly() {
+fn output_into_a_closed_pipe_keeps_the_commands_exit_code() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = burrow_command(&root.join("config.example.yaml"), &["check-config"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let tmp = tempfile::tempdir().unwrap();
+    let no_repo = tmp.path().join("no-repo.yaml");
+    fs::write(tmp.path().join("pw"), "pw\n").unwrap();
+    fs::write(
+        &no_repo,
+        format!(
+            "repository: {{path: {}, password_file: {}}}\nstate_dir: {}\n",
+            tmp.path().join("repo").display(),
+            tmp.path().join("pw").display(),
+            tmp.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    for (cfg, args, code) in [
+        (root.join("config.example.yaml"), &["check-config"][..], 0),
+        (no_repo, &["check"][..], 1),
+    ] {
+        let mut child = burrow_command(&cfg, args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    }
 }
 
 #[test]
