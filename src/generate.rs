@@ -1,7 +1,6 @@
 //! `burrow generate`: the man pages and shell completions, rendered from the same clap
 //! definition as the command line itself, so they always describe the binary they come with.
 
-use std::io::Write;
 use std::path::Path;
 
 use burrow_core::Exit;
@@ -17,7 +16,7 @@ pub fn man(dir: Option<&Path>) -> Exit {
         None => {
             let mut out = Vec::new();
             render_page(&root_command(), true, &mut out)
-                .and_then(|()| std::io::stdout().write_all(&out))
+                .map(|()| outp!("{}", String::from_utf8_lossy(&out)))
         }
     };
     match res {
@@ -39,13 +38,8 @@ pub fn completions(shell: Shell) -> Exit {
         Shell::Fish => clap_complete::Shell::Fish,
     };
     clap_complete::generate(sh, &mut cmd, "burrow", &mut out);
-    match std::io::stdout().write_all(&out) {
-        Ok(()) => Exit::Ok,
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            Exit::Failed
-        }
-    }
+    outp!("{}", String::from_utf8_lossy(&out));
+    Exit::Ok
 }
 
 fn root_command() -> clap::Command {
