@@ -4,10 +4,8 @@
 // A test reads as one scenario from top to bottom: longer than library functions may be.
 #![allow(clippy::too_many_lines)]
 
-mod common;
-
+use crate::util::{burrow, burrow_command, json, text};
 use burrow_testkit::noise;
-use common::{burrow, burrow_command, json, text};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -775,7 +773,7 @@ fn a_truncated_pack_is_named_by_check_and_stored_again_by_the_next_run() {
     let restored = target.join(e.src.strip_prefix("/").unwrap());
     assert_eq!(fs::read(restored.join("big")).unwrap(), big);
 
-    let Some(out) = common::restic(&repo, &e.tmp.path().join("pw"), &["check", "--read-data"])
+    let Some(out) = crate::util::restic(&repo, &e.tmp.path().join("pw"), &["check", "--read-data"])
     else {
         return;
     };
@@ -794,7 +792,7 @@ fn password_file_reads_as_stock_restic_reads_it() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let out = burrow(&e.cfg, &["run", "files"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let Some(out) = common::restic(&repo, &pw, &["snapshots"]) else {
+    let Some(out) = crate::util::restic(&repo, &pw, &["snapshots"]) else {
         return;
     };
     assert!(out.status.success(), "restic refused: {}", text(&out));
@@ -802,7 +800,7 @@ fn password_file_reads_as_stock_restic_reads_it() {
     // Surrounding white space (and a UTF-8 byte order mark) does not matter to either.
     fs::write(&pw, "\u{feff}  pass word \nsecond line \r\n\n").unwrap();
     assert_eq!(burrow(&e.cfg, &["snapshots"]).status.code(), Some(0));
-    let out = common::restic(&repo, &pw, &["snapshots"]).unwrap();
+    let out = crate::util::restic(&repo, &pw, &["snapshots"]).unwrap();
     assert!(out.status.success(), "restic refused: {}", text(&out));
 
     // The first line alone is another password: both refuse it.
@@ -810,7 +808,7 @@ fn password_file_reads_as_stock_restic_reads_it() {
     let out = burrow(&e.cfg, &["snapshots"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("wrong password"), "{}", text(&out));
-    let out = common::restic(&repo, &pw, &["snapshots"]).unwrap();
+    let out = crate::util::restic(&repo, &pw, &["snapshots"]).unwrap();
     assert!(!out.status.success(), "restic opened it: {}", text(&out));
 
     // Nothing but white space is no password.
@@ -927,7 +925,7 @@ fn a_run_killed_at_any_moment_leaves_a_clean_repository_and_the_next_run_complet
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let repo = e.tmp.path().join("repo");
     let pw = e.tmp.path().join("pw");
-    if common::restic(&repo, &pw, &["version"]).is_none() {
+    if crate::util::restic(&repo, &pw, &["version"]).is_none() {
         return;
     }
     // Spread over the run: at its start, while packs are written, near its end.
@@ -939,9 +937,9 @@ fn a_run_killed_at_any_moment_leaves_a_clean_repository_and_the_next_run_complet
         child.wait().unwrap();
         // restic 0.14 takes no lock over another one, stale or not; `unlock` (without
         // `--remove-all`) removes only locks of processes that are gone.
-        let out = common::restic(&repo, &pw, &["unlock"]).unwrap();
+        let out = crate::util::restic(&repo, &pw, &["unlock"]).unwrap();
         assert!(out.status.success(), "restic unlock: {}", text(&out));
-        let out = common::restic(&repo, &pw, &["check"]).unwrap();
+        let out = crate::util::restic(&repo, &pw, &["check"]).unwrap();
         assert!(
             out.status.success(),
             "restic check after a kill at {ms} ms: {}",
@@ -951,14 +949,14 @@ fn a_run_killed_at_any_moment_leaves_a_clean_repository_and_the_next_run_complet
     let out = burrow(&e.cfg, &["run", "files", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(json(&out)["status"], "ok");
-    let out = common::restic(&repo, &pw, &["check", "--read-data"]).unwrap();
+    let out = crate::util::restic(&repo, &pw, &["check", "--read-data"]).unwrap();
     assert!(
         out.status.success(),
         "restic check --read-data: {}",
         text(&out)
     );
     let target = e.tmp.path().join("restored");
-    let out = common::restic(
+    let out = crate::util::restic(
         &repo,
         &pw,
         &["restore", "latest", "--target", target.to_str().unwrap()],

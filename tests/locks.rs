@@ -2,9 +2,7 @@
 //! stock restic and a second burrow (another `state_dir`, same repository) see them and are
 //! seen; and the local flock in `state_dir` is never written through a planted link.
 
-mod common;
-
-use common::{burrow, json, restic, text};
+use crate::util::{burrow, json, restic, text};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

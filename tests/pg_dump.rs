@@ -5,9 +5,7 @@
 // A test reads as one scenario from top to bottom: longer than library functions may be.
 #![allow(clippy::too_many_lines)]
 
-mod common;
-
-use common::{burrow, json, text};
+use crate::util::{burrow, json, text};
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;

@@ -3,9 +3,7 @@
 // A test reads as one scenario from top to bottom: longer than library functions may be.
 #![allow(clippy::too_many_lines)]
 
-mod common;
-
-use common::{burrow, json, text};
+use crate::util::{burrow, json, text};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -193,7 +191,8 @@ fn forget_dry_run_json_then_forget_then_prune() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let restored = target.join(src.strip_prefix("/").unwrap());
     assert_eq!(fs::read(restored.join("stays")).unwrap(), noise(100_000, 1));
-    if let Some(out) = common::restic(&repo, &tmp.path().join("pw"), &["check", "--read-data"]) {
+    if let Some(out) = crate::util::restic(&repo, &tmp.path().join("pw"), &["check", "--read-data"])
+    {
         assert!(out.status.success(), "restic check: {}", text(&out));
     }
 }

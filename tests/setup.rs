@@ -2,14 +2,13 @@
 //! `trust` reports exactly the server's fingerprint and pins it without touching the rest of
 //! the file; `key-stick` writes only onto a mounted filesystem and never overwrites a key.
 
-mod common;
-
-use common::{burrow, text};
+use crate::util::{burrow, text};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use burrow_testkit::loopdev;
 use burrow_testkit::sshd::Sshd;
 
 fn mode(p: &Path) -> u32 {
@@ -244,12 +243,17 @@ fn setup_trust_fails_cleanly_when_nothing_listens() {
 struct Stick {
     _tmp: tempfile::TempDir,
     mnt: PathBuf,
+    /// Held while the loop device exists (dropped last): the disk tests in this binary attach
+    /// loop devices through UDisks2 and watch udev's block events, and must not see this one
+    /// appear or race it for a free loop device.
+    _serial: loopdev::Serial,
 }
 
 const STICK_UUID: &str = "3f1c0b9e-1111-4222-8333-444455556666";
 
 impl Stick {
     fn mount() -> Option<Stick> {
+        let serial = loopdev::serial();
         let tmp = tempfile::tempdir().unwrap();
         let img = tmp.path().join("stick.img");
         let mnt = tmp.path().join("mnt");
@@ -273,7 +277,11 @@ impl Stick {
             );
             return None;
         }
-        Some(Stick { _tmp: tmp, mnt })
+        Some(Stick {
+            _tmp: tmp,
+            mnt,
+            _serial: serial,
+        })
     }
 }
 

@@ -1,9 +1,7 @@
 //! burrow against a private sshd on 127.0.0.1: pull over SFTP, stock restic reads the result,
 //! host keys are enforced, hooks and dumps behave, a vanished server fails the run cleanly.
 
-mod common;
-
-use common::{burrow, json, restic, text};
+use crate::util::{burrow, json, restic, text};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;

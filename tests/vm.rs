@@ -14,7 +14,7 @@
 //!
 //! ```sh
 //! BURROW_DEB=$(bash packaging/build-deb.sh | tail -n 1) \
-//!     cargo test --workspace --locked --test vm -- --ignored --nocapture
+//!     cargo test --workspace --locked --test integration vm:: -- --ignored --nocapture
 //! ```
 //!
 //! Needs root, `qemu-system-x86_64`, `debootstrap`, `mkfs.ext4` and `ssh`/`ssh-keygen`, and the
@@ -24,8 +24,6 @@
 
 // A test reads as one scenario from top to bottom: longer than library functions may be.
 #![allow(clippy::too_many_lines)]
-
-mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -241,7 +239,7 @@ fn many_files_repository(dir: &Path) -> PathBuf {
     )
     .unwrap();
     for args in [&["init"][..], &["run", "many"]] {
-        let out = common::burrow(&host_cfg, args);
+        let out = crate::util::burrow(&host_cfg, args);
         assert!(
             out.status.success(),
             "burrow {args:?} of the many-files job: {}",

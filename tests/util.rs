@@ -1,5 +1,4 @@
 //! Helpers shared by the tests that drive the `burrow` binary.
-#![allow(dead_code)] // each test file uses its own subset
 
 use std::path::Path;
 use std::process::{Command, Output};
