@@ -10,11 +10,11 @@ use burrow_core::Exit;
 use burrow_core::bytes::human;
 use burrow_core::disk::DiskManager;
 use burrow_core::exec::Exec;
+use burrow_core::run::{RunControl, RunReport};
 use burrow_core::{RunError, RunStatus, RunSummary, short_id};
-use burrow_disk::{SimDisk, UDisks2Manager};
 use burrow_repo::Repo;
 use burrow_run::place::{self, RepoLock};
-use burrow_run::{RunControl, run_job};
+use burrow_run::run_job;
 
 use crate::cli::{Cli, Command, Generate};
 
@@ -47,10 +47,12 @@ pub async fn dispatch(cli: Cli) -> Exit {
     match cli.command {
         Command::CheckConfig => check_config(&cfg),
         Command::Doctor { json } => doctor(&cfg, json).await,
-        Command::Init => with_disk(&cfg, async |d| init(&cfg, d).await).await,
+        Command::Init => {
+            crate::adapters::command_with_disk(&cfg, async |d| init(&cfg, d).await).await
+        }
         Command::Run { job, json } => run(&cfg, &job, json).await,
         Command::Snapshots { job, json } => {
-            with_disk(&cfg, async |d| {
+            crate::adapters::command_with_disk(&cfg, async |d| {
                 snapshots(&cfg, d, job.as_deref(), json).await
             })
             .await
@@ -73,13 +75,18 @@ pub async fn dispatch(cli: Cli) -> Exit {
                 to_server,
                 workers,
             };
-            with_disk(&cfg, async |d| restore(&cfg, d, req).await).await
+            crate::adapters::command_with_disk(&cfg, async |d| restore(&cfg, d, req).await).await
         }
         Command::Accept { job } => accept(&cfg, &job),
         Command::Forget { job, dry_run, json } => {
-            with_disk(&cfg, async |d| forget(&cfg, d, &job, dry_run, json).await).await
+            crate::adapters::command_with_disk(&cfg, async |d| {
+                forget(&cfg, d, &job, dry_run, json).await
+            })
+            .await
         }
-        Command::Prune => with_disk(&cfg, async |d| prune(&cfg, d).await).await,
+        Command::Prune => {
+            crate::adapters::command_with_disk(&cfg, async |d| prune(&cfg, d).await).await
+        }
         Command::Check { read_data, json } => check(&cfg, read_data.as_deref(), json).await,
         Command::Daemon { sim } => crate::daemon::serve(cfg, sim).await,
         Command::Status { json } => status(&cfg, json).await,
@@ -163,7 +170,8 @@ fn check_config(cfg: &Config) -> Exit {
 
 async fn doctor(cfg: &Config, json: bool) -> Exit {
     use burrow_run::doctor::{self, Verdict};
-    let findings = doctor::judge(cfg, &doctor::gather(cfg).await);
+    let probes = crate::adapters::doctor_probes(cfg).await;
+    let findings = doctor::judge(cfg, &doctor::gather(cfg, probes));
     if json {
         out!(
             "{}",
@@ -190,27 +198,6 @@ async fn doctor(cfg: &Config, json: bool) -> Exit {
     }
 }
 
-/// Runs `f` with the real disk manager when the config has `disk`, with none otherwise.
-async fn with_disk<F>(cfg: &Config, f: F) -> Exit
-where
-    F: AsyncFnOnce(Option<&UDisks2Manager>) -> Exit,
-{
-    match burrow_run::disk_settings(cfg) {
-        None => f(None).await,
-        Some(s) => match UDisks2Manager::connect(s).await {
-            Ok(d) => f(Some(&d)).await,
-            Err(e) => fail(
-                if e.is_skip() {
-                    Exit::Skipped
-                } else {
-                    Exit::Failed
-                },
-                e,
-            ),
-        },
-    }
-}
-
 async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
     let _lock = match RepoLock::acquire(&cfg.state_dir) {
         Ok(l) => l,
@@ -220,7 +207,7 @@ async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
         Ok(p) => p,
         Err(e) => return fail(e.status().exit(), e),
     };
-    let password = match place.password() {
+    let password = match burrow_repo::Password::from_file(&place.password_file) {
         Ok(p) => p,
         Err(e) => {
             eprintln!(
@@ -259,7 +246,7 @@ async fn open_repo<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Result<Rep
         .await
         .map_err(|e| fail(e.status().exit(), &e))?;
     let repo = place
-        .open()
+        .open(&burrow_repo::LocalRepositories)
         .await
         .map_err(|e| fail(e.status().exit(), &e))?;
     Ok(repo)
@@ -355,21 +342,14 @@ async fn check(cfg: &Config, read_data: Option<&str>, json: bool) -> Exit {
         );
     }
     let ctl = RunControl::new(tokio::sync::watch::channel(false).1);
-    let summary = match burrow_run::disk_settings(cfg) {
-        None => {
-            burrow_run::check_repository::<SimDisk>(cfg, None, ctl, read_data)
-                .await
-                .summary
-        }
-        Some(s) => match UDisks2Manager::connect(s).await {
-            Ok(d) => {
-                let r = burrow_run::check_repository(cfg, Some(&d), ctl, read_data).await;
-                release_after_run(cfg, &d).await;
-                r.summary
-            }
-            Err(e) => burrow_run::summary_without_run("check", &RunError::from(e)),
-        },
-    };
+    let summary = crate::adapters::with_disk(cfg, async |d| {
+        let ports = crate::adapters::ports(d);
+        let r = burrow_run::check_repository(cfg, ports, ctl, read_data).await;
+        release_after_run(cfg, d).await;
+        r.summary
+    })
+    .await
+    .unwrap_or_else(|e| RunSummary::without_run("check", &RunError::from(e)));
     if json {
         out!(
             "{}",
@@ -463,7 +443,7 @@ async fn forget<D: DiskManager>(
 }
 
 /// A retention plan as `burrow forget` prints it: what is kept and why, what is removed.
-fn print_plan(job: &str, plan: &burrow_repo::Plan, dry_run: bool) {
+fn print_plan(job: &str, plan: &burrow_core::retention::Plan, dry_run: bool) {
     for d in &plan.keep {
         out!(
             "keep    {}  {}  {}",
@@ -671,24 +651,19 @@ async fn run(cfg: &Config, job: &str, json: bool) -> Exit {
     let run_id = ctl.run_id.clone();
     let progress =
         (!json && std::io::stderr().is_terminal()).then(|| spinner(ctl.bytes_read.clone()));
-    let done = burrow_run::monitored(&monitor, job, &run_id, async {
-        match burrow_run::disk_settings(cfg) {
-            None => run_job::<SimDisk>(cfg, None, job, ctl).await,
-            Some(s) => match UDisks2Manager::connect(s).await {
-                Ok(d) => {
-                    let r = run_job(cfg, Some(&d), job, ctl).await;
-                    release_after_run(cfg, &d).await;
-                    r
-                }
-                Err(e) => {
-                    let e = RunError::from(e);
-                    burrow_run::RunReport {
-                        summary: burrow_run::summary_without_run(job, &e),
-                        log: e.message,
-                    }
-                }
-            },
-        }
+    let done = burrow_core::monitor::monitored(&monitor, job, &run_id, async {
+        let ran = crate::adapters::with_disk(cfg, async |d| {
+            let r = run_job(cfg, crate::adapters::ports(d), job, ctl).await;
+            release_after_run(cfg, d).await;
+            r
+        });
+        ran.await.unwrap_or_else(|e| {
+            let e = RunError::from(e);
+            RunReport {
+                summary: RunSummary::without_run(job, &e),
+                log: e.message,
+            }
+        })
     })
     .await;
     if let Some((pb, task)) = progress {
@@ -698,10 +673,10 @@ async fn run(cfg: &Config, job: &str, json: bool) -> Exit {
     report(&done.summary, json)
 }
 
-/// The disk released after a run by hand, as the config asks.
-async fn release_after_run<D: DiskManager>(cfg: &Config, disk: &D) {
-    if let Some(what) = burrow_run::release_after_run(cfg) {
-        burrow_run::release_disk(disk, what).await;
+/// The disk (when there is one) released after a run by hand, as the config asks.
+async fn release_after_run<D: DiskManager>(cfg: &Config, disk: Option<&D>) {
+    if let (Some(disk), Some(what)) = (disk, cfg.release_after_run()) {
+        burrow_core::disk::release_disk(disk, what).await;
     }
 }
 
@@ -825,7 +800,7 @@ async fn restore_dump_to_server(
     };
     let host = match cfg.server_of(job) {
         None => burrow_run::host::Host::Local,
-        Some(s) => match burrow_ssh::Session::connect(&burrow_run::ssh_target(s)).await {
+        Some(s) => match burrow_ssh::Session::connect(&s.target()).await {
             Ok(sess) => burrow_run::host::Host::Remote(sess),
             Err(e) => {
                 return fail(

@@ -1,6 +1,7 @@
 //! `burrow daemon`: the composition root of the daemon's loop. It takes the daemon lock,
 //! installs the signals, and wires the real adapters (UDisks2 or the simulated disks,
-//! healthchecks, burrow-run's runs, the system clock, systemd) into `run_daemon`.
+//! healthchecks, burrow-run's runs over SSH into the local repositories, the system clock,
+//! systemd) into `run_daemon`.
 
 use std::sync::Arc;
 
@@ -9,11 +10,13 @@ use burrow_core::Exit;
 use burrow_core::clock::SystemClock;
 use burrow_core::disk::DiskManager;
 use burrow_daemon::control::socket_path;
-use burrow_daemon::runner::Runs;
 use burrow_daemon::serve::{Adapters, run_daemon};
 use burrow_disk::{SimDisk, UDisks2Manager};
 use burrow_notify::Healthchecks;
 use burrow_notify::systemd::Systemd;
+use burrow_repo::LocalRepositories;
+use burrow_run::Runs;
+use burrow_ssh::SshServers;
 use tokio::signal::unix::{SignalKind, signal};
 
 pub async fn serve(cfg: Config, sim: bool) -> Exit {
@@ -54,7 +57,7 @@ pub async fn serve(cfg: Config, sim: bool) -> Exit {
         });
         return run_daemon(cfg, adapters(disk, sim), socket_path(), stop).await;
     }
-    let Some(settings) = burrow_run::disk_settings(&cfg) else {
+    let Some(settings) = crate::adapters::disk_settings(&cfg) else {
         return Exit::Usage;
     };
     match UDisks2Manager::connect(settings).await {
@@ -71,12 +74,15 @@ pub async fn serve(cfg: Config, sim: bool) -> Exit {
 fn adapters<D: DiskManager>(
     disk: Option<Arc<D>>,
     sim: bool,
-) -> impl FnOnce(&Arc<Config>) -> Adapters<D, Healthchecks, Runs<D>> {
+) -> impl FnOnce(&Arc<Config>) -> Adapters<D, Healthchecks, Runs<D, SshServers, LocalRepositories>>
+{
     move |cfg| Adapters {
         monitor: Arc::new(Healthchecks::new(cfg.pings())),
         runner: Arc::new(Runs {
             cfg: cfg.clone(),
             disk: disk.clone(),
+            servers: SshServers,
+            repos: LocalRepositories,
         }),
         disk,
         clock: Arc::new(SystemClock),

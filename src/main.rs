@@ -5,6 +5,7 @@
 #[macro_use]
 mod output;
 
+mod adapters;
 mod cli;
 mod commands;
 mod daemon;

@@ -23,6 +23,12 @@ pub fn write(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Says `e` on stderr, once, as `burrow: {e}`, and returns `code` (the command's exit).
+pub fn fail(code: burrow_core::Exit, e: impl std::fmt::Display) -> burrow_core::Exit {
+    eprintln!("burrow: {e}");
+    code
+}
+
 /// `println!` for command output (see [`write`]).
 macro_rules! out {
     () => { $crate::output::write(format_args!("\n")) };

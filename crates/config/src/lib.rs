@@ -7,7 +7,9 @@
 
 mod locate;
 mod outline;
+pub mod quickstart;
 mod raw;
+pub mod setup;
 pub mod sudoers;
 mod unique;
 mod validate;
@@ -22,11 +24,14 @@ use std::time::Duration;
 pub use burrow_core::ping::PingUrl;
 pub use burrow_core::retention::Policy;
 pub use burrow_core::schedule::Schedule;
+use burrow_core::server::{HostKeyPolicy, SshTarget};
 
 /// Where the daemon and the CLI look when neither `--config` nor `BURROW_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/burrow/config.yaml";
 /// Where burrow keeps its state (run history, last slots) when `state_dir` is not set.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/burrow";
+/// `servers.NAME.connect_timeout` when it is not set.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -66,13 +71,6 @@ pub struct KeyStick {
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostKey {
-    /// An OpenSSH public key line or a `SHA256:` fingerprint.
-    Pinned(String),
-    KnownHosts(PathBuf),
-}
-
 #[derive(Debug, Clone)]
 pub struct Server {
     pub name: String,
@@ -81,12 +79,29 @@ pub struct Server {
     pub user: String,
     pub identity_file: PathBuf,
     pub identity_passphrase_file: Option<PathBuf>,
-    pub host_key: HostKey,
+    pub host_key: HostKeyPolicy,
     pub sftp_command: Option<String>,
     pub connect_timeout: Duration,
     /// An SFTP request the server leaves unanswered this long (with nothing else arriving)
     /// makes its file a problem; the pull goes on over a fresh SFTP channel.
     pub io_timeout: Duration,
+}
+
+impl Server {
+    /// The SSH connection's settings.
+    pub fn target(&self) -> SshTarget {
+        SshTarget {
+            name: self.name.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            identity_file: self.identity_file.clone(),
+            identity_passphrase_file: self.identity_passphrase_file.clone(),
+            host_key: self.host_key.clone(),
+            sftp_command: self.sftp_command.clone(),
+            connect_timeout: self.connect_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +188,17 @@ impl Config {
 
     pub fn server_of(&self, job: &Job) -> Option<&Server> {
         job.server.as_ref().and_then(|s| self.servers.get(s))
+    }
+
+    /// What the config has done with the backup disk once runs are over
+    /// (`unmount_after_run`, `power_off_after_run`); `None`: it stays mounted.
+    pub fn release_after_run(&self) -> Option<burrow_core::disk::Release> {
+        let d = self.disk.as_ref()?;
+        (d.unmount_after_run || d.power_off_after_run).then_some(burrow_core::disk::Release {
+            unmount: true,
+            lock: true,
+            power_off: d.power_off_after_run,
+        })
     }
 
     /// Each job's ping URL, and the check's under its run name, for the monitoring adapter.

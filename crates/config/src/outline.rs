@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::ConfigError;
 use crate::locate::locate;
@@ -35,6 +36,16 @@ pub struct JobOutline {
     /// `before`, `after`, `dumps[].command` and `dumps[].restore_command`. Dump presets are
     /// not expanded.
     pub commands: Vec<(String, String)>,
+}
+
+impl ServerOutline {
+    /// `connect_timeout` as a duration: the default when it is missing or not one.
+    pub fn connect_timeout_or_default(&self) -> Duration {
+        self.connect_timeout
+            .as_deref()
+            .and_then(|t| humantime::parse_duration(t).ok())
+            .unwrap_or(crate::DEFAULT_CONNECT_TIMEOUT)
+    }
 }
 
 /// Reads `text` as far as its syntax: the servers and jobs as written.
@@ -161,8 +172,8 @@ pub fn set_host_key(
     Ok(out)
 }
 
-/// A YAML double-quoted scalar (a JSON string is one).
-fn yaml_quote(s: &str) -> String {
+/// A YAML double-quoted scalar (a JSON string is one), whatever `s` holds.
+pub(crate) fn yaml_quote(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {

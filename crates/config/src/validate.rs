@@ -8,14 +8,15 @@ use burrow_core::exclude::Excludes;
 use burrow_core::retention::Policy;
 use burrow_core::run::CHECK_RUN;
 use burrow_core::schedule::{Schedule, ScheduleError};
+use burrow_core::server::HostKeyPolicy;
 
 use crate::raw::{
     RawAnomaly, RawCheck, RawConfig, RawDisk, RawDump, RawHealthchecks, RawJob, RawMysql, RawPing,
     RawPostgres, RawRepository, RawRetention, RawServer, RawSqlite,
 };
 use crate::{
-    Anomaly, Check, Config, ConfigError, DEFAULT_STATE_DIR, Disk, Dump, Healthchecks, HostKey,
-    Invalid, Job, KeyStick, PingUrl, Repository, Server, locate::locate, shell_quote,
+    Anomaly, Check, Config, ConfigError, DEFAULT_STATE_DIR, Disk, Dump, Healthchecks, Invalid, Job,
+    KeyStick, PingUrl, Repository, Server, locate::locate, shell_quote,
 };
 
 struct Errors<'a> {
@@ -383,7 +384,7 @@ fn server(e: &mut Errors, name: &str, s: &RawServer, used: bool) -> Option<Serve
                 .as_ref()
                 .map(|f| ("identity_passphrase_file", f)),
             match &host_key {
-                Some(HostKey::KnownHosts(kh)) => Some(("known_hosts", kh)),
+                Some(HostKeyPolicy::KnownHosts(kh)) => Some(("known_hosts", kh)),
                 _ => None,
             },
         ];
@@ -397,7 +398,7 @@ fn server(e: &mut Errors, name: &str, s: &RawServer, used: bool) -> Option<Serve
         e,
         &format!("{p}.connect_timeout"),
         s.connect_timeout.as_ref(),
-        Duration::from_secs(30),
+        crate::DEFAULT_CONNECT_TIMEOUT,
     );
     let io_timeout = duration(
         e,
@@ -426,7 +427,7 @@ fn server(e: &mut Errors, name: &str, s: &RawServer, used: bool) -> Option<Serve
 }
 
 /// `host_key` or `known_hosts`: exactly one of them.
-fn host_key(e: &mut Errors, p: &str, s: &RawServer) -> Option<HostKey> {
+fn host_key(e: &mut Errors, p: &str, s: &RawServer) -> Option<HostKeyPolicy> {
     match (&s.host_key, &s.known_hosts) {
         (Some(_), Some(_)) => {
             e.add(p, "set either host_key or known_hosts, not both");
@@ -444,11 +445,11 @@ fn host_key(e: &mut Errors, p: &str, s: &RawServer) -> Option<HostKey> {
             if let Err(why) = pinned_host_key(k) {
                 e.add(format!("{p}.host_key"), why.to_string());
             }
-            Some(HostKey::Pinned(k.to_owned()))
+            Some(HostKeyPolicy::Pinned(k.to_owned()))
         }
         (None, Some(kh)) => {
             absolute(e, &format!("{p}.known_hosts"), kh);
-            Some(HostKey::KnownHosts(kh.clone()))
+            Some(HostKeyPolicy::KnownHosts(kh.clone()))
         }
     }
 }

@@ -112,3 +112,10 @@ pub trait DiskManager: Send + Sync + 'static {
     /// Waits for the next hot-plug event. Returns `None` when the source of events has ended.
     fn next_event(&self) -> impl Future<Output = Option<DiskEvent>> + Send;
 }
+
+/// Releases the backup disk as `what` says; a failure is logged, never the run's.
+pub async fn release_disk<D: DiskManager>(disk: &D, what: Release) {
+    if let Err(e) = disk.release(what).await {
+        tracing::warn!("releasing the backup disk failed: {e}");
+    }
+}

@@ -49,4 +49,52 @@ Exit codes:
       most files gone or changed); retention of the job is paused until `burrow accept JOB`
   75  skipped: the backup disk or the key stick is absent, or the disk is not the one
       `burrow init` prepared (nothing was written)";
+
+    /// The exit codes as (code, meaning), read from [`Exit::HELP`], so that the man page
+    /// and `--help` cannot disagree.
+    pub fn codes() -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        for line in Exit::HELP.lines().skip(1) {
+            let t = line.trim();
+            match t.split_once(char::is_whitespace) {
+                Some((code, rest)) if code.bytes().all(|b| b.is_ascii_digit()) => {
+                    out.push((code, rest.trim().to_owned()));
+                }
+                _ => {
+                    if let Some(last) = out.last_mut() {
+                        last.1.push(' ');
+                        last.1.push_str(t);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Exit;
+
+    #[test]
+    fn codes_come_from_the_help_text() {
+        let codes = Exit::codes();
+        let nums: Vec<&str> = codes.iter().map(|(c, _)| *c).collect();
+        assert_eq!(nums, ["0", "1", "2", "3", "4", "5", "75"]);
+        assert!(codes[5].1.contains("anomaly"), "{codes:?}");
+        assert!(codes[4].1.contains("retention"), "{codes:?}");
+        assert!(codes[3].1.contains("after command failed"), "{codes:?}");
+        // The help names exactly the codes of the enum, in order.
+        let all = [
+            Exit::Ok,
+            Exit::Failed,
+            Exit::Usage,
+            Exit::Partial,
+            Exit::Warning,
+            Exit::Anomaly,
+            Exit::Skipped,
+        ];
+        let named: Vec<String> = all.iter().map(|e| e.code().to_string()).collect();
+        assert_eq!(nums, named);
+    }
 }

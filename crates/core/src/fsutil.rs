@@ -6,6 +6,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rand::{Rng, RngCore};
+
 /// Creates `path`, which must not exist (a symlink there is not followed), with `mode` and
 /// `data`, flushed to the device; a file left half-written is removed. For secrets (keys,
 /// passwords) that must never replace what is there.
@@ -20,6 +22,26 @@ pub fn create_new(path: &Path, mode: u32, data: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(path);
     }
     res
+}
+
+/// [`create_new`] with `len` random bytes: a key file.
+pub fn create_random(path: &Path, mode: u32, len: usize) -> io::Result<()> {
+    let mut key = vec![0u8; len];
+    rand::rng().fill_bytes(&mut key);
+    let res = create_new(path, mode, &key);
+    key.fill(0);
+    res
+}
+
+/// [`create_new`] with a random password of `len` ASCII letters and digits and a newline.
+pub fn create_password(path: &Path, mode: u32, len: usize) -> io::Result<()> {
+    let mut secret: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect();
+    secret.push('\n');
+    create_new(path, mode, secret.as_bytes())
 }
 
 /// Replaces `path` with `bytes` so that a reader (or a reboot) sees the old or the new content,
@@ -95,5 +117,33 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn secrets_are_new_files_with_their_mode_and_never_replace_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("file");
+        create_random(&key, 0o400, 512).unwrap();
+        assert_eq!(fs::read(&key).unwrap().len(), 512);
+        assert_eq!(mode(&key), 0o400);
+        let pw = tmp.path().join("password");
+        create_password(&pw, 0o600, 40).unwrap();
+        let text = fs::read_to_string(&pw).unwrap();
+        assert_eq!(mode(&pw), 0o600);
+        assert_eq!(text.len(), 41);
+        assert!(text.ends_with('\n'));
+        assert!(
+            text.trim_end().bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{text}"
+        );
+        assert_ne!(text, {
+            let other = tmp.path().join("other");
+            create_password(&other, 0o600, 40).unwrap();
+            fs::read_to_string(&other).unwrap()
+        });
+        let e = create_password(&pw, 0o600, 40).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&pw).unwrap(), text);
+        assert!(create_random(&key, 0o400, 8).is_err());
     }
 }

@@ -11,14 +11,17 @@ pub mod exclude;
 pub mod exec;
 pub mod exit;
 pub mod fsutil;
+pub mod guard;
 pub mod local;
 pub mod mem;
 pub mod monitor;
 pub mod ping;
 pub mod problems;
+pub mod repository;
 pub mod retention;
 pub mod run;
 pub mod schedule;
+pub mod server;
 pub mod service;
 pub mod source;
 

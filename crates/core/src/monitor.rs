@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use crate::ping::PingUrl;
-use crate::run::RunStatus;
+use crate::run::{RunReport, RunStatus};
 
 /// How a run ended, as sent to monitoring.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,4 +22,18 @@ pub trait Monitor: Send + Sync + 'static {
     /// The daemon is alive (`healthchecks.heartbeat`, every few minutes), so a dead Pi
     /// alerts too.
     fn heartbeat(&self, url: &PingUrl) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs `run` (a job's run or the check) between the monitor's start and finish pings: the
+/// one wrapper of `burrow run` and the daemon's runs.
+pub async fn monitored<M: Monitor>(
+    monitor: &M,
+    job: &str,
+    run_id: &str,
+    run: impl Future<Output = RunReport>,
+) -> RunReport {
+    monitor.start(job, run_id).await;
+    let report = run.await;
+    monitor.finish(job, run_id, &report.outcome()).await;
+    report
 }

@@ -195,6 +195,27 @@ pub fn protect(mut plan: Plan, protected: &BTreeSet<String>) -> Plan {
     plan
 }
 
+/// The snapshots of a job that retention never removes, whatever the policy: burrow's one
+/// deviation from restic's `forget`. Today the newest complete (not `partial`) snapshot.
+pub fn protected(snaps: &[Snap]) -> BTreeSet<String> {
+    snaps
+        .iter()
+        .filter(|s| {
+            !s.tags
+                .iter()
+                .any(|t| t == crate::repository::TAG_PARTIAL || t == crate::repository::TAG_ANOMALY)
+        })
+        .max_by(|a, b| a.time.cmp(&b.time).then_with(|| b.id.cmp(&a.id)))
+        .map(|s| BTreeSet::from([s.id.clone()]))
+        .unwrap_or_default()
+}
+
+/// What forget does to a job's snapshots: `policy` as `restic forget --keep-*` applies it,
+/// then [`protect`]ed: the newest complete snapshot is never removed.
+pub fn forget_plan(snaps: &[Snap], policy: &Policy) -> Result<Plan, PolicyError> {
+    Ok(protect(apply_policy(snaps, policy)?, &protected(snaps)))
+}
+
 fn by_time_desc(a: &str, b: &str) -> std::cmp::Ordering {
     match (
         DateTime::parse_from_rfc3339(a),

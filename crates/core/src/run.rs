@@ -1,9 +1,15 @@
 //! The result of one run of a job, as printed by `burrow run --json`, kept in the run history
 //! and sent to monitoring.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::exit::Exit;
+use crate::monitor::Outcome;
 use crate::problems::Problem;
 
 /// The name the repository check (`check:` in the config) runs under: in its run summary, the
@@ -201,6 +207,17 @@ impl RunSummary {
         }
     }
 
+    /// The summary of a run that could not even start (no disk manager, daemon refused).
+    pub fn without_run(job: &str, error: &RunError) -> Self {
+        RunSummary::without_snapshot(
+            job,
+            &uuid::Uuid::new_v4().to_string(),
+            &chrono::Utc::now().to_rfc3339(),
+            error,
+            0.0,
+        )
+    }
+
     /// A summary for a run that ended on `error` before a snapshot could be made.
     pub fn without_snapshot(
         job: &str,
@@ -215,4 +232,49 @@ impl RunSummary {
             ..RunSummary::new(job, run_id, started, error.status(), duration_s)
         }
     }
+}
+
+/// What the caller of a run can watch and stop.
+#[derive(Debug, Clone)]
+pub struct RunControl {
+    pub run_id: String,
+    /// Becomes `true` when burrow is shutting down: the pull stops, `after` still runs.
+    pub cancel: watch::Receiver<bool>,
+    /// Content bytes read so far (for progress displays and `STATUS=`).
+    pub bytes_read: Arc<AtomicU64>,
+}
+
+impl RunControl {
+    pub fn new(cancel: watch::Receiver<bool>) -> Self {
+        RunControl {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            cancel,
+            bytes_read: Arc::default(),
+        }
+    }
+}
+
+/// The result of a run: the summary and the log tail for monitoring.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub summary: RunSummary,
+    pub log: String,
+}
+
+impl RunReport {
+    /// What monitoring is told of this run.
+    pub fn outcome(&self) -> Outcome {
+        Outcome {
+            status: self.summary.status,
+            exit_code: self.summary.status.exit().code(),
+            log: self.log.clone(),
+        }
+    }
+}
+
+/// The runs the daemon starts, as a port: burrow-run's job run and repository check are the
+/// real ones (`burrow_run::Runs`); the daemon loop's tests script them.
+pub trait Runner: Send + Sync + 'static {
+    /// One run of `job` (or of the repository check, [`CHECK_RUN`]) to its end.
+    fn run(&self, job: &str, ctl: RunControl) -> impl Future<Output = RunReport> + Send;
 }

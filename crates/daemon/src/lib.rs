@@ -2,6 +2,5 @@
 
 pub mod control;
 pub mod plan;
-pub mod runner;
 pub mod serve;
 pub mod state;

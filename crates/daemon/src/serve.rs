@@ -15,7 +15,6 @@ use burrow_core::disk::{DiskEvent, DiskManager, Release};
 use burrow_core::monitor::Monitor;
 use burrow_core::service::ServiceManager;
 use burrow_core::{Exit, RunError, RunStatus};
-use burrow_run::{RunControl, RunReport};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -25,8 +24,8 @@ use tokio::task::JoinHandle;
 
 use crate::control::{Reply, Request};
 use crate::plan::{self, JobPlan, Retries, Retry, RunQueue};
-use crate::runner::Runner;
 use crate::state::{History, RunRecord, State, Store};
+use burrow_core::run::{RunControl, RunReport, Runner};
 
 /// The repository check's name in the queue, the state files, the status and monitoring: the
 /// name its run summary carries too, and one the config refuses for a job.
@@ -445,7 +444,13 @@ impl<D: DiskManager, M: Monitor, R: Runner> Daemon<D, M, R> {
         let (job2, ctl2) = (job.clone(), ctl.clone());
         let handle = tokio::spawn(async move {
             let run_id = ctl2.run_id.clone();
-            burrow_run::monitored(monitor.as_ref(), &job2, &run_id, runner.run(&job2, ctl2)).await
+            burrow_core::monitor::monitored(
+                monitor.as_ref(),
+                &job2,
+                &run_id,
+                runner.run(&job2, ctl2),
+            )
+            .await
         });
         self.current = Some(Current {
             job,
@@ -464,7 +469,7 @@ impl<D: DiskManager, M: Monitor, R: Runner> Daemon<D, M, R> {
             Ok(r) => r.summary,
             Err(e) => {
                 tracing::error!("the run of {} crashed: {e}", cur.job);
-                burrow_run::summary_without_run(
+                burrow_core::RunSummary::without_run(
                     &cur.job,
                     &RunError::permanent(format!("crashed: {e}")),
                 )
@@ -507,9 +512,11 @@ impl<D: DiskManager, M: Monitor, R: Runner> Daemon<D, M, R> {
                 lock: true,
                 power_off: false,
             });
-            if let Some(what) = burrow_run::release_after_run(&self.cfg).or(asked) {
+            if let Some(what) = self.cfg.release_after_run().or(asked) {
                 let disk = disk.clone();
-                tokio::spawn(async move { burrow_run::release_disk(disk.as_ref(), what).await });
+                tokio::spawn(
+                    async move { burrow_core::disk::release_disk(disk.as_ref(), what).await },
+                );
                 self.pending_lock = false;
             }
         }
@@ -813,8 +820,12 @@ mod tests {
         let cfg = burrow_config::parse(&text, Path::new("c.yaml")).unwrap();
         std::fs::create_dir_all(&cfg.state_dir).unwrap();
         let (_cancel, rx) = watch::channel(false);
-        let report =
-            burrow_run::run_check(&cfg, None::<&burrow_disk::SimDisk>, RunControl::new(rx)).await;
+        let ports = burrow_run::Ports {
+            disk: None::<&burrow_disk::SimDisk>,
+            servers: &burrow_ssh::SshServers,
+            repos: &burrow_repo::LocalRepositories,
+        };
+        let report = burrow_run::run_check(&cfg, ports, RunControl::new(rx)).await;
         assert_eq!(report.summary.job, CHECK);
         let mut state = State::default();
         state.mark_slot(CHECK, Utc::now());

@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use burrow_config::Config;
 use burrow_core::clock::Clock;
+use burrow_core::run::{RunControl, RunReport, Runner};
 use burrow_core::{Exit, RunError, RunStatus, RunSummary};
-use burrow_daemon::runner::Runner;
 use burrow_daemon::serve::{Adapters, run_daemon};
 use burrow_daemon::state::{State, Store};
 use burrow_disk::SimDisk;
 use burrow_notify::systemd::Systemd;
-use burrow_run::{RunControl, RunReport};
 use burrow_testkit::fakes::{Ping, RecordingMonitor, TestClock};
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;

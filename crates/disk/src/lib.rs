@@ -4,13 +4,15 @@
 //! the key stick by filesystem UUID and mounts it read-only, reads the key file, unlocks the
 //! LUKS container of the backup disk through UDisks2, mounts the cleartext filesystem, wakes a
 //! sleeping disk, and reports hot-plug events from udev. [`sim::SimDisk`] is the same port
-//! backed by a directory, for `burrow daemon --sim` and tests. [`guard`] proves that a path is
-//! on the mounted backup volume before anything is written there.
+//! backed by a directory, for `burrow daemon --sim` and tests. [`burrow_core::guard`] proves that a path is
+//! on the mounted backup volume before anything is written there. [`stick`] writes a new key
+//! stick's secrets (`burrow setup key-stick`).
 //!
 //! Invariants:
 //! - **Never write outside the verified mount.** This crate writes only the marker file, and
-//!   only after [`guard::verify_mount`] has checked the kernel's mount table; it never creates
-//!   directories. Callers resolve the repository path with [`guard::resolve_repo_path`].
+//!   only after [`burrow_core::guard::verify_mount`] has checked the kernel's mount table; it never creates
+//!   directories. Callers resolve the repository path with [`burrow_core::guard::resolve_repo_path`]. The
+//!   one exception, [`stick`], writes new files only, and only at the root of a mount point.
 //! - **Idempotent steps.** Every step looks at the current state first and reuses it: an
 //!   unlocked container, a mounted filesystem or key stick, a locked or absent disk on release.
 //!   Start-up after a crash therefore redoes nothing.
@@ -23,11 +25,11 @@
 //!   [`burrow_core::disk::DiskEvent::KeyRemoved`]; locking on that is the daemon's call, made
 //!   when no run is active.
 
-pub mod guard;
 mod manager;
 mod monitor;
 mod settings;
 pub mod sim;
+pub mod stick;
 mod udisks;
 
 pub use manager::{UDisks2Manager, free_space, luks_plugin};

@@ -2,7 +2,7 @@
 //!
 //! A plain directory plays the mounted volume; `plug_*`/`unplug_*` play the user and produce
 //! the same events the udev monitor would. It never touches a real device. Its volume is not a
-//! mount point, so callers in simulation mode must not run it through [`crate::guard`].
+//! mount point, so callers in simulation mode must not run it through [`burrow_core::guard`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex as StdMutex;

@@ -16,7 +16,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use burrow_core::disk::{DiskError, DiskEvent, DiskManager, MountCheck, Release, Volume};
-use burrow_disk::{DiskSettings, UDisks2Manager, guard};
+use burrow_core::guard;
+use burrow_disk::{DiskSettings, UDisks2Manager};
 use zbus::zvariant::{Fd, OwnedObjectPath, Value};
 
 const KEY_UUID: &str = "3f9b1c52-7d0e-4a8b-9c61-2e5f0a7d4b13";

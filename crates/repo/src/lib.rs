@@ -7,7 +7,7 @@
 //!   snapshots --tag job=<name>` finds it; a snapshot with unreadable entries is re-tagged
 //!   `partial` (written before the untagged one is removed);
 //! - forget removes what `restic forget --keep-*` (0.14) would remove from the job's snapshots,
-//!   except the newest complete snapshot of the job ([`protected`]), which it never removes;
+//!   except the newest complete snapshot of the job (`retention::protected`), which it never removes;
 //! - restore never writes outside its target directory nor through an entry already in it,
 //!   whatever the repository holds (`restore.rs`).
 //! - a snapshot file that cannot be read is named and skipped, never fatal to a listing
@@ -25,6 +25,7 @@ mod node;
 mod pack;
 mod parent;
 mod pinned;
+mod port;
 mod restore;
 mod writer;
 
@@ -32,11 +33,10 @@ use pinned::SnapshotGate;
 use std::collections::{BTreeSet, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use burrow_core::Problems;
 use burrow_core::retention::{self, Snap};
 use burrow_core::short_id;
 use burrow_core::source::{Entry, NoParent, ParentIndex, WalkContext};
@@ -46,24 +46,16 @@ use rustic_core::{
     ReadSubsetOption, RepairIndexOptions, Repository, RepositoryBackends, RepositoryOptions,
     RusticError, SnapshotOptions, WriteBackend,
 };
-use serde::Serialize;
 
-pub use burrow_core::retention::{Plan, Policy, PolicyError};
+use burrow_core::repository::{
+    BackupOutcome, BackupRequest, CheckReport, DamagedPack, DamagedSnapshot, PackRepair,
+    PendingCounts, SnapshotInfo, SnapshotListing, TAG, TAG_PARTIAL, job_tag,
+};
+use burrow_core::retention::{Plan, Policy, PolicyError};
 pub use lock::{LockInfo, Locks, RepoLockGuard};
+pub use port::LocalRepositories;
 pub use restore::{NotRestored, RestoreOutcome};
 pub use rustic_core::jiff::Zoned;
-
-/// The tag every burrow snapshot carries.
-pub const TAG: &str = "burrow";
-/// The tag of a snapshot in which something could not be read.
-pub const TAG_PARTIAL: &str = "partial";
-/// The tag of a snapshot the anomaly guard found suspicious (most files gone or changed, or
-/// none at all).
-pub const TAG_ANOMALY: &str = "anomaly";
-
-pub fn job_tag(job: &str) -> String {
-    format!("job={job}")
-}
 
 /// The repository password. Never printed.
 #[derive(Clone)]
@@ -254,82 +246,6 @@ impl From<Box<RusticError>> for RepoError {
     }
 }
 
-/// A snapshot as listed by `burrow snapshots`.
-#[derive(Debug, Clone, Serialize)]
-pub struct SnapshotInfo {
-    pub id: String,
-    pub short_id: String,
-    /// RFC 3339.
-    pub time: String,
-    pub job: Option<String>,
-    pub host: String,
-    pub paths: Vec<String>,
-    pub tags: Vec<String>,
-    pub partial: bool,
-    pub files: Option<u64>,
-    pub bytes: Option<u64>,
-    pub bytes_added: Option<u64>,
-}
-
-/// A snapshot file that could not be read, decrypted or parsed. Listed by `burrow snapshots`
-/// (in `--json` as an entry with `"damaged": true`) and otherwise skipped.
-#[derive(Debug, Clone, Serialize)]
-pub struct DamagedSnapshot {
-    pub id: String,
-    pub short_id: String,
-    /// The file, relative to the repository (`snapshots/<id>`).
-    pub file: String,
-    /// The file's full path.
-    pub path: String,
-    pub error: String,
-    /// Always `true`.
-    pub damaged: bool,
-}
-
-/// Every snapshot file: those read, oldest first, and those that could not be read.
-#[derive(Debug, Clone, Default)]
-pub struct SnapshotListing {
-    pub snapshots: Vec<SnapshotInfo>,
-    pub damaged: Vec<DamagedSnapshot>,
-}
-
-/// What a repository check found. Clean when `errors` and `damaged_snapshots` are empty.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CheckReport {
-    /// Each error, as rustic_core words it (ids shortened to 8 characters), or, for a pack,
-    /// prefixed with the pack's full id.
-    pub errors: Vec<String>,
-    pub warnings: Vec<String>,
-    /// Packs whose file is missing or whose bytes do not hash to their name (re-read and
-    /// confirmed after the check named them).
-    pub damaged_packs: Vec<DamagedPack>,
-    pub damaged_snapshots: Vec<DamagedSnapshot>,
-}
-
-impl CheckReport {
-    pub fn is_clean(&self) -> bool {
-        self.errors.is_empty() && self.damaged_snapshots.is_empty()
-    }
-}
-
-/// A pack a check found damaged, confirmed by reading its file whole.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DamagedPack {
-    pub id: String,
-    /// The file is gone (`false`), or it is there with other bytes than written (`true`).
-    pub present: bool,
-    pub detail: String,
-}
-
-/// What [`Repo::drop_damaged_packs`] did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PackRepair {
-    /// Packs no index file lists any more.
-    pub dropped: Vec<String>,
-    /// Damaged pack files deleted once no index referred to them.
-    pub deleted: Vec<String>,
-}
-
 /// `-tmp-` files untouched for longer than this are debris of an interrupted write.
 pub const TMP_DEBRIS_AGE: Duration = Duration::from_secs(10 * 60);
 
@@ -360,57 +276,12 @@ fn finding_pack(debug: &str) -> Option<Id> {
     hex.parse().ok()
 }
 
-/// What to back up.
-pub struct BackupRequest<'a> {
-    pub job: &'a str,
-    /// The snapshot's host name: the server's name, or this machine's for local jobs.
-    pub host: &'a str,
-    pub paths: Vec<PathBuf>,
-    pub source: &'a dyn burrow_core::source::Source,
-    /// Extra entries in walk order (the spooled dumps), merged into the walk.
-    pub extra: Vec<Entry>,
-    pub problems: Problems,
-    /// Tag the snapshot `partial` even when the walk itself had no problems (failed dumps).
-    pub partial: bool,
-    /// Content bytes handed to the archiver; shared so a progress display can read it.
-    pub bytes_read: Arc<AtomicU64>,
-    /// Set from another thread to stop the walk; the snapshot made so far is then removed
-    /// and [`RepoError::Interrupted`] returned.
-    pub cancel: Arc<AtomicBool>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BackupOutcome {
-    pub snapshot_id: String,
-    pub parent_id: Option<String>,
-    pub files_new: u64,
-    pub files_changed: u64,
-    pub files_unmodified: u64,
-    pub dirs: u64,
-    pub bytes_read: u64,
-    pub bytes_added: u64,
-    /// Data blobs this run stored (new content after deduplication).
-    pub data_blobs: u64,
-    pub partial: bool,
-}
-
 /// An archived snapshot whose snapshot file is not written yet (see [`Repo::archive`]).
 pub struct Pending {
     snap: SnapshotFile,
     parent: Option<SnapshotFile>,
     partial: bool,
     bytes_read: u64,
-}
-
-/// File counts of a pending snapshot and of its parent, for the anomaly guard.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct PendingCounts {
-    pub files: u64,
-    pub files_new: u64,
-    pub files_changed: u64,
-    pub files_unmodified: u64,
-    /// Files in the parent snapshot, when there is one with a summary.
-    pub parent_files: Option<u64>,
 }
 
 impl Pending {
@@ -901,8 +772,7 @@ impl Repo {
     /// snapshots named by [`protected`] are kept whatever the policy says. Nothing is changed.
     pub fn forget_plan(&self, job: &str, keep: &Policy) -> Result<Plan, RepoError> {
         let snaps: Vec<Snap> = self.job_snapshots(Some(job))?.iter().map(snap_of).collect();
-        let plan = retention::apply_policy(&snaps, keep)?;
-        Ok(retention::protect(plan, &protected(&snaps)))
+        Ok(retention::forget_plan(&snaps, keep)?)
     }
 
     /// Computes [`Repo::forget_plan`] and removes the snapshots in its `remove` list; returns
@@ -1073,17 +943,6 @@ impl Repo {
     pub fn remove_tmp_debris(&self) -> Result<Vec<PathBuf>, RepoError> {
         Ok(self.be.remove_tmp_debris(TMP_DEBRIS_AGE)?)
     }
-}
-
-/// The snapshots of a job that retention never removes, whatever the policy: burrow's one
-/// deviation from restic's `forget`. Today the newest complete (not `partial`) snapshot.
-pub fn protected(snaps: &[Snap]) -> BTreeSet<String> {
-    snaps
-        .iter()
-        .filter(|s| !s.tags.iter().any(|t| t == TAG_PARTIAL || t == TAG_ANOMALY))
-        .max_by(|a, b| a.time.cmp(&b.time).then_with(|| b.id.cmp(&a.id)))
-        .map(|s| BTreeSet::from([s.id.clone()]))
-        .unwrap_or_default()
 }
 
 /// A snapshot as the retention policy sees it: id, time in the offset it was stored with, tags.

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use burrow_core::Problems;
 use burrow_core::exclude::Excludes;
 use burrow_core::local::LocalSource;
-use burrow_repo::{BackupOutcome, BackupRequest, Password, Repo, RepoError, init};
+use burrow_core::repository::{BackupOutcome, BackupRequest};
+use burrow_repo::{Password, Repo, RepoError, init};
 
 fn backup(repo: &Repo, root: &Path) -> BackupOutcome {
     let src = LocalSource::new(&[root.to_owned()], Excludes::none());

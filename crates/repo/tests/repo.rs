@@ -12,8 +12,10 @@ use std::process::Command;
 use burrow_core::Problems;
 use burrow_core::exclude::Excludes;
 use burrow_core::local::LocalSource;
+use burrow_core::repository::{BackupOutcome, BackupRequest};
+use burrow_core::retention::Policy;
 use burrow_core::source::{Content, Entry, EntryKind, Meta, Time};
-use burrow_repo::{BackupRequest, Password, Policy, Repo, RepoError, init};
+use burrow_repo::{Password, Repo, RepoError, init};
 
 fn tree(root: &Path) {
     fs::create_dir_all(root.join("sub/deeper")).unwrap();
@@ -26,7 +28,7 @@ fn tree(root: &Path) {
     std::os::unix::fs::symlink("/etc/passwd", root.join("outside")).unwrap();
 }
 
-fn backup(repo: &Repo, job: &str, root: &Path) -> (burrow_repo::BackupOutcome, Problems) {
+fn backup(repo: &Repo, job: &str, root: &Path) -> (BackupOutcome, Problems) {
     let problems = Problems::new();
     let src = LocalSource::new(&[root.to_owned()], Excludes::none());
     let out = repo

@@ -14,9 +14,11 @@ use std::sync::Arc;
 
 use burrow_core::exclude::Excludes;
 use burrow_core::local::LocalSource;
+use burrow_core::repository::BackupRequest;
 use burrow_core::retention::PROTECTED;
+use burrow_core::retention::Policy;
 use burrow_core::{Problems, retention};
-use burrow_repo::{BackupRequest, Password, Policy, Repo, init};
+use burrow_repo::{Password, Repo, init};
 use chrono::{DateTime, Duration, FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
 use chrono_tz::Europe::Berlin;
 use rustic_backend::LocalBackend;
@@ -425,7 +427,7 @@ fn forget_plan_equals_restic_forget_dry_run() {
     for k in &policies {
         let p = retention::protect(
             retention::apply_policy(&pure, k).unwrap(),
-            &burrow_repo::protected(&pure),
+            &burrow_core::retention::protected(&pure),
         );
         assert_eq!(p, repo.forget_plan("j", k).unwrap());
     }

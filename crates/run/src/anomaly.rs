@@ -7,13 +7,13 @@
 //! tagged `anomaly`, the run ends with its own status, and retention of that job is paused
 //! until the user looks: `burrow accept JOB` (the change was real) or `burrow forget JOB`
 //! (apply the policy by hand). The pause lives in `state_dir`; the newest complete snapshot
-//! without the tag is protected from retention in any case (`burrow_repo::Repo::forget`).
+//! without the tag is protected from retention in any case (`Repository::forget`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burrow_config::Anomaly;
-use burrow_repo::PendingCounts;
+use burrow_core::repository::PendingCounts;
 use serde::{Deserialize, Serialize};
 
 /// Why a snapshot looks anomalous, or `None` when it looks like its parent's successor.

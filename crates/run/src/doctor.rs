@@ -2,18 +2,17 @@
 //! check, each problem with the command that fixes it.
 //!
 //! It reads and asks, and never changes anything: nothing is mounted, unlocked, created or
-//! sent. [`gather`] collects the facts (UDisks2 over D-Bus, files, statvfs, the HTTP client);
-//! [`judge`] turns them into findings and is a pure function, so every verdict is tested
-//! without the machine it describes.
+//! sent. [`gather`] collects the facts (files, the time zone, stock restic, and what the
+//! adapters found: UDisks2 over D-Bus, statvfs, the HTTP client, in [`Probes`]); [`judge`]
+//! turns them into findings and is a pure function, so every verdict is tested without the
+//! machine it describes.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use burrow_config::Config;
 use burrow_core::bytes::human;
-use burrow_core::disk::{DiskError, DiskManager, DiskState};
-use burrow_notify::HealthchecksError;
+use burrow_core::disk::{DiskError, DiskState};
 use serde::Serialize;
 
 /// Below this, the backup volume is reported as nearly full (prune needs room to rewrite packs).
@@ -88,7 +87,7 @@ pub struct Facts {
     /// The libblockdev crypto plugin UDisks2 needs for LUKS, if installed.
     pub luks_plugin: Option<PathBuf>,
     /// `None` when no ping URL is configured. `Err`: the HTTP client cannot be built (why).
-    pub http_client: Option<Result<(), HealthchecksError>>,
+    pub http_client: Option<Result<(), BoxError>>,
     pub local_zone: LocalZone,
     /// Free bytes on the filesystem of the state directory (or its nearest existing parent).
     pub state_free: io::Result<u64>,
@@ -98,38 +97,43 @@ pub struct Facts {
     pub restic: Option<PathBuf>,
 }
 
-/// Asks the machine. Read-only; a slow or missing UDisks2 is a finding, not an error.
-pub async fn gather(cfg: &Config) -> Facts {
-    let udisks = match crate::disk_settings(cfg) {
-        None => None,
-        Some(settings) => Some(
-            match tokio::time::timeout(
-                Duration::from_secs(30),
-                burrow_disk::UDisks2Manager::connect(settings),
-            )
-            .await
-            {
-                Ok(Ok(d)) => Ok(d.state().await),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(DiskError::Failed(
-                    "UDisks2 did not answer within 30 s".to_owned(),
-                )),
-            },
-        ),
-    };
-    let pings = cfg.jobs.values().any(|j| j.healthcheck.is_some())
+/// An adapter's error, as doctor shows it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What only the adapters can tell, asked by the binary that holds them: read-only, and a
+/// slow or missing UDisks2 is a finding, not an error.
+pub struct Probes {
+    /// UDisks2's view of the disks, asked only when the config has `disk`.
+    pub udisks: Option<Result<DiskState, DiskError>>,
+    /// The libblockdev crypto plugin UDisks2 needs for LUKS, if installed.
+    pub luks_plugin: Option<PathBuf>,
+    /// Whether the HTTP client for the pings can be built, asked only when
+    /// [`pings_configured`].
+    pub http_client: Option<Result<(), BoxError>>,
+    /// Free bytes of the filesystem holding a path (statvfs).
+    pub free_space: fn(&Path) -> io::Result<u64>,
+}
+
+/// Some job, the check or the heartbeat pings healthchecks.
+pub fn pings_configured(cfg: &Config) -> bool {
+    cfg.jobs.values().any(|j| j.healthcheck.is_some())
         || cfg.check.as_ref().is_some_and(|c| c.healthcheck.is_some())
-        || cfg.healthchecks.heartbeat.is_some();
-    let http_client =
-        pings.then(|| burrow_notify::healthchecks::build_client(Duration::from_secs(10)).map(drop));
-    let repo_free = cfg.disk.is_none().then(|| free_near(&cfg.repository.path));
+        || cfg.healthchecks.heartbeat.is_some()
+}
+
+/// Asks the machine what the probes did not. Read-only.
+pub fn gather(cfg: &Config, probes: Probes) -> Facts {
+    let free = probes.free_space;
     Facts {
-        udisks,
-        luks_plugin: burrow_disk::luks_plugin(),
-        http_client,
+        udisks: probes.udisks,
+        luks_plugin: probes.luks_plugin,
+        http_client: probes.http_client,
         local_zone: local_zone(),
-        state_free: free_near(&cfg.state_dir),
-        repo_free,
+        state_free: free_near(&cfg.state_dir, free),
+        repo_free: cfg
+            .disk
+            .is_none()
+            .then(|| free_near(&cfg.repository.path, free)),
         restic: on_path("restic"),
     }
 }
@@ -337,11 +341,11 @@ fn zone_of(localtime: &Path) -> LocalZone {
 
 /// Free space of the filesystem holding `path`, or of its nearest existing parent (a state
 /// directory not created yet lands there).
-fn free_near(path: &Path) -> io::Result<u64> {
+fn free_near(path: &Path, free_space: fn(&Path) -> io::Result<u64>) -> io::Result<u64> {
     let mut p = path;
     loop {
         if p.exists() {
-            return burrow_disk::free_space(p);
+            return free_space(p);
         }
         match p.parent() {
             Some(parent) => p = parent,
@@ -464,7 +468,9 @@ jobs:
         assert_eq!(verdict(&judge(&cfg, &f), "luks").0, Verdict::Ok);
 
         let mut f = healthy();
-        f.http_client = Some(Err(HealthchecksError::Client("no CA certificates".into())));
+        f.http_client = Some(Err(
+            "cannot build the HTTP client: no CA certificates".into()
+        ));
         let (v, text) = verdict(&judge(&cfg, &f), "ca-certificates");
         assert_eq!(v, Verdict::Fail);
         assert!(text.contains("apt-get install ca-certificates"), "{text}");

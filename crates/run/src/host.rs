@@ -7,13 +7,34 @@ use std::time::Duration;
 
 use burrow_core::RunError;
 use burrow_core::exec::{Exec, ExecOutput, KILL_GRACE, OUTPUT_TAIL, humanize};
-use burrow_ssh::Session;
+use burrow_core::server::Connection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Command;
 
-pub enum Host {
+pub enum Host<C> {
     Local,
-    Remote(Session),
+    Remote(C),
+}
+
+impl<C: Connection> Host<C> {
+    /// The snapshot's host name: the server's, or this machine's for a local job.
+    pub fn name(&self) -> String {
+        match self {
+            Host::Local => crate::local_hostname(),
+            Host::Remote(c) => c.name().to_owned(),
+        }
+    }
+
+    /// The connection was lost (a local job has none to lose).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Host::Remote(c) if c.is_closed())
+    }
+
+    pub async fn close(&self) {
+        if let Host::Remote(c) = self {
+            c.close().await;
+        }
+    }
 }
 
 fn tail(mut v: Vec<u8>) -> Vec<u8> {
@@ -95,7 +116,7 @@ impl Exec for Local {
 }
 
 /// A job's place: the server's SSH session, or this machine.
-impl Exec for Host {
+impl<C: Connection> Exec for Host<C> {
     fn describe(&self) -> &str {
         match self {
             Host::Local => Local.describe(),

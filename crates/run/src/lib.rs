@@ -23,23 +23,25 @@ pub mod host;
 pub mod log;
 pub mod place;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use burrow_config::{Config, HostKey, Job, Server};
-use burrow_core::disk::{DiskManager, Release};
+use burrow_config::{Config, Job, Server};
+use burrow_core::disk::DiskManager;
 use burrow_core::exclude::Excludes;
 use burrow_core::exec::Exec;
 use burrow_core::local::LocalSource;
-use burrow_core::monitor::{Monitor, Outcome};
-use burrow_core::run::ErrorItem;
+use burrow_core::repository::{
+    BackupOutcome, BackupRequest, CheckReport, PackRepair, PendingSnapshot, Repositories,
+    Repository, TAG_ANOMALY, TAG_PARTIAL,
+};
+use burrow_core::retention::Policy;
+use burrow_core::run::{CHECK_RUN, ErrorItem, RunControl, RunReport, Runner};
+use burrow_core::server::{Connection, FilesRequest, Servers};
 use burrow_core::source::Source;
 use burrow_core::{ErrorClass, Problems, RunError, RunStatus, RunSummary, short_id};
-use burrow_repo::{BackupRequest, CheckReport, PackRepair, Policy, Repo, RepoError};
-use burrow_ssh::{HostKeyPolicy, Session, SftpSource, SshTarget};
 use chrono::Utc;
 use tokio::sync::watch;
 
@@ -47,115 +49,43 @@ use crate::host::Host;
 use crate::log::RunLog;
 use crate::place::RepoLock;
 
-/// What the caller can watch and stop.
-#[derive(Clone)]
-pub struct RunControl {
-    pub run_id: String,
-    /// Becomes `true` when burrow is shutting down: the pull stops, `after` still runs.
-    pub cancel: watch::Receiver<bool>,
-    /// Content bytes read so far (for progress displays and `STATUS=`).
-    pub bytes_read: Arc<AtomicU64>,
+/// The adapters a run talks through: the backup disk (given when the config has `disk`),
+/// the servers and the repositories.
+pub struct Ports<'a, D, S, R> {
+    pub disk: Option<&'a D>,
+    pub servers: &'a S,
+    pub repos: &'a R,
 }
 
-impl RunControl {
-    pub fn new(cancel: watch::Receiver<bool>) -> Self {
-        RunControl {
-            run_id: uuid::Uuid::new_v4().to_string(),
-            cancel,
-            bytes_read: Arc::default(),
+impl<D, S, R> Clone for Ports<'_, D, S, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D, S, R> Copy for Ports<'_, D, S, R> {}
+
+/// burrow-run's runs on the configured disk, servers and repositories: the daemon's real
+/// [`Runner`].
+pub struct Runs<D, S, R> {
+    pub cfg: Arc<Config>,
+    pub disk: Option<Arc<D>>,
+    pub servers: S,
+    pub repos: R,
+}
+
+impl<D: DiskManager, S: Servers, R: Repositories> Runner for Runs<D, S, R> {
+    async fn run(&self, job: &str, ctl: RunControl) -> RunReport {
+        let ports = Ports {
+            disk: self.disk.as_deref(),
+            servers: &self.servers,
+            repos: &self.repos,
+        };
+        if job == CHECK_RUN {
+            run_check(&self.cfg, ports, ctl).await
+        } else {
+            run_job(&self.cfg, ports, job, ctl).await
         }
-    }
-}
-
-/// The result of a run: the summary and the log tail for monitoring.
-pub struct RunReport {
-    pub summary: RunSummary,
-    pub log: String,
-}
-
-impl RunReport {
-    /// What monitoring is told of this run.
-    pub fn outcome(&self) -> Outcome {
-        Outcome {
-            status: self.summary.status,
-            exit_code: self.summary.status.exit().code(),
-            log: self.log.clone(),
-        }
-    }
-}
-
-/// Runs `run` (a job's run or the check) between the monitor's start and finish pings: the
-/// one wrapper of `burrow run` and the daemon's runs.
-pub async fn monitored<M: Monitor>(
-    monitor: &M,
-    job: &str,
-    run_id: &str,
-    run: impl Future<Output = RunReport>,
-) -> RunReport {
-    monitor.start(job, run_id).await;
-    let report = run.await;
-    monitor.finish(job, run_id, &report.outcome()).await;
-    report
-}
-
-/// What the config has done with the backup disk once runs are over (`unmount_after_run`,
-/// `power_off_after_run`); `None`: it stays mounted.
-pub fn release_after_run(cfg: &Config) -> Option<Release> {
-    let d = cfg.disk.as_ref()?;
-    (d.unmount_after_run || d.power_off_after_run).then_some(Release {
-        unmount: true,
-        lock: true,
-        power_off: d.power_off_after_run,
-    })
-}
-
-/// Releases the backup disk as `what` says; a failure is logged, never the run's.
-pub async fn release_disk<D: DiskManager>(disk: &D, what: Release) {
-    if let Err(e) = disk.release(what).await {
-        tracing::warn!("releasing the backup disk failed: {e}");
-    }
-}
-
-/// The summary of a run that could not even start (no disk manager, daemon refused).
-pub fn summary_without_run(job: &str, error: &RunError) -> RunSummary {
-    RunSummary::without_snapshot(
-        job,
-        &uuid::Uuid::new_v4().to_string(),
-        &Utc::now().to_rfc3339(),
-        error,
-        0.0,
-    )
-}
-
-/// The disk adapter's settings from the config, when it has `disk`.
-pub fn disk_settings(cfg: &Config) -> Option<burrow_disk::DiskSettings> {
-    cfg.disk.as_ref().map(|d| {
-        let (uuid, file) = d
-            .key
-            .as_ref()
-            .map(|k| (k.fs_uuid.clone(), k.key_file.clone()))
-            .unwrap_or_default();
-        let mut s = burrow_disk::DiskSettings::new(uuid, file, d.backup_uuid.clone());
-        s.lock_when_key_removed = d.lock_when_key_removed;
-        s.spinup_timeout = d.spinup_timeout;
-        s
-    })
-}
-
-pub fn ssh_target(server: &Server) -> SshTarget {
-    SshTarget {
-        name: server.name.clone(),
-        host: server.host.clone(),
-        port: server.port,
-        user: server.user.clone(),
-        identity_file: server.identity_file.clone(),
-        identity_passphrase_file: server.identity_passphrase_file.clone(),
-        host_key: match &server.host_key {
-            HostKey::Pinned(k) => HostKeyPolicy::Pinned(k.clone()),
-            HostKey::KnownHosts(p) => HostKeyPolicy::KnownHosts(p.clone()),
-        },
-        sftp_command: server.sftp_command.clone(),
-        connect_timeout: server.connect_timeout,
     }
 }
 
@@ -196,10 +126,10 @@ impl Run<'_> {
     }
 }
 
-/// Runs `job_name` once. `disk` must be given when the config has `disk`.
-pub async fn run_job<D: DiskManager>(
+/// Runs `job_name` once.
+pub async fn run_job<D: DiskManager, S: Servers, R: Repositories>(
     cfg: &Config,
-    disk: Option<&D>,
+    ports: Ports<'_, D, S, R>,
     job_name: &str,
     ctl: RunControl,
 ) -> RunReport {
@@ -240,7 +170,7 @@ pub async fn run_job<D: DiskManager>(
         run.ctl.run_id, job.name
     ));
     burrow_core::mem::reset_peak();
-    let mut report = run_inner(&run, server, disk).await;
+    let mut report = run_inner(&run, server, ports).await;
     report.summary.peak_rss_bytes = burrow_core::mem::peak_rss();
     if let Some(b) = report.summary.peak_rss_bytes {
         tracing::debug!(job = %job.name, "peak memory {}", burrow_core::bytes::human(b));
@@ -251,23 +181,23 @@ pub async fn run_job<D: DiskManager>(
 /// The boxes of the picture above, in order: the lock, the volume, the repository and the
 /// server at once, then the server's part ([`on_server`]) and what follows a saved snapshot
 /// ([`saved`]).
-async fn run_inner<D: DiskManager>(
+async fn run_inner<D: DiskManager, S: Servers, R: Repositories>(
     run: &Run<'_>,
     server: Option<&Server>,
-    disk: Option<&D>,
+    ports: Ports<'_, D, S, R>,
 ) -> RunReport {
     let _lock = match RepoLock::acquire(&run.cfg.state_dir) {
         Ok(l) => l,
         Err(e) => return run.end(e),
     };
-    let place = match place::locate(run.cfg, disk).await {
+    let place = match place::locate(run.cfg, ports.disk).await {
         Ok(p) => p,
         Err(e) => return run.end(e),
     };
     // The server is reached while the repository opens: the key derivation is the longest
     // step of a run that finds nothing new, and neither waits for the other.
-    let connecting = server.map(|s| Connecting::start(run, s));
-    let (repo, shared) = match open_repository(run, &place).await {
+    let connecting = server.map(|s| Connecting::start(run, s, ports.servers));
+    let (repo, shared) = match open_repository(run, &place, ports.repos).await {
         Ok(opened) => opened,
         Err(e) => {
             if let Some(c) = connecting {
@@ -279,7 +209,7 @@ async fn run_inner<D: DiskManager>(
     let (host, sftp) = match connecting {
         None => (Host::Local, None),
         Some(c) => match c.finish().await {
-            Ok(r) => (Host::Remote(r.session), r.sftp),
+            Ok(r) => (Host::Remote(r.connection), r.files),
             Err(e) => return run.end(e),
         },
     };
@@ -298,14 +228,14 @@ async fn run_inner<D: DiskManager>(
 /// Everything that happens on the server, ended by closing the session: the dead-man's
 /// switch, `before`, dumps and files into a snapshot, and `after` (always, once `before`
 /// started). Returns the pull's result and the errors of `after`.
-async fn on_server(
+async fn on_server<C: Connection, F: Source, R: Repository>(
     run: &Run<'_>,
-    host: &Host,
-    sftp: Option<Result<SftpSource, RunError>>,
+    host: &Host<C>,
+    sftp: Option<Result<F, RunError>>,
     place: &place::Place,
-    repo: Repo,
+    repo: R,
     problems: &Problems,
-) -> (Result<Pulled, RunError>, Vec<ErrorItem>) {
+) -> (Result<Pulled<R>, RunError>, Vec<ErrorItem>) {
     let (job, log) = (run.job, &run.log);
     let mut deadman = None;
     if let Some(deadline) = job.after_deadline
@@ -324,7 +254,7 @@ async fn on_server(
         match armed {
             Ok(d) => deadman = Some(d),
             Err(e) => {
-                close(host).await;
+                host.close().await;
                 let e = RunError {
                     message: format!("{e}; nothing was stopped"),
                     ..e
@@ -365,7 +295,7 @@ async fn on_server(
             });
         }
     }
-    close(host).await;
+    host.close().await;
     (pulled, errors)
 }
 
@@ -383,12 +313,12 @@ fn disk_gone(place: &place::Place, e: RunError) -> RunError {
 }
 
 /// A snapshot is saved: its problems, the anomaly guard, retention, and the summary.
-async fn saved(
+async fn saved<R: Repository>(
     run: &Run<'_>,
-    pulled: Pulled,
+    pulled: Pulled<R>,
     mut errors: Vec<ErrorItem>,
     problems: &Problems,
-    shared: burrow_repo::RepoLockGuard,
+    shared: R::Lock,
 ) -> RunReport {
     let (job, log) = (run.job, &run.log);
     let Pulled { out, repo, anomaly } = pulled;
@@ -469,7 +399,7 @@ fn pause_retention(run: &Run<'_>, pauses: &anomaly::PauseFile, snapshot: &str, r
          is paused: if the change is real run `burrow accept {}`, otherwise restore from \
          an earlier snapshot",
         short_id(snapshot),
-        burrow_repo::TAG_ANOMALY,
+        TAG_ANOMALY,
         job.name,
         job.name
     ));
@@ -485,10 +415,10 @@ fn pause_retention(run: &Run<'_>, pauses: &anomaly::PauseFile, snapshot: &str, r
 
 /// Retention, unless an anomaly paused it (now or in an earlier run); a failure is returned
 /// as the message for the run's summary.
-async fn retention_unless_paused(
+async fn retention_unless_paused<R: Repository>(
     job: &Job,
     keep: Policy,
-    repo: Repo,
+    repo: R,
     pauses: &anomaly::PauseFile,
     anomaly: &Option<String>,
     log: &RunLog,
@@ -520,11 +450,16 @@ async fn retention_unless_paused(
 
 /// Forget (and prune if something was forgotten). A failure is returned as the message for
 /// the run's summary: the new snapshot is already saved.
-async fn retention(job: &Job, keep: Policy, repo: Repo, log: &RunLog) -> Option<String> {
+async fn retention<R: Repository>(
+    job: &Job,
+    keep: Policy,
+    repo: R,
+    log: &RunLog,
+) -> Option<String> {
     let job_name = job.name.clone();
-    let res = blocking(move || -> Result<usize, RepoError> {
+    let res = blocking(move || -> Result<usize, RunError> {
         // restic's exclusive lock: refused (restic or another burrow at work) = retention fails.
-        let _exclusive = repo.lock_exclusive()?;
+        let _exclusive = repo.lock(true)?;
         let plan = repo.forget(&job_name, &keep)?;
         if !plan.remove.is_empty() {
             repo.prune()?;
@@ -532,7 +467,7 @@ async fn retention(job: &Job, keep: Policy, repo: Repo, log: &RunLog) -> Option<
         Ok(plan.remove.len())
     })
     .await
-    .and_then(|r| r.map_err(RunError::from));
+    .and_then(|r| r);
     match res {
         Ok(removed) => {
             log.info(format!("retention: {removed} snapshot(s) forgotten"));
@@ -552,27 +487,25 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// Takes restic's lock on the repository (shared or exclusive) on a blocking thread.
-async fn lock_repo(repo: &Repo, exclusive: bool) -> Result<burrow_repo::RepoLockGuard, RunError> {
-    let locks = repo.locks()?;
-    Ok(blocking(move || {
-        if exclusive {
-            locks.exclusive()
-        } else {
-            locks.shared()
-        }
+async fn lock_repo<R: Repository>(repo: R, exclusive: bool) -> Result<(R, R::Lock), RunError> {
+    let (repo, lock) = blocking(move || {
+        let lock = repo.lock(exclusive);
+        (repo, lock)
     })
-    .await??)
+    .await?;
+    Ok((repo, lock?))
 }
 
 /// Opens the repository on the located volume, checks its marker, takes restic's shared
 /// lock (held until retention: restic and burrows of other state dirs see the backup and do
-/// not prune under it; its settle runs while the backup reads, `Repo::lock_for_backup`) and
+/// not prune under it; its settle runs while the backup reads, `Repository::lock_for_backup`) and
 /// tidies what interrupted writes left.
-async fn open_repository(
+async fn open_repository<R: Repositories>(
     run: &Run<'_>,
     place: &place::Place,
-) -> Result<(Repo, burrow_repo::RepoLockGuard), RunError> {
-    let repo = place.open().await?;
+    repos: &R,
+) -> Result<(R::Repo, <R::Repo as Repository>::Lock), RunError> {
+    let repo = place.open(repos).await?;
     let (repo, shared) = blocking(move || {
         let guard = repo.lock_for_backup();
         (repo, guard)
@@ -585,59 +518,62 @@ async fn open_repository(
     Ok((repo, shared))
 }
 
-/// The server side of a run being set up: the SSH session and, for a job with paths, its
-/// SFTP source (started here, used once the before commands and dumps are done).
-struct Connecting(tokio::task::JoinHandle<Result<Remote, RunError>>);
+/// The server side of a run being set up: the connection and, for a job with paths, its
+/// files (opened here, read once the before commands and dumps are done).
+struct Connecting<S: Servers>(tokio::task::JoinHandle<Result<Remote<S>, RunError>>);
 
-struct Remote {
-    session: Session,
-    /// `None` for a job of dumps only; an SFTP start that failed fails the pull, after the
+struct Remote<S: Servers> {
+    connection: S::Connection,
+    /// `None` for a job of dumps only; files that failed to open fail the pull, after the
     /// before commands, as it always did.
-    sftp: Option<Result<SftpSource, RunError>>,
+    files: Option<Result<S::Files, RunError>>,
 }
 
-impl Connecting {
-    fn start(run: &Run<'_>, server: &Server) -> Connecting {
+impl<S: Servers> Connecting<S> {
+    fn start(run: &Run<'_>, server: &Server, servers: &S) -> Connecting<S> {
         run.log.info(format!(
             "connecting to {}@{}:{}",
             server.user, server.host, server.port
         ));
-        let target = ssh_target(server);
-        let name = server.name.clone();
+        let target = server.target();
         let io_timeout = server.io_timeout;
-        let (paths, exclude) = (run.job.paths.clone(), run.job.exclude.clone());
+        let (roots, exclude) = (run.job.paths.clone(), run.job.exclude.clone());
         let cancel = run.ctl.cancel.clone();
+        let servers = servers.clone();
         Connecting(tokio::spawn(async move {
-            let session = Session::connect(&target).await.map_err(|e| {
-                RunError::from(e).context(format!("cannot connect to server {name}"))
-            })?;
-            if paths.is_empty() {
+            let connection = servers
+                .connect(&target)
+                .await
+                .map_err(|e| e.context(format!("cannot connect to server {}", target.name)))?;
+            if roots.is_empty() {
                 return Ok(Remote {
-                    session,
-                    sftp: None,
+                    connection,
+                    files: None,
                 });
             }
-            let sftp = match Excludes::new(&exclude) {
+            let files = match Excludes::new(&exclude) {
                 Err(e) => Err(RunError::permanent(e.to_string())),
-                Ok(excludes) => SftpSource::start(
-                    &session,
-                    io_timeout,
-                    cancel,
-                    tokio::runtime::Handle::current(),
-                    &paths,
-                    excludes,
-                )
-                .await
-                .map_err(|e| RunError::from(e).context("cannot start SFTP")),
+                Ok(excludes) => {
+                    let request = FilesRequest {
+                        roots,
+                        excludes,
+                        io_timeout,
+                        cancel,
+                    };
+                    servers
+                        .files(&connection, request)
+                        .await
+                        .map_err(|e| e.context("cannot start SFTP"))
+                }
             };
             Ok(Remote {
-                session,
-                sftp: Some(sftp),
+                connection,
+                files: Some(files),
             })
         }))
     }
 
-    async fn finish(self) -> Result<Remote, RunError> {
+    async fn finish(self) -> Result<Remote<S>, RunError> {
         self.0
             .await
             .unwrap_or_else(|e| Err(RunError::permanent(format!("connect task failed: {e}"))))
@@ -648,27 +584,21 @@ impl Connecting {
     async fn abandon(self) {
         self.0.abort();
         if let Ok(Ok(remote)) = self.0.await {
-            drop(remote.sftp);
-            remote.session.close().await;
+            drop(remote.files);
+            remote.connection.close().await;
         }
     }
 }
 
-async fn close(host: &Host) {
-    if let Host::Remote(s) = host {
-        s.close().await;
-    }
-}
-
 /// Dumps, then files, into one snapshot, saved with its final tags (`partial`, `anomaly`).
-async fn pull(
+async fn pull<C: Connection, F: Source, R: Repository>(
     run: &Run<'_>,
-    host: &Host,
-    sftp: Option<Result<SftpSource, RunError>>,
+    host: &Host<C>,
+    sftp: Option<Result<F, RunError>>,
     place: &place::Place,
-    repo: Repo,
+    repo: R,
     problems: &Problems,
-) -> Result<Pulled, RunError> {
+) -> Result<Pulled<R>, RunError> {
     let (job, log) = (run.job, &run.log);
     let spooled = match job.dumps.is_empty() {
         true => None,
@@ -702,10 +632,7 @@ async fn pull(
     ));
     let request = Archive {
         job: job.name.clone(),
-        host: match host {
-            Host::Local => local_hostname(),
-            Host::Remote(s) => s.name().to_owned(),
-        },
+        host: host.name(),
         paths,
         source,
         extra,
@@ -716,30 +643,28 @@ async fn pull(
     let archived = archive(request, repo, run.ctl.cancel.clone()).await;
     drop(spooled);
     let (pending, repo) = archived?;
-    if let Host::Remote(s) = host
-        && s.is_closed()
-    {
+    if host.is_closed() {
         // Reads failed because the server went away, not because files were unreadable:
         // this snapshot would miss data it should have, so it is never written.
         return Err(RunError::temporary(format!(
             "the connection to {} was lost during the pull; no snapshot was saved",
-            s.name()
+            host.name()
         )));
     }
     let anomaly = anomaly::judge(&pending.counts(), &job.anomaly);
     let tags: Vec<&str> = [
-        pending.partial().then_some(burrow_repo::TAG_PARTIAL),
-        anomaly.is_some().then_some(burrow_repo::TAG_ANOMALY),
+        pending.partial().then_some(TAG_PARTIAL),
+        anomaly.is_some().then_some(TAG_ANOMALY),
     ]
     .into_iter()
     .flatten()
     .collect();
     let (out, repo) = blocking(move || {
-        let out = pending.commit(&repo, &tags);
+        let out = repo.commit(pending, &tags);
         (out, repo)
     })
     .await?;
-    let out = out.map_err(|e| RunError::from(e).context("saving the snapshot failed"))?;
+    let out = out.map_err(|e| e.context("saving the snapshot failed"))?;
     Ok(Pulled { out, repo, anomaly })
 }
 
@@ -760,10 +685,10 @@ fn snapshot_paths(job: &Job, dumps: bool) -> Result<Vec<PathBuf>, RunError> {
 
 /// Where a job's files come from: this machine, the server's SFTP (started while the
 /// repository opened), or nothing for a job of dumps only.
-fn source_of(
+fn source_of<C: Connection, F: Source>(
     job: &Job,
-    host: &Host,
-    sftp: Option<Result<SftpSource, RunError>>,
+    host: &Host<C>,
+    sftp: Option<Result<F, RunError>>,
 ) -> Result<Box<dyn Source>, RunError> {
     Ok(match (host, sftp) {
         (Host::Local, _) => Box::new(LocalSource::new(
@@ -789,11 +714,11 @@ struct Archive {
 
 /// Reads the source into the repository on a blocking thread; `cancel` (burrow stopping)
 /// stops the reading.
-async fn archive(
+async fn archive<R: Repository>(
     a: Archive,
-    repo: Repo,
+    repo: R,
     mut cancel: watch::Receiver<bool>,
-) -> Result<(burrow_repo::Pending, Repo), RunError> {
+) -> Result<(R::Pending, R), RunError> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let watcher = tokio::spawn(async move {
@@ -825,16 +750,16 @@ async fn archive(
 }
 
 /// A saved snapshot, the repository (for the retention step) and what the anomaly guard saw.
-struct Pulled {
-    out: burrow_repo::BackupOutcome,
-    repo: Repo,
+struct Pulled<R> {
+    out: BackupOutcome,
+    repo: R,
     anomaly: Option<String>,
 }
 
 /// With the local lock held, before anything is written: removes the `-tmp-` files of
 /// interrupted writes and, with `list`, names the snapshot files that cannot be read (they
 /// are skipped; `burrow check` fails on them).
-async fn tidy(repo: Repo, log: &RunLog, list: bool) -> Result<Repo, RunError> {
+async fn tidy<R: Repository>(repo: R, log: &RunLog, list: bool) -> Result<R, RunError> {
     let (repo, debris, damaged) = blocking(move || {
         let debris = repo.remove_tmp_debris();
         let damaged = list.then(|| repo.snapshot_listing(None).map(|l| l.damaged));
@@ -863,13 +788,13 @@ async fn tidy(repo: Repo, log: &RunLog, list: bool) -> Result<Repo, RunError> {
 }
 
 /// The repository check (`check:` in the config), reported like a job run named `check`.
-pub async fn run_check<D: DiskManager>(
+pub async fn run_check<D: DiskManager, S, R: Repositories>(
     cfg: &Config,
-    disk: Option<&D>,
+    ports: Ports<'_, D, S, R>,
     ctl: RunControl,
 ) -> RunReport {
     let read_data = cfg.check.as_ref().and_then(|c| c.read_data.clone());
-    check_repository(cfg, disk, ctl, read_data.as_deref()).await
+    check_repository(cfg, ports, ctl, read_data.as_deref()).await
 }
 
 /// The repository check, scheduled ([`run_check`]) or by hand (`burrow check`): reads back
@@ -877,9 +802,9 @@ pub async fn run_check<D: DiskManager>(
 /// error item of the summary (`pack <id>`, `snapshots/<id>`); the status is `failed` when
 /// there is one. Packs it finds damaged are taken out of the index (and their files
 /// deleted), so the next run stores their data again instead of reusing it.
-pub async fn check_repository<D: DiskManager>(
+pub async fn check_repository<D: DiskManager, S, R: Repositories>(
     cfg: &Config,
-    disk: Option<&D>,
+    ports: Ports<'_, D, S, R>,
     ctl: RunControl,
     read_data: Option<&str>,
 ) -> RunReport {
@@ -887,7 +812,7 @@ pub async fn check_repository<D: DiskManager>(
     let t0 = Instant::now();
     let log = RunLog::new("check", &ctl.run_id, "local");
     let mut errors: Vec<ErrorItem> = Vec::new();
-    let result = check_inner(cfg, disk, read_data, &log, &mut errors).await;
+    let result = check_inner(cfg, ports, read_data, &log, &mut errors).await;
     let mut summary = match &result {
         Ok(()) => {
             log.info("check: no errors found");
@@ -917,39 +842,39 @@ pub async fn check_repository<D: DiskManager>(
     }
 }
 
-async fn check_inner<D: DiskManager>(
+async fn check_inner<D: DiskManager, S, R: Repositories>(
     cfg: &Config,
-    disk: Option<&D>,
+    ports: Ports<'_, D, S, R>,
     read_data: Option<&str>,
     log: &RunLog,
     errors: &mut Vec<ErrorItem>,
 ) -> Result<(), RunError> {
     let _lock = RepoLock::acquire(&cfg.state_dir)?;
-    let place = place::locate(cfg, disk).await?;
-    let repo = place.open().await?;
+    let place = place::locate(cfg, ports.disk).await?;
+    let repo = place.open(ports.repos).await?;
     let repo = tidy(repo, log, false).await?;
     log.info(format!(
         "checking repository {} (read data: {})",
         place.repo_path.display(),
         read_data.unwrap_or("no")
     ));
-    let shared = lock_repo(&repo, false).await?;
+    let (repo, shared) = lock_repo(repo, false).await?;
     let rd = read_data.map(str::to_owned);
     let (report, repair) = blocking(
-        move || -> Result<(CheckReport, Option<Result<PackRepair, RepoError>>), RepoError> {
+        move || -> Result<(CheckReport, Option<Result<PackRepair, RunError>>), RunError> {
             let report = repo.check_report(rd.as_deref())?;
             // The index is rewritten under restic's exclusive lock; the shared one of the
             // check is given up first (an exclusive lock conflicts with it).
             let repair = (!report.damaged_packs.is_empty()).then(|| {
                 drop(shared);
-                repo.lock_exclusive()
+                repo.lock(true)
                     .and_then(|_x| repo.drop_damaged_packs(&report.damaged_packs))
             });
             Ok((report, repair))
         },
     )
     .await?
-    .map_err(|e| RunError::from(e).context("check could not finish"))?;
+    .map_err(|e| e.context("check could not finish"))?;
     errors.extend(check_items(&report, log));
     if report.is_clean() {
         return Ok(());
@@ -996,7 +921,7 @@ fn check_items(report: &CheckReport, log: &RunLog) -> Vec<ErrorItem> {
 /// snapshot files.
 fn check_reason(
     report: &CheckReport,
-    repair: Option<Result<PackRepair, RepoError>>,
+    repair: Option<Result<PackRepair, RunError>>,
     log: &RunLog,
 ) -> String {
     let mut reason = String::new();

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use burrow_config::Config;
 use burrow_core::RunError;
 use burrow_core::disk::{DiskError, DiskManager, MountCheck, Volume};
-use burrow_disk::guard;
-use burrow_repo::{Password, Repo};
+use burrow_core::guard;
+use burrow_core::repository::{Repositories, Repository};
 use nix::fcntl::{Flock, FlockArg};
 
 #[derive(Debug, Clone)]
@@ -28,20 +28,13 @@ pub struct Place {
 }
 
 impl Place {
-    pub fn password(&self) -> Result<Password, RunError> {
-        Password::from_file(&self.password_file).map_err(|e| RunError::permanent(e.to_string()))
-    }
-
     /// Opens the located repository with its password (on a blocking thread: the key
     /// derivation) and checks that the volume's marker names it. Every command reaches an
     /// existing repository this way, after [`locate`].
-    pub async fn open(&self) -> Result<Repo, RunError> {
-        let password = self.password()?;
-        let path = self.repo_path.clone();
-        let repo = tokio::task::spawn_blocking(move || Repo::open(&path, &password))
-            .await
-            .map_err(|e| RunError::permanent(format!("repository task failed: {e}")))?
-            .map_err(|e| RunError::permanent(e.to_string()))?;
+    pub async fn open<R: Repositories>(&self, repos: &R) -> Result<R::Repo, RunError> {
+        let (path, password_file) = (self.repo_path.clone(), self.password_file.clone());
+        let repos = repos.clone();
+        let repo = crate::blocking(move || repos.open(&path, &password_file)).await??;
         check_marker(self, &repo.id())?;
         Ok(repo)
     }
@@ -130,7 +123,7 @@ pub fn check_marker(place: &Place, repo_id: &str) -> Result<(), RunError> {
 /// An exclusive lock on writing the repository, held by one burrow process of this
 /// `state_dir` at a time. Released when dropped, or when the process dies. Between processes
 /// with other state dirs, and with stock restic, the restic lock files in the repository
-/// ([`burrow_repo::Repo::lock_shared`], [`burrow_repo::Repo::lock_exclusive`]) decide.
+/// ([`Repository::lock`]) decide.
 pub struct RepoLock {
     _lock: Flock<File>,
 }

@@ -5,8 +5,20 @@ use std::fs;
 use std::path::Path;
 
 use burrow_core::RunStatus;
+use burrow_core::run::RunControl;
 use burrow_disk::SimDisk;
-use burrow_run::{RunControl, run_check, run_job};
+use burrow_repo::LocalRepositories;
+use burrow_run::{Ports, run_check, run_job};
+use burrow_ssh::SshServers;
+
+/// The real adapters, without a backup disk.
+fn ports() -> Ports<'static, SimDisk, SshServers, LocalRepositories> {
+    Ports {
+        disk: None,
+        servers: &SshServers,
+        repos: &LocalRepositories,
+    }
+}
 
 fn config(dir: &Path) -> burrow_config::Config {
     let src = dir.join("src");
@@ -30,10 +42,10 @@ async fn check_passes_then_finds_a_damaged_pack() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path());
     burrow_repo::init(&tmp.path().join("repo"), &burrow_repo::Password::new("pw")).unwrap();
-    let run = run_job::<SimDisk>(&cfg, None, "j", ctl()).await;
+    let run = run_job(&cfg, ports(), "j", ctl()).await;
     assert_eq!(run.summary.status, RunStatus::Ok, "{:?}", run.summary);
 
-    let ok = run_check::<SimDisk>(&cfg, None, ctl()).await;
+    let ok = run_check(&cfg, ports(), ctl()).await;
     assert_eq!(ok.summary.status, RunStatus::Ok, "{}", ok.log);
     assert!(ok.log.contains("no errors found"), "{}", ok.log);
 
@@ -55,7 +67,7 @@ async fn check_passes_then_finds_a_damaged_pack() {
         }
     }
     assert!(damaged > 0);
-    let bad = run_check::<SimDisk>(&cfg, None, ctl()).await;
+    let bad = run_check(&cfg, ports(), ctl()).await;
     assert_eq!(bad.summary.status, RunStatus::Failed, "{}", bad.log);
     assert!(bad.summary.reason.unwrap().contains("check found problems"));
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use burrow_core::ErrorClass;
 use burrow_core::exec::{Exec, OUTPUT_TAIL};
+use burrow_core::server::{HostKeyPolicy, SshTarget};
 use burrow_run::host::Local;
-use burrow_ssh::{HostKeyPolicy, Session, SshTarget};
+use burrow_ssh::Session;
 use burrow_testkit::sshd::Sshd;
 
 const T: Duration = Duration::from_secs(20);

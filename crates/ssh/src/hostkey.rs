@@ -8,17 +8,9 @@ use std::time::Duration;
 
 use russh::keys::ssh_key::{Algorithm, Fingerprint, HashAlg, PublicKey};
 
-use crate::error::SshError;
+use burrow_core::server::HostKeyPolicy;
 
-/// How the server's host key is verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostKeyPolicy {
-    /// An OpenSSH public key line (`ssh-ed25519 AAAA... [comment]`) or a `SHA256:...`
-    /// fingerprint as printed by `ssh-keygen -lf`.
-    Pinned(String),
-    /// A known_hosts file; hashed host names are understood, `@cert-authority` lines are not.
-    KnownHosts(PathBuf),
-}
+use crate::error::SshError;
 
 #[derive(Debug, Clone)]
 enum Expected {

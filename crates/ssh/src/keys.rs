@@ -43,6 +43,12 @@ pub fn public_path(key: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// `key` as an OpenSSH public key line, `ssh-ed25519 AAAA... comment` (`authorized_keys`).
+pub fn openssh_line(key: &PublicKey) -> Result<String, KeyError> {
+    key.to_openssh()
+        .map_err(|e| KeyError::Encode(e.to_string()))
+}
+
 /// The public key of the pair at `file`: from `file.pub`, else from the private key.
 pub fn read_public(file: &Path) -> Result<PublicKey, KeyError> {
     let p = public_path(file);
@@ -92,9 +98,7 @@ pub fn create(file: &Path) -> Result<PublicKey, KeyError> {
         .to_openssh(LineEnding::LF)
         .map_err(|e| KeyError::Encode(e.to_string()))?;
     let public = key.public_key().clone();
-    let public_line = public
-        .to_openssh()
-        .map_err(|e| KeyError::Encode(e.to_string()))?;
+    let public_line = openssh_line(&public)?;
     let write = |path: &Path, mode: u32, data: &[u8]| {
         create_new(path, mode, data).map_err(|source| KeyError::Write {
             path: path.to_owned(),

@@ -16,7 +16,8 @@ use crate::sftp::Sftp;
 use burrow_core::shell_quote;
 
 use crate::error::{SshError, is_network_error};
-use crate::hostkey::{HostKeyCheck, HostKeyPolicy, Verdict};
+use crate::hostkey::{HostKeyCheck, Verdict};
+use burrow_core::server::SshTarget;
 
 use burrow_core::exec::{ExecOutput, KILL_GRACE, OUTPUT_TAIL};
 
@@ -83,35 +84,6 @@ fn cpu_has_aes() -> bool {
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         false
-    }
-}
-
-/// A server to connect to.
-#[derive(Debug, Clone)]
-pub struct SshTarget {
-    /// Name used in messages (the job or server name).
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub identity_file: PathBuf,
-    /// File whose first line is the identity file's passphrase.
-    pub identity_passphrase_file: Option<PathBuf>,
-    pub host_key: HostKeyPolicy,
-    /// Run this command on an exec channel and speak SFTP over its stdin/stdout instead of
-    /// requesting the `sftp` subsystem, e.g. `sudo -n /usr/lib/openssh/sftp-server -R`.
-    pub sftp_command: Option<String>,
-    /// Limit for TCP connect, key exchange and authentication together.
-    pub connect_timeout: Duration,
-}
-
-impl SshTarget {
-    fn addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
     }
 }
 

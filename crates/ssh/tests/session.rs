@@ -5,7 +5,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use burrow_ssh::{HostKeyPolicy, Session, SshError};
+use burrow_core::server::HostKeyPolicy;
+use burrow_ssh::{Session, SshError};
 use burrow_testkit::sshd::{Sshd, group_members};
 use common::{fingerprint, public_line, target};
 

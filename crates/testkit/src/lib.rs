@@ -7,8 +7,10 @@ pub mod exec;
 pub mod fakes;
 pub mod http;
 pub mod loopdev;
+pub mod memrepo;
 pub mod postgres;
 pub mod proxy;
+pub mod servers;
 pub mod sshd;
 
 /// Called when a test cannot find a tool or service it needs. Under `CI=true` this panics (CI

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use burrow_ssh::{HostKeyPolicy, SshTarget};
+use burrow_core::server::{HostKeyPolicy, SshTarget};
 use burrow_testkit::sshd::Sshd;
 
 pub fn target(sshd: &Sshd) -> SshTarget {

@@ -13,14 +13,14 @@
 //!   volume is refused);
 //! - the mount point must be the topmost mount of exactly the volume's block device.
 //!
-//! Pure std + nix; no D-Bus, so it can be used from the repository layer and tested anywhere.
+//! Pure std; no D-Bus, so a run, a command and the disk adapter use the same checks, tested anywhere.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
-use burrow_core::disk::{DiskError, MountCheck, Volume};
+use crate::disk::{DiskError, MountCheck, Volume};
 use serde::{Deserialize, Serialize};
 
 /// Name of the marker file at the root of the backup volume.
@@ -221,7 +221,7 @@ fn write_marker_at(dir: &Path, repo_id: &str) -> io::Result<()> {
     })
     .map_err(io::Error::other)?;
     body.push(b'\n');
-    burrow_core::fsutil::write_atomic(&dir.join(MARKER_FILE), &body)
+    crate::fsutil::write_atomic(&dir.join(MARKER_FILE), &body)
 }
 
 /// Checks that the verified volume carries the marker of repository `repo_id`.

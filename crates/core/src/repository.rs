@@ -1,0 +1,204 @@
+//! The repository port: what a run, a check and retention need of the restic-format
+//! repository, and the types they exchange with it. burrow-repo implements it on the local
+//! backend (rustic_core and burrow's own writer); burrow-testkit keeps an in-memory fake for
+//! in-process tests of whole runs.
+//!
+//! The calls are blocking (the real repository hashes, compresses and encrypts on threads of
+//! its own): async callers make them on a blocking thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use serde::Serialize;
+
+use crate::retention::{Plan, Policy};
+use crate::source::Entry;
+use crate::{Problems, RunError};
+
+/// The tag every burrow snapshot carries.
+pub const TAG: &str = "burrow";
+/// The tag of a snapshot in which something could not be read.
+pub const TAG_PARTIAL: &str = "partial";
+/// The tag of a snapshot the anomaly guard found suspicious (most files gone or changed, or
+/// none at all).
+pub const TAG_ANOMALY: &str = "anomaly";
+
+pub fn job_tag(job: &str) -> String {
+    format!("job={job}")
+}
+
+/// A snapshot as listed by `burrow snapshots`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub short_id: String,
+    /// RFC 3339.
+    pub time: String,
+    pub job: Option<String>,
+    pub host: String,
+    pub paths: Vec<String>,
+    pub tags: Vec<String>,
+    pub partial: bool,
+    pub files: Option<u64>,
+    pub bytes: Option<u64>,
+    pub bytes_added: Option<u64>,
+}
+
+/// A snapshot file that could not be read, decrypted or parsed. Listed by `burrow snapshots`
+/// (in `--json` as an entry with `"damaged": true`) and otherwise skipped.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedSnapshot {
+    pub id: String,
+    pub short_id: String,
+    /// The file, relative to the repository (`snapshots/<id>`).
+    pub file: String,
+    /// The file's full path.
+    pub path: String,
+    pub error: String,
+    /// Always `true`.
+    pub damaged: bool,
+}
+
+/// Every snapshot file: those read, oldest first, and those that could not be read.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotListing {
+    pub snapshots: Vec<SnapshotInfo>,
+    pub damaged: Vec<DamagedSnapshot>,
+}
+
+/// What a repository check found. Clean when `errors` and `damaged_snapshots` are empty.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Each error, as rustic_core words it (ids shortened to 8 characters), or, for a pack,
+    /// prefixed with the pack's full id.
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Packs whose file is missing or whose bytes do not hash to their name (re-read and
+    /// confirmed after the check named them).
+    pub damaged_packs: Vec<DamagedPack>,
+    pub damaged_snapshots: Vec<DamagedSnapshot>,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty() && self.damaged_snapshots.is_empty()
+    }
+}
+
+/// A pack a check found damaged, confirmed by reading its file whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedPack {
+    pub id: String,
+    /// The file is gone (`false`), or it is there with other bytes than written (`true`).
+    pub present: bool,
+    pub detail: String,
+}
+
+/// What [`Repository::drop_damaged_packs`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PackRepair {
+    /// Packs no index file lists any more.
+    pub dropped: Vec<String>,
+    /// Damaged pack files deleted once no index referred to them.
+    pub deleted: Vec<String>,
+}
+
+/// What to back up.
+pub struct BackupRequest<'a> {
+    pub job: &'a str,
+    /// The snapshot's host name: the server's name, or this machine's for local jobs.
+    pub host: &'a str,
+    pub paths: Vec<PathBuf>,
+    pub source: &'a dyn crate::source::Source,
+    /// Extra entries in walk order (the spooled dumps), merged into the walk.
+    pub extra: Vec<Entry>,
+    pub problems: Problems,
+    /// Tag the snapshot `partial` even when the walk itself had no problems (failed dumps).
+    pub partial: bool,
+    /// Content bytes handed to the archiver; shared so a progress display can read it.
+    pub bytes_read: Arc<AtomicU64>,
+    /// Set from another thread to stop the walk; the snapshot made so far is then removed
+    /// and an error returned.
+    pub cancel: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupOutcome {
+    pub snapshot_id: String,
+    pub parent_id: Option<String>,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    pub dirs: u64,
+    pub bytes_read: u64,
+    pub bytes_added: u64,
+    /// Data blobs this run stored (new content after deduplication).
+    pub data_blobs: u64,
+    pub partial: bool,
+}
+
+/// File counts of a pending snapshot and of its parent, for the anomaly guard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PendingCounts {
+    pub files: u64,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    /// Files in the parent snapshot, when there is one with a summary.
+    pub parent_files: Option<u64>,
+}
+
+/// A snapshot archived but not yet saved: the run looks at it (anomaly guard) before it
+/// decides the snapshot's tags and commits it ([`Repository::commit`]).
+pub trait PendingSnapshot: Send + 'static {
+    /// Something could not be read (the problems of the walk), or the request said so.
+    fn partial(&self) -> bool;
+    fn counts(&self) -> PendingCounts;
+}
+
+/// An open repository.
+pub trait Repository: Send + Sync + 'static {
+    /// restic's lock in `locks/`, held until dropped.
+    type Lock: Send + 'static;
+    type Pending: PendingSnapshot;
+
+    /// The repository's id (from its config file), as stock restic shows it; the volume's
+    /// marker names it.
+    fn id(&self) -> String;
+    /// restic's shared lock for a backup: written at once; every write of the backup waits
+    /// for the lock to settle and is refused when another process holds it exclusively.
+    fn lock_for_backup(&self) -> Result<Self::Lock, RunError>;
+    /// restic's shared lock (backup, check) or exclusive lock (forget, prune, repairs).
+    fn lock(&self, exclusive: bool) -> Result<Self::Lock, RunError>;
+    /// Removes the `-tmp-` files of interrupted writes; returns what it removed.
+    fn remove_tmp_debris(&self) -> Result<Vec<PathBuf>, RunError>;
+    /// Every snapshot file (of `job` when given): those read, oldest first, and those that
+    /// cannot be read.
+    fn snapshot_listing(&self, job: Option<&str>) -> Result<SnapshotListing, RunError>;
+    /// Reads the request's source into packs, trees and index; the snapshot file is held
+    /// back in the returned pending snapshot. Cancelled: an error, and nothing references
+    /// what was written.
+    fn archive(&self, req: BackupRequest<'_>) -> Result<Self::Pending, RunError>;
+    /// Writes the pending snapshot's file with `tags` added.
+    fn commit(&self, pending: Self::Pending, tags: &[&str]) -> Result<BackupOutcome, RunError>;
+    /// Forgets the job's snapshots the policy does not keep (never the newest complete one).
+    fn forget(&self, job: &str, keep: &Policy) -> Result<Plan, RunError>;
+    /// Removes the data no snapshot references any more.
+    fn prune(&self) -> Result<(), RunError>;
+    /// Checks the repository, reading back `read_data` of the packs when given (`"5%"`,
+    /// `"1/7"`, `"all"`).
+    fn check_report(&self, read_data: Option<&str>) -> Result<CheckReport, RunError>;
+    /// Takes damaged packs out of the index (and deletes their files), so no later run
+    /// reuses their blobs.
+    fn drop_damaged_packs(&self, packs: &[DamagedPack]) -> Result<PackRepair, RunError>;
+}
+
+/// Opens repositories: the one way every run and command reaches an existing one.
+pub trait Repositories: Clone + Send + Sync + 'static {
+    type Repo: Repository;
+
+    /// Opens the repository at `path` with the password in `password_file` (a key
+    /// derivation: blocking, about half a second).
+    fn open(&self, path: &Path, password_file: &Path) -> Result<Self::Repo, RunError>;
+}

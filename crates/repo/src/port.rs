@@ -1,0 +1,92 @@
+//! burrow-core's repository port on [`Repo`], and the opener of repositories on this
+//! machine's filesystem.
+
+use std::path::{Path, PathBuf};
+
+use burrow_core::RunError;
+use burrow_core::repository::{
+    BackupOutcome, BackupRequest, CheckReport, DamagedPack, PackRepair, PendingCounts,
+    PendingSnapshot, Repositories, Repository, SnapshotListing,
+};
+use burrow_core::retention::{Plan, Policy};
+
+use crate::{Password, Pending, Repo, RepoLockGuard};
+
+impl PendingSnapshot for Pending {
+    fn partial(&self) -> bool {
+        Pending::partial(self)
+    }
+
+    fn counts(&self) -> PendingCounts {
+        Pending::counts(self)
+    }
+}
+
+impl Repository for Repo {
+    type Lock = RepoLockGuard;
+    type Pending = Pending;
+
+    fn id(&self) -> String {
+        Repo::id(self)
+    }
+
+    fn lock_for_backup(&self) -> Result<RepoLockGuard, RunError> {
+        Ok(Repo::lock_for_backup(self)?)
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<RepoLockGuard, RunError> {
+        let locks = self.locks()?;
+        Ok(if exclusive {
+            locks.exclusive()?
+        } else {
+            locks.shared()?
+        })
+    }
+
+    fn remove_tmp_debris(&self) -> Result<Vec<PathBuf>, RunError> {
+        Ok(Repo::remove_tmp_debris(self)?)
+    }
+
+    fn snapshot_listing(&self, job: Option<&str>) -> Result<SnapshotListing, RunError> {
+        Ok(Repo::snapshot_listing(self, job)?)
+    }
+
+    fn archive(&self, req: BackupRequest<'_>) -> Result<Pending, RunError> {
+        Ok(Repo::archive(self, req)?)
+    }
+
+    fn commit(&self, pending: Pending, tags: &[&str]) -> Result<BackupOutcome, RunError> {
+        Ok(pending.commit(self, tags)?)
+    }
+
+    fn forget(&self, job: &str, keep: &Policy) -> Result<Plan, RunError> {
+        Ok(Repo::forget(self, job, keep)?)
+    }
+
+    fn prune(&self) -> Result<(), RunError> {
+        Ok(Repo::prune(self)?)
+    }
+
+    fn check_report(&self, read_data: Option<&str>) -> Result<CheckReport, RunError> {
+        Ok(Repo::check_report(self, read_data)?)
+    }
+
+    fn drop_damaged_packs(&self, packs: &[DamagedPack]) -> Result<PackRepair, RunError> {
+        Ok(Repo::drop_damaged_packs(self, packs)?)
+    }
+}
+
+/// Opens the restic repositories of this machine's filesystem (a directory on the backup
+/// volume, or any local path without `disk`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalRepositories;
+
+impl Repositories for LocalRepositories {
+    type Repo = Repo;
+
+    fn open(&self, path: &Path, password_file: &Path) -> Result<Repo, RunError> {
+        let password =
+            Password::from_file(password_file).map_err(|e| RunError::permanent(e.to_string()))?;
+        Repo::open(path, &password).map_err(|e| RunError::permanent(e.to_string()))
+    }
+}

@@ -1,0 +1,269 @@
+//! Whole runs in-process, on the fakes of every port: scripted commands on the server, its
+//! files from a temporary directory, an in-memory repository. They assert what the real
+//! adapters' tests (tests/ssh_e2e.rs, tests/cli.rs) assert through the binary, in a fraction
+//! of the time, and states those cannot reach cheaply (a connection lost in the pull, a
+//! check elsewhere holding restic's lock).
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use burrow_core::run::{RunControl, RunReport};
+use burrow_core::{ErrorClass, RunStatus};
+use burrow_disk::SimDisk;
+use burrow_run::{Ports, run_job};
+use burrow_testkit::exec::{Reply, ScriptedExec};
+use burrow_testkit::memrepo::{MemRepo, MemRepos};
+use burrow_testkit::servers::FakeServers;
+
+struct World {
+    tmp: tempfile::TempDir,
+    cfg: burrow_config::Config,
+    repos: MemRepos,
+    repo: MemRepo,
+    exec: Arc<ScriptedExec>,
+}
+
+/// A job `web` on server `vps`: `before` and `after` commands, two files, `retention`.
+fn world(exec: ScriptedExec, job_extra: &str) -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let src = d.join("srv/www");
+    fs::create_dir_all(src.join("img")).unwrap();
+    fs::write(src.join("index.html"), "<h1>hello</h1>").unwrap();
+    fs::write(src.join("img/logo.png"), vec![7u8; 50_000]).unwrap();
+    fs::write(d.join("pw"), "secret\n").unwrap();
+    fs::write(d.join("id"), "key").unwrap();
+    let text = format!(
+        "repository: {{path: {d}/repo, password_file: {d}/pw}}
+state_dir: {d}/state
+servers:
+  vps: {{host: 127.0.0.1, user: backup, identity_file: {d}/id, host_key: \"SHA256:{fp}\"}}
+jobs:
+  web:
+    server: vps
+    paths: [{d}/srv/www]
+    before: [\"systemctl stop app\"]
+    after: [\"systemctl start app\"]
+{job_extra}",
+        d = d.display(),
+        fp = "A".repeat(43),
+    );
+    let cfg = burrow_config::parse(&text, &d.join("c.yaml")).unwrap();
+    let repos = MemRepos::default();
+    let repo = repos.init(&d.join("repo"), "secret");
+    World {
+        tmp,
+        cfg,
+        repos,
+        repo,
+        exec: Arc::new(exec),
+    }
+}
+
+impl World {
+    fn servers(&self) -> FakeServers {
+        FakeServers::default().with("vps", self.exec.clone())
+    }
+
+    async fn run(&self, servers: &FakeServers) -> RunReport {
+        let ports = Ports {
+            disk: None::<&SimDisk>,
+            servers,
+            repos: &self.repos,
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        run_job(&self.cfg, ports, "web", RunControl::new(rx)).await
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.tmp.path().join(rel)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_stops_the_service_pulls_the_files_and_starts_it_again() {
+    let w = world(ScriptedExec::new("vps"), "");
+    let report = w.run(&w.servers()).await;
+    let s = &report.summary;
+    assert_eq!(s.status, RunStatus::Ok, "{}", report.log);
+    assert_eq!(
+        w.exec.commands(),
+        ["systemctl stop app", "systemctl start app"],
+        "before, then after, once each"
+    );
+    let snaps = w.repo.snapshots();
+    assert_eq!(snaps.len(), 1);
+    let snap = &snaps[0];
+    assert_eq!(s.snapshot_id.as_deref(), Some(snap.id.as_str()));
+    assert_eq!(snap.host, "vps");
+    assert!(snap.tags.contains(&"job=web".to_owned()), "{:?}", snap.tags);
+    assert_eq!(
+        snap.files[&w.path("srv/www/index.html")].content,
+        b"<h1>hello</h1>"
+    );
+    assert_eq!(
+        snap.files[&w.path("srv/www/img/logo.png")].content.len(),
+        50_000
+    );
+    assert_eq!(
+        (s.files_new, s.files_changed, s.files_unmodified),
+        (2, 0, 0)
+    );
+    assert_eq!(s.bytes_read, 50_014);
+
+    // the second run reads nothing that did not change
+    fs::write(w.path("srv/www/index.html"), "<h1>hello, again</h1>").unwrap();
+    let again = w.run(&w.servers()).await;
+    let s = &again.summary;
+    assert_eq!(s.status, RunStatus::Ok, "{}", again.log);
+    assert_eq!(
+        (s.files_new, s.files_changed, s.files_unmodified),
+        (0, 1, 1)
+    );
+    assert_eq!(s.bytes_read, 21);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_before_pulls_nothing_and_after_still_runs() {
+    let exec = ScriptedExec::new("vps").on("stop app", Reply::fails(1, "no such unit"));
+    let w = world(exec, "");
+    let report = w.run(&w.servers()).await;
+    assert_eq!(report.summary.status, RunStatus::Failed, "{}", report.log);
+    assert_eq!(report.summary.error_class, Some(ErrorClass::Permanent));
+    assert!(report.log.contains("no such unit"), "{}", report.log);
+    assert_eq!(
+        w.exec.commands(),
+        ["systemctl stop app", "systemctl start app"]
+    );
+    assert!(w.repo.snapshots().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_server_is_a_temporary_failure_with_nothing_run() {
+    let w = world(ScriptedExec::new("vps"), "");
+    let report = w.run(&w.servers().unreachable("vps")).await;
+    let s = &report.summary;
+    assert_eq!(s.status, RunStatus::Failed, "{}", report.log);
+    assert_eq!(s.error_class, Some(ErrorClass::Temporary), "{s:?}");
+    assert!(
+        s.reason
+            .as_deref()
+            .unwrap()
+            .contains("cannot connect to server vps"),
+        "{s:?}"
+    );
+    assert!(w.exec.commands().is_empty());
+    assert!(w.repo.snapshots().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_runs_nothing_on_the_server() {
+    let w = world(ScriptedExec::new("vps"), "");
+    fs::write(w.path("pw"), "not the password\n").unwrap();
+    let servers = w.servers();
+    let report = w.run(&servers).await;
+    let s = &report.summary;
+    assert_eq!(s.status, RunStatus::Failed, "{}", report.log);
+    assert_eq!(s.error_class, Some(ErrorClass::Permanent));
+    assert!(
+        s.reason.as_deref().unwrap().contains("wrong password"),
+        "{s:?}"
+    );
+    assert!(w.exec.commands().is_empty(), "{:?}", w.exec.commands());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_lost_in_the_pull_saves_no_snapshot_and_runs_after_again_later() {
+    let w = world(ScriptedExec::new("vps"), "");
+    let report = w.run(&w.servers().drops_during_pull("vps")).await;
+    let s = &report.summary;
+    assert_eq!(s.status, RunStatus::Failed, "{}", report.log);
+    assert_eq!(s.error_class, Some(ErrorClass::Temporary), "{s:?}");
+    assert!(
+        s.reason
+            .as_deref()
+            .unwrap()
+            .contains("was lost during the pull"),
+        "{s:?}"
+    );
+    assert!(
+        w.repo.snapshots().is_empty(),
+        "no snapshot of a half-read server"
+    );
+    // after is owed once before started; the fake still records it
+    assert_eq!(
+        w.exec.commands(),
+        ["systemctl stop app", "systemctl start app"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_the_policy_and_fails_soft_while_another_process_holds_a_lock() {
+    let w = world(ScriptedExec::new("vps"), "    retention: {keep_last: 2}\n");
+    for _ in 0..3 {
+        let r = w.run(&w.servers()).await;
+        assert_eq!(r.summary.status, RunStatus::Ok, "{}", r.log);
+    }
+    assert_eq!(w.repo.snapshots().len(), 2, "keep_last: 2");
+    assert!(w.repo.prunes() >= 1);
+
+    // a `restic check` elsewhere holds a shared lock: the backup may run beside it,
+    // retention (exclusive) may not
+    let _check_elsewhere = w.repo.lock_as_another(false).unwrap();
+    let r = w.run(&w.servers()).await;
+    assert_eq!(r.summary.status, RunStatus::Warning, "{}", r.log);
+    assert!(
+        r.summary
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("retention failed (the new snapshot is safe)"),
+        "{:?}",
+        r.summary
+    );
+    assert_eq!(
+        w.repo.snapshots().len(),
+        3,
+        "nothing forgotten without the lock"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emptied_source_is_an_anomaly_and_pauses_retention() {
+    let w = world(ScriptedExec::new("vps"), "    retention: {keep_last: 1}\n");
+    let first = w.run(&w.servers()).await;
+    assert_eq!(first.summary.status, RunStatus::Ok, "{}", first.log);
+    fs::remove_dir_all(w.path("srv/www/img")).unwrap();
+    fs::remove_file(w.path("srv/www/index.html")).unwrap();
+    let emptied = w.run(&w.servers()).await;
+    assert_eq!(
+        emptied.summary.status,
+        RunStatus::Anomaly,
+        "{}",
+        emptied.log
+    );
+    let snaps = w.repo.snapshots();
+    assert_eq!(
+        snaps.len(),
+        2,
+        "keep_last: 1 is paused: the good snapshot stays"
+    );
+    assert!(
+        snaps[1].tags.contains(&"anomaly".to_owned()),
+        "{:?}",
+        snaps[1].tags
+    );
+    assert!(snaps[0].files.len() == 2);
+}
+
+#[test]
+fn the_fake_repository_refuses_a_missing_repository() {
+    use burrow_core::repository::Repositories;
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("pw"), "x\n").unwrap();
+    let e = MemRepos::default()
+        .open(Path::new("/nowhere"), &tmp.path().join("pw"))
+        .unwrap_err();
+    assert!(e.message.contains("no repository at /nowhere"), "{e}");
+}

@@ -1,0 +1,376 @@
+//! An in-memory fake of core's repository port: snapshots hold the files' contents, the
+//! password is the one given at [`MemRepos::init`] and checked against the password file at
+//! open (trimmed, as restic reads it), restic's locks conflict as they do on disk, and forget applies core's retention.
+//! For in-process tests of whole runs; the contract it shares with the real repository is
+//! what `burrow-run`'s run tests assert of both.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use burrow_core::repository::{
+    BackupOutcome, BackupRequest, CheckReport, DamagedPack, PackRepair, PendingCounts,
+    PendingSnapshot, Repositories, Repository, SnapshotInfo, SnapshotListing, TAG, job_tag,
+};
+use burrow_core::retention::{self, Plan, Policy, Snap};
+use burrow_core::source::{Entry, EntryKind, ParentIndex, Time, WalkContext};
+use burrow_core::{RunError, short_id};
+use chrono::{DateTime, FixedOffset, Utc};
+
+/// A file as a snapshot holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemFile {
+    pub content: Vec<u8>,
+    pub mtime: Option<Time>,
+}
+
+/// A saved snapshot.
+#[derive(Debug, Clone)]
+pub struct MemSnapshot {
+    pub id: String,
+    pub job: String,
+    pub host: String,
+    pub time: DateTime<FixedOffset>,
+    pub tags: Vec<String>,
+    pub paths: Vec<PathBuf>,
+    pub files: BTreeMap<PathBuf, MemFile>,
+    pub dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    snapshots: Vec<MemSnapshot>,
+    shared: usize,
+    exclusive: bool,
+    saved: u64,
+    prunes: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: String,
+    password: String,
+    state: Mutex<State>,
+}
+
+/// One repository; clones are the same repository.
+#[derive(Debug, Clone)]
+pub struct MemRepo(Arc<Inner>);
+
+/// The repositories of an in-process test, by path.
+#[derive(Debug, Clone, Default)]
+pub struct MemRepos(Arc<Mutex<BTreeMap<PathBuf, MemRepo>>>);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MemRepos {
+    /// Creates the repository at `path` with `password`, as `burrow init` does.
+    pub fn init(&self, path: &Path, password: &str) -> MemRepo {
+        let mut repos = lock(&self.0);
+        let id = format!("{:0>64}", repos.len() + 1);
+        let repo = MemRepo(Arc::new(Inner {
+            id,
+            password: password.to_owned(),
+            state: Mutex::default(),
+        }));
+        repos.insert(path.to_owned(), repo.clone());
+        repo
+    }
+}
+
+impl Repositories for MemRepos {
+    type Repo = MemRepo;
+
+    fn open(&self, path: &Path, password_file: &Path) -> Result<MemRepo, RunError> {
+        let text = std::fs::read_to_string(password_file).map_err(|e| {
+            RunError::permanent(format!(
+                "cannot read the repository password from {}: {e}",
+                password_file.display()
+            ))
+        })?;
+        let repo = lock(&self.0).get(path).cloned().ok_or_else(|| {
+            RunError::permanent(format!(
+                "no repository at {}: create it with `burrow init`",
+                path.display()
+            ))
+        })?;
+        if text.trim() != repo.0.password {
+            return Err(RunError::permanent(format!(
+                "wrong password for the repository at {}: check repository.password_file",
+                path.display()
+            )));
+        }
+        Ok(repo)
+    }
+}
+
+/// restic's lock on a [`MemRepo`], released when dropped.
+#[derive(Debug)]
+pub struct MemLock {
+    repo: MemRepo,
+    exclusive: bool,
+}
+
+impl Drop for MemLock {
+    fn drop(&mut self) {
+        let mut st = lock(&self.repo.0.state);
+        if self.exclusive {
+            st.exclusive = false;
+        } else {
+            st.shared -= 1;
+        }
+    }
+}
+
+impl MemRepo {
+    /// The saved snapshots, oldest first.
+    pub fn snapshots(&self) -> Vec<MemSnapshot> {
+        lock(&self.0.state).snapshots.clone()
+    }
+
+    /// How often prune ran.
+    pub fn prunes(&self) -> usize {
+        lock(&self.0.state).prunes
+    }
+
+    /// Takes restic's lock as another process would (a `restic prune` elsewhere holds the
+    /// exclusive one); refused when it conflicts.
+    pub fn lock_as_another(&self, exclusive: bool) -> Result<MemLock, RunError> {
+        let mut st = lock(&self.0.state);
+        if st.exclusive || (exclusive && st.shared > 0) {
+            return Err(RunError::temporary(
+                "the repository is locked by another process (restic or burrow); it is \
+                 released when that process ends",
+            ));
+        }
+        if exclusive {
+            st.exclusive = true;
+        } else {
+            st.shared += 1;
+        }
+        Ok(MemLock {
+            repo: self.clone(),
+            exclusive,
+        })
+    }
+
+    fn latest(&self, job: &str) -> Option<MemSnapshot> {
+        let st = lock(&self.0.state);
+        st.snapshots.iter().rev().find(|s| s.job == job).cloned()
+    }
+}
+
+/// The parent snapshot's files, for the walk's unchanged-file test.
+struct Parent(BTreeMap<PathBuf, MemFile>);
+
+impl ParentIndex for Parent {
+    fn unchanged(&self, path: &Path, size: u64, mtime: Option<Time>) -> bool {
+        self.0
+            .get(path)
+            .is_some_and(|f| f.content.len() as u64 == size && f.mtime == mtime)
+    }
+}
+
+/// A snapshot archived and not saved yet.
+#[derive(Debug)]
+pub struct MemPending {
+    snapshot: MemSnapshot,
+    counts: PendingCounts,
+    partial: bool,
+    parent: Option<String>,
+    bytes_read: u64,
+}
+
+impl PendingSnapshot for MemPending {
+    fn partial(&self) -> bool {
+        self.partial
+    }
+
+    fn counts(&self) -> PendingCounts {
+        self.counts
+    }
+}
+
+/// Reads one regular file of the walk into `snap`, from the parent when it is unchanged (the
+/// source counts the bytes it hands over).
+fn take_file(
+    e: Entry,
+    parent: &Parent,
+    snap: &mut MemSnapshot,
+    counts: &mut PendingCounts,
+    ctx: &WalkContext,
+) {
+    let mtime = e.meta.mtime;
+    let old = parent.0.get(&e.path);
+    if parent.unchanged(&e.path, e.meta.size, mtime)
+        && let Some(old) = old
+    {
+        counts.files_unmodified += 1;
+        snap.files.insert(e.path, old.clone());
+        return;
+    }
+    let mut content = Vec::new();
+    let read = e
+        .content
+        .map(|c| c.open().and_then(|mut r| r.read_to_end(&mut content)));
+    if let Some(Err(err)) = read {
+        ctx.problems.push(&e.path, err.to_string());
+        return;
+    }
+    match old {
+        Some(_) => counts.files_changed += 1,
+        None => counts.files_new += 1,
+    }
+    snap.files.insert(e.path, MemFile { content, mtime });
+}
+
+impl Repository for MemRepo {
+    type Lock = MemLock;
+    type Pending = MemPending;
+
+    fn id(&self) -> String {
+        self.0.id.clone()
+    }
+
+    fn lock_for_backup(&self) -> Result<MemLock, RunError> {
+        self.lock(false)
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<MemLock, RunError> {
+        self.lock_as_another(exclusive)
+    }
+
+    fn remove_tmp_debris(&self) -> Result<Vec<PathBuf>, RunError> {
+        Ok(Vec::new())
+    }
+
+    fn snapshot_listing(&self, job: Option<&str>) -> Result<SnapshotListing, RunError> {
+        let snapshots = self
+            .snapshots()
+            .into_iter()
+            .filter(|s| job.is_none_or(|j| s.job == j))
+            .map(|s| SnapshotInfo {
+                short_id: short_id(&s.id).to_owned(),
+                id: s.id,
+                time: s.time.to_rfc3339(),
+                job: Some(s.job),
+                host: s.host,
+                paths: s.paths.iter().map(|p| p.display().to_string()).collect(),
+                partial: s
+                    .tags
+                    .iter()
+                    .any(|t| t == burrow_core::repository::TAG_PARTIAL),
+                tags: s.tags,
+                files: Some(s.files.len() as u64),
+                bytes: Some(s.files.values().map(|f| f.content.len() as u64).sum()),
+                bytes_added: None,
+            })
+            .collect();
+        Ok(SnapshotListing {
+            snapshots,
+            damaged: Vec::new(),
+        })
+    }
+
+    fn archive(&self, req: BackupRequest<'_>) -> Result<MemPending, RunError> {
+        let parent = self.latest(req.job);
+        let index = Parent(parent.as_ref().map(|p| p.files.clone()).unwrap_or_default());
+        let ctx = WalkContext {
+            parent: Arc::new(Parent(index.0.clone())),
+            problems: req.problems.clone(),
+            bytes_read: req.bytes_read.clone(),
+        };
+        let mut snap = MemSnapshot {
+            id: String::new(),
+            job: req.job.to_owned(),
+            host: req.host.to_owned(),
+            time: Utc::now().fixed_offset(),
+            tags: vec![TAG.to_owned(), job_tag(req.job)],
+            paths: req.paths,
+            files: BTreeMap::new(),
+            dirs: Vec::new(),
+        };
+        let mut counts = PendingCounts {
+            parent_files: parent.as_ref().map(|p| p.files.len() as u64),
+            ..PendingCounts::default()
+        };
+        for e in req.source.entries(ctx.clone()).chain(req.extra) {
+            if req.cancel.load(Ordering::Relaxed) {
+                return Err(RunError::permanent(
+                    "interrupted before the snapshot was complete; nothing was kept",
+                ));
+            }
+            match e.kind {
+                EntryKind::File => take_file(e, &index, &mut snap, &mut counts, &ctx),
+                EntryKind::Dir => snap.dirs.push(e.path),
+                _ => {}
+            }
+        }
+        counts.files = snap.files.len() as u64;
+        Ok(MemPending {
+            snapshot: snap,
+            counts,
+            partial: req.partial || !req.problems.is_empty(),
+            parent: parent.map(|p| p.id),
+            bytes_read: req.bytes_read.load(Ordering::Relaxed),
+        })
+    }
+
+    fn commit(&self, p: MemPending, tags: &[&str]) -> Result<BackupOutcome, RunError> {
+        let mut snap = p.snapshot;
+        snap.tags.extend(tags.iter().map(|t| (*t).to_owned()));
+        let mut st = lock(&self.0.state);
+        st.saved += 1;
+        snap.id = format!("{:064x}", st.saved);
+        let out = BackupOutcome {
+            snapshot_id: snap.id.clone(),
+            parent_id: p.parent,
+            files_new: p.counts.files_new,
+            files_changed: p.counts.files_changed,
+            files_unmodified: p.counts.files_unmodified,
+            dirs: snap.dirs.len() as u64,
+            bytes_read: p.bytes_read,
+            bytes_added: snap.files.values().map(|f| f.content.len() as u64).sum(),
+            data_blobs: p.counts.files_new + p.counts.files_changed,
+            partial: tags.contains(&burrow_core::repository::TAG_PARTIAL),
+        };
+        st.snapshots.push(snap);
+        Ok(out)
+    }
+
+    fn forget(&self, job: &str, keep: &Policy) -> Result<Plan, RunError> {
+        let mut st = lock(&self.0.state);
+        let snaps: Vec<Snap> = st
+            .snapshots
+            .iter()
+            .filter(|s| s.job == job)
+            .map(|s| Snap {
+                id: s.id.clone(),
+                time: s.time,
+                tags: s.tags.clone(),
+            })
+            .collect();
+        let plan =
+            retention::forget_plan(&snaps, keep).map_err(|e| RunError::permanent(e.to_string()))?;
+        st.snapshots
+            .retain(|s| !plan.remove.iter().any(|d| d.id == s.id));
+        Ok(plan)
+    }
+
+    fn prune(&self) -> Result<(), RunError> {
+        lock(&self.0.state).prunes += 1;
+        Ok(())
+    }
+
+    fn check_report(&self, _read_data: Option<&str>) -> Result<CheckReport, RunError> {
+        Ok(CheckReport::default())
+    }
+
+    fn drop_damaged_packs(&self, _packs: &[DamagedPack]) -> Result<PackRepair, RunError> {
+        Ok(PackRepair::default())
+    }
+}
