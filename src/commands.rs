@@ -14,7 +14,7 @@ use burrow_core::run::{RunControl, RunReport};
 use burrow_core::{RunError, RunStatus, RunSummary, short_id};
 use burrow_repo::Repo;
 use burrow_run::place::{self, RepoLock};
-use burrow_run::run_job;
+use burrow_run::{run_job, show};
 
 use crate::cli::{Cli, Command, Generate};
 
@@ -266,69 +266,30 @@ async fn snapshots<D: DiskManager>(
             format!("no job named {j:?} in {}", cfg.file.display()),
         );
     }
-    let repo = match open_repo(cfg, disk).await {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let job = job.map(str::to_owned);
-    let listing = match joined(
-        tokio::task::spawn_blocking(move || repo.snapshot_listing(job.as_deref())).await,
-    ) {
+    let ports = crate::adapters::ports(disk);
+    let listing = match burrow_run::maintain::snapshots(cfg, ports, job).await {
         Ok(l) => l,
-        Err(code) => return code,
+        Err(e) => return fail(e.status().exit(), e),
     };
+    if json {
+        let mut all: Vec<serde_json::Value> = (listing.snapshots.iter())
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .collect();
+        all.extend((listing.damaged.iter()).filter_map(|d| serde_json::to_value(d).ok()));
+        out!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+    } else {
+        outp!("{}", show::snapshots(&listing.snapshots));
+    }
+    for d in &listing.damaged {
+        eprintln!("{}", show::damaged(d));
+    }
     // Damaged files cannot be read, so they cannot be told apart by job: they are always
     // named, and make the exit code 3.
-    let code = if listing.damaged.is_empty() {
+    if listing.damaged.is_empty() {
         Exit::Ok
     } else {
         Exit::Partial
-    };
-    let list = &listing.snapshots;
-    if json {
-        let mut all: Vec<serde_json::Value> = list
-            .iter()
-            .filter_map(|s| serde_json::to_value(s).ok())
-            .collect();
-        all.extend(
-            listing
-                .damaged
-                .iter()
-                .filter_map(|d| serde_json::to_value(d).ok()),
-        );
-        out!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
-        return code;
     }
-    out!(
-        "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  paths",
-        "id",
-        "time",
-        "job",
-        "host",
-        "files",
-        "size"
-    );
-    for s in list {
-        out!(
-            "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  {}{}",
-            s.short_id,
-            s.time,
-            s.job.as_deref().unwrap_or("-"),
-            s.host,
-            s.files.map_or("-".into(), |f| f.to_string()),
-            s.bytes.map_or("-".into(), human),
-            s.paths.join(" "),
-            if s.partial { "  [partial]" } else { "" }
-        );
-    }
-    out!("{} snapshot(s)", list.len());
-    for d in &listing.damaged {
-        eprintln!(
-            "damaged: snapshot file {} cannot be read ({}); if it stays so, delete it: rm {}",
-            d.file, d.error, d.path
-        );
-    }
-    code
 }
 
 /// `burrow check`: the scheduled check's code and report, by hand.
@@ -392,111 +353,39 @@ async fn forget<D: DiskManager>(
         );
         return Exit::Usage;
     };
-    // Writing takes the local lock (one burrow process writes at a time); a dry run only reads.
-    let _lock = if dry_run {
-        None
-    } else {
-        match RepoLock::acquire(&cfg.state_dir) {
-            Ok(l) => Some(l),
-            Err(e) => return fail(Exit::Failed, e),
-        }
+    let ports = crate::adapters::ports(disk);
+    let done = match burrow_run::maintain::forget(cfg, ports, job, keep, dry_run).await {
+        Ok(d) => d,
+        Err(e) => return fail(e.status().exit(), e),
     };
-    let repo = match open_repo(cfg, disk).await {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let job_name = job.to_owned();
-    let res = tokio::task::spawn_blocking(move || {
-        if dry_run {
-            repo.forget_plan(&job_name, &keep)
-        } else {
-            let _exclusive = repo.lock_exclusive()?;
-            repo.forget(&job_name, &keep)
-        }
-    })
-    .await;
-    let plan = match joined(res) {
-        Ok(v) => v,
-        Err(code) => return code,
-    };
-    if !dry_run {
-        // Forgetting by hand is the user's look at the job: a paused retention resumes.
-        match burrow_run::anomaly::PauseFile::new(&cfg.state_dir).resume(job) {
-            Ok(Some(p)) => eprintln!(
-                "job {job}: retention was paused by the anomaly of snapshot {} ({}); it resumes",
-                short_id(&p.snapshot),
-                p.reason
-            ),
-            Ok(None) => {}
-            Err(e) => eprintln!("burrow: {e}"),
-        }
+    match done.resumed {
+        Some(Ok(Some(p))) => eprintln!(
+            "job {job}: retention was paused by the anomaly of snapshot {} ({}); it resumes",
+            short_id(&p.snapshot),
+            p.reason
+        ),
+        Some(Err(e)) => eprintln!("burrow: {e}"),
+        Some(Ok(None)) | None => {}
     }
     if json {
-        out!(
-            "{}",
-            serde_json::to_string_pretty(&plan).unwrap_or_default()
-        );
-        return Exit::Ok;
-    }
-    print_plan(job, &plan, dry_run);
-    Exit::Ok
-}
-
-/// A retention plan as `burrow forget` prints it: what is kept and why, what is removed.
-fn print_plan(job: &str, plan: &burrow_core::retention::Plan, dry_run: bool) {
-    for d in &plan.keep {
-        out!(
-            "keep    {}  {}  {}",
-            short_id(&d.id),
-            d.time,
-            d.reasons.join(", ")
-        );
-    }
-    for d in &plan.remove {
-        out!("remove  {}  {}", short_id(&d.id), d.time);
-    }
-    let n = plan.remove.len();
-    if dry_run {
-        out!(
-            "job {job}: {} kept, {n} would be removed (dry run: nothing changed)",
-            plan.keep.len()
-        );
-    } else if n == 0 {
-        out!("job {job}: {} kept, nothing to remove", plan.keep.len());
+        let plan = serde_json::to_string_pretty(&done.plan).unwrap_or_default();
+        out!("{plan}");
     } else {
-        out!(
-            "job {job}: {} kept, {n} removed; `burrow prune` frees their data",
-            plan.keep.len()
-        );
+        outp!("{}", show::plan(job, &done.plan, dry_run));
     }
+    Exit::Ok
 }
 
 /// `burrow prune`: removes the data no snapshot references.
 async fn prune<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
-    let _lock = match RepoLock::acquire(&cfg.state_dir) {
-        Ok(l) => l,
-        Err(e) => return fail(Exit::Failed, e),
-    };
-    let repo = match open_repo(cfg, disk).await {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let path = repo.path().to_owned();
-    let pruned = tokio::task::spawn_blocking(move || {
-        let _exclusive = repo.lock_exclusive()?;
-        repo.prune()
-    });
-    let pruned = pruned
-        .await
-        .map(|r| r.map_err(|e| format!("prune failed: {e}")));
-    if let Err(code) = joined(pruned) {
-        return code;
+    match burrow_run::maintain::prune(cfg, crate::adapters::ports(disk)).await {
+        Ok(path) => {
+            let path = path.display();
+            out!("pruned {path}: data no snapshot references is removed");
+            Exit::Ok
+        }
+        Err(e) => fail(e.status().exit(), e),
     }
-    out!(
-        "pruned {}: data no snapshot references is removed",
-        path.display()
-    );
-    Exit::Ok
 }
 
 pub struct RestoreArgs<'a> {
@@ -703,46 +592,8 @@ fn spinner(
 pub fn report(s: &RunSummary, json: bool) -> Exit {
     if json {
         out!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
-        return s.status.exit();
-    }
-    match s.status {
-        RunStatus::Ok | RunStatus::Partial | RunStatus::Warning | RunStatus::Anomaly => {
-            out!(
-                "{}: {} — snapshot {}",
-                s.job,
-                s.status.as_str(),
-                s.snapshot_id.as_deref().map_or("-", |i| short_id(i))
-            );
-            out!(
-                "  files: {} new, {} changed, {} unmodified; {} read, {} added; {:.1}s",
-                s.files_new,
-                s.files_changed,
-                s.files_unmodified,
-                human(s.bytes_read),
-                human(s.bytes_added),
-                s.duration_s
-            );
-        }
-        RunStatus::Failed | RunStatus::Skipped => {
-            out!(
-                "{}: {} — {}",
-                s.job,
-                s.status.as_str(),
-                s.reason.as_deref().unwrap_or("")
-            );
-        }
-    }
-    for e in &s.errors {
-        if e.path == "anomaly" {
-            out!("  anomaly: {}", e.message);
-        } else {
-            out!("  not backed up: {}: {}", e.path, e.message);
-        }
-    }
-    if s.snapshot_id.is_some()
-        && let Some(r) = &s.reason
-    {
-        out!("  {r}");
+    } else {
+        outp!("{}", show::summary(s));
     }
     s.status.exit()
 }

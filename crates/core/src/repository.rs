@@ -182,6 +182,8 @@ pub trait Repository: Send + Sync + 'static {
     fn archive(&self, req: BackupRequest<'_>) -> Result<Self::Pending, RunError>;
     /// Writes the pending snapshot's file with `tags` added.
     fn commit(&self, pending: Self::Pending, tags: &[&str]) -> Result<BackupOutcome, RunError>;
+    /// What [`Repository::forget`] would do, changing nothing (`burrow forget --dry-run`).
+    fn forget_plan(&self, job: &str, keep: &Policy) -> Result<Plan, RunError>;
     /// Forgets the job's snapshots the policy does not keep (never the newest complete one).
     fn forget(&self, job: &str, keep: &Policy) -> Result<Plan, RunError>;
     /// Removes the data no snapshot references any more.

@@ -59,6 +59,10 @@ impl Repository for Repo {
         Ok(pending.commit(self, tags)?)
     }
 
+    fn forget_plan(&self, job: &str, keep: &Policy) -> Result<Plan, RunError> {
+        Ok(Repo::forget_plan(self, job, keep)?)
+    }
+
     fn forget(&self, job: &str, keep: &Policy) -> Result<Plan, RunError> {
         Ok(Repo::forget(self, job, keep)?)
     }

@@ -21,7 +21,9 @@ pub mod dumps;
 pub mod hooks;
 pub mod host;
 pub mod log;
+pub mod maintain;
 pub mod place;
+pub mod show;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -267,3 +267,41 @@ fn the_fake_repository_refuses_a_missing_repository() {
         .unwrap_err();
     assert!(e.message.contains("no repository at /nowhere"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forget_by_hand_says_first_then_removes_and_snapshots_lists_what_is_left() {
+    use burrow_core::retention::Policy;
+    use burrow_run::maintain;
+    let w = world(ScriptedExec::new("vps"), "");
+    for _ in 0..3 {
+        assert_eq!(w.run(&w.servers()).await.summary.status, RunStatus::Ok);
+    }
+    let servers = w.servers();
+    let ports = Ports {
+        disk: None::<&SimDisk>,
+        servers: &servers,
+        repos: &w.repos,
+    };
+    let keep = Policy {
+        last: Some(1),
+        ..Policy::default()
+    };
+    let said = maintain::forget(&w.cfg, ports, "web", keep, true)
+        .await
+        .unwrap();
+    assert_eq!((said.plan.keep.len(), said.plan.remove.len()), (1, 2));
+    assert!(said.resumed.is_none(), "a dry run resumes nothing");
+    assert_eq!(w.repo.snapshots().len(), 3, "a dry run changes nothing");
+
+    let done = maintain::forget(&w.cfg, ports, "web", keep, false)
+        .await
+        .unwrap();
+    assert_eq!(done.plan.remove, said.plan.remove);
+    let listing = maintain::snapshots(&w.cfg, ports, Some("web"))
+        .await
+        .unwrap();
+    assert_eq!(listing.snapshots.len(), 1);
+    assert_eq!(listing.snapshots[0].id, done.plan.keep[0].id);
+    maintain::prune(&w.cfg, ports).await.unwrap();
+    assert_eq!(w.repo.prunes(), 1);
+}

@@ -342,9 +342,8 @@ impl Repository for MemRepo {
         Ok(out)
     }
 
-    fn forget(&self, job: &str, keep: &Policy) -> Result<Plan, RunError> {
-        let mut st = lock(&self.0.state);
-        let snaps: Vec<Snap> = st
+    fn forget_plan(&self, job: &str, keep: &Policy) -> Result<Plan, RunError> {
+        let snaps: Vec<Snap> = lock(&self.0.state)
             .snapshots
             .iter()
             .filter(|s| s.job == job)
@@ -354,9 +353,13 @@ impl Repository for MemRepo {
                 tags: s.tags.clone(),
             })
             .collect();
-        let plan =
-            retention::forget_plan(&snaps, keep).map_err(|e| RunError::permanent(e.to_string()))?;
-        st.snapshots
+        retention::forget_plan(&snaps, keep).map_err(|e| RunError::permanent(e.to_string()))
+    }
+
+    fn forget(&self, job: &str, keep: &Policy) -> Result<Plan, RunError> {
+        let plan = self.forget_plan(job, keep)?;
+        lock(&self.0.state)
+            .snapshots
             .retain(|s| !plan.remove.iter().any(|d| d.id == s.id));
         Ok(plan)
     }

@@ -1,0 +1,159 @@
+//! How burrow's results read on a terminal: pure functions from the domain types to the text
+//! the commands print (their `--json` forms are the types' serde forms). One place per
+//! result, so `burrow run`, `burrow check` and the daemon's handed-over runs read alike.
+
+use std::fmt::Write as _;
+
+use burrow_core::bytes::human;
+use burrow_core::repository::{DamagedSnapshot, SnapshotInfo};
+use burrow_core::retention::Plan;
+use burrow_core::{RunStatus, RunSummary, short_id};
+
+/// A run's (or the check's) summary: the status line, the counts, what was not backed up.
+pub fn summary(s: &RunSummary) -> String {
+    let mut t = String::new();
+    match s.status {
+        RunStatus::Ok | RunStatus::Partial | RunStatus::Warning | RunStatus::Anomaly => {
+            let id = s.snapshot_id.as_deref().map_or("-", short_id);
+            let _ = writeln!(t, "{}: {} — snapshot {id}", s.job, s.status.as_str());
+            let _ = writeln!(
+                t,
+                "  files: {} new, {} changed, {} unmodified; {} read, {} added; {:.1}s",
+                s.files_new,
+                s.files_changed,
+                s.files_unmodified,
+                human(s.bytes_read),
+                human(s.bytes_added),
+                s.duration_s
+            );
+        }
+        RunStatus::Failed | RunStatus::Skipped => {
+            let reason = s.reason.as_deref().unwrap_or("");
+            let _ = writeln!(t, "{}: {} — {reason}", s.job, s.status.as_str());
+        }
+    }
+    for e in &s.errors {
+        if e.path == "anomaly" {
+            let _ = writeln!(t, "  anomaly: {}", e.message);
+        } else {
+            let _ = writeln!(t, "  not backed up: {}: {}", e.path, e.message);
+        }
+    }
+    if s.snapshot_id.is_some()
+        && let Some(r) = &s.reason
+    {
+        let _ = writeln!(t, "  {r}");
+    }
+    t
+}
+
+/// `burrow snapshots`: one line per snapshot, oldest first, and the count.
+pub fn snapshots(list: &[SnapshotInfo]) -> String {
+    let mut t = format!(
+        "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  paths\n",
+        "id", "time", "job", "host", "files", "size"
+    );
+    for s in list {
+        let _ = writeln!(
+            t,
+            "{:<10} {:<25} {:<14} {:<12} {:>10} {:>12}  {}{}",
+            s.short_id,
+            s.time,
+            s.job.as_deref().unwrap_or("-"),
+            s.host,
+            s.files.map_or("-".into(), |f| f.to_string()),
+            s.bytes.map_or("-".into(), human),
+            s.paths.join(" "),
+            if s.partial { "  [partial]" } else { "" }
+        );
+    }
+    let _ = writeln!(t, "{} snapshot(s)", list.len());
+    t
+}
+
+/// A snapshot file that cannot be read, and what to do about it (on stderr).
+pub fn damaged(d: &DamagedSnapshot) -> String {
+    format!(
+        "damaged: snapshot file {} cannot be read ({}); if it stays so, delete it: rm {}",
+        d.file, d.error, d.path
+    )
+}
+
+/// A retention plan as `burrow forget` prints it: what is kept and why, what is removed.
+pub fn plan(job: &str, plan: &Plan, dry_run: bool) -> String {
+    let mut t = String::new();
+    for d in &plan.keep {
+        let reasons = d.reasons.join(", ");
+        let _ = writeln!(t, "keep    {}  {}  {reasons}", short_id(&d.id), d.time);
+    }
+    for d in &plan.remove {
+        let _ = writeln!(t, "remove  {}  {}", short_id(&d.id), d.time);
+    }
+    let (kept, n) = (plan.keep.len(), plan.remove.len());
+    let _ = if dry_run {
+        writeln!(
+            t,
+            "job {job}: {kept} kept, {n} would be removed (dry run: nothing changed)"
+        )
+    } else if n == 0 {
+        writeln!(t, "job {job}: {kept} kept, nothing to remove")
+    } else {
+        writeln!(
+            t,
+            "job {job}: {kept} kept, {n} removed; `burrow prune` frees their data"
+        )
+    };
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_core::RunError;
+    use burrow_core::retention::Decision;
+
+    #[test]
+    fn a_failed_run_says_why_and_a_saved_one_counts() {
+        let e = RunError::temporary("cannot connect to server vps");
+        let failed = RunSummary::without_snapshot("web", "r", "t", &e, 1.0);
+        assert_eq!(
+            summary(&failed),
+            "web: failed — cannot connect to server vps\n"
+        );
+        let mut ok = RunSummary::new("web", "r", "t", RunStatus::Warning, 2.25);
+        ok.snapshot_id = Some("0123456789abcdef".into());
+        ok.files_new = 3;
+        ok.bytes_read = 2048;
+        ok.reason = Some("retention failed (the new snapshot is safe): locked".into());
+        let text = summary(&ok);
+        assert!(
+            text.starts_with("web: warning — snapshot 01234567\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  files: 3 new, 0 changed, 0 unmodified;"),
+            "{text}"
+        );
+        assert!(text.ends_with("  retention failed (the new snapshot is safe): locked\n"));
+    }
+
+    #[test]
+    fn a_plan_names_what_stays_and_what_goes() {
+        let d = |id: &str, reasons: &[&str]| Decision {
+            id: id.into(),
+            time: "2026-12-01T03:00:00+00:00".into(),
+            reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+        };
+        let p = Plan {
+            keep: vec![d("aaaaaaaaaaaa", &["last snapshot"])],
+            remove: vec![d("bbbbbbbbbbbb", &[])],
+        };
+        let text = plan("web", &p, true);
+        assert_eq!(
+            text,
+            "keep    aaaaaaaa  2026-12-01T03:00:00+00:00  last snapshot\n\
+             remove  bbbbbbbb  2026-12-01T03:00:00+00:00\n\
+             job web: 1 kept, 1 would be removed (dry run: nothing changed)\n"
+        );
+    }
+}
