@@ -11,7 +11,7 @@ use burrow_core::bytes::human;
 use burrow_core::disk::DiskManager;
 use burrow_core::exec::Exec;
 use burrow_core::run::{RunControl, RunReport};
-use burrow_core::{RunError, RunStatus, RunSummary, short_id};
+use burrow_core::{RunError, RunSummary, short_id};
 use burrow_repo::Repo;
 use burrow_run::place::{self, RepoLock};
 use burrow_run::{run_job, show};
@@ -173,23 +173,10 @@ async fn doctor(cfg: &Config, json: bool) -> Exit {
     let probes = crate::adapters::doctor_probes(cfg).await;
     let findings = doctor::judge(cfg, &doctor::gather(cfg, probes));
     if json {
-        out!(
-            "{}",
-            serde_json::to_string_pretty(&findings).expect("findings serialise")
-        );
+        let text = serde_json::to_string_pretty(&findings).expect("findings serialise");
+        out!("{text}");
     } else {
-        out!("{}:", cfg.file.display());
-        for f in &findings {
-            let v = match f.verdict {
-                Verdict::Ok => "ok",
-                Verdict::Warn => "warn",
-                Verdict::Fail => "FAIL",
-            };
-            out!("  {v:<5} {:<16} {}", f.check, f.detail);
-            if let Some(fix) = &f.fix {
-                out!("  {:<5} {:<16} fix: {fix}", "", "");
-            }
-        }
+        outp!("{}", show::findings(&cfg.file, &findings));
     }
     if findings.iter().any(|f| f.verdict == Verdict::Fail) {
         Exit::Failed
@@ -316,18 +303,8 @@ async fn check(cfg: &Config, read_data: Option<&str>, json: bool) -> Exit {
             "{}",
             serde_json::to_string_pretty(&summary).unwrap_or_default()
         );
-        return summary.status.exit();
-    }
-    match summary.status {
-        RunStatus::Ok => out!("check: ok — no errors found ({:.1}s)", summary.duration_s),
-        _ => out!(
-            "check: {} — {}",
-            summary.status.as_str(),
-            summary.reason.as_deref().unwrap_or("")
-        ),
-    }
-    for e in &summary.errors {
-        out!("  problem: {}: {}", e.path, e.message);
+    } else {
+        outp!("{}", show::check(&summary));
     }
     summary.status.exit()
 }

@@ -9,6 +9,8 @@ use burrow_core::repository::{DamagedSnapshot, SnapshotInfo};
 use burrow_core::retention::Plan;
 use burrow_core::{RunStatus, RunSummary, short_id};
 
+use crate::doctor::{Finding, Verdict};
+
 /// A run's (or the check's) summary: the status line, the counts, what was not backed up.
 pub fn summary(s: &RunSummary) -> String {
     let mut t = String::new();
@@ -43,6 +45,39 @@ pub fn summary(s: &RunSummary) -> String {
         && let Some(r) = &s.reason
     {
         let _ = writeln!(t, "  {r}");
+    }
+    t
+}
+
+/// `burrow check`'s result: ok with its time, or the reason and every problem found.
+pub fn check(s: &RunSummary) -> String {
+    let mut t = match s.status {
+        RunStatus::Ok => format!("check: ok — no errors found ({:.1}s)\n", s.duration_s),
+        _ => format!(
+            "check: {} — {}\n",
+            s.status.as_str(),
+            s.reason.as_deref().unwrap_or("")
+        ),
+    };
+    for e in &s.errors {
+        let _ = writeln!(t, "  problem: {}: {}", e.path, e.message);
+    }
+    t
+}
+
+/// `burrow doctor`'s findings for the config `file`: one line each, the fix under it.
+pub fn findings(file: &std::path::Path, findings: &[Finding]) -> String {
+    let mut t = format!("{}:\n", file.display());
+    for f in findings {
+        let v = match f.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        };
+        let _ = writeln!(t, "  {v:<5} {:<16} {}", f.check, f.detail);
+        if let Some(fix) = &f.fix {
+            let _ = writeln!(t, "  {:<5} {:<16} fix: {fix}", "", "");
+        }
     }
     t
 }
