@@ -73,26 +73,23 @@ async fn trust(config: &Path, server: &str, write: bool) -> Exit {
     if let Some(note) = pin.note() {
         out!("{note}");
     }
-    match (pin, write) {
-        (Pin::Same, _) => Exit::Ok,
-        (Pin::Different(_), true) => fail(
-            Exit::Failed,
-            "not replacing the pinned key with --write: after checking the new key, replace it by hand",
-        ),
-        (_, false) => {
-            out!("(or run this again with --write to have burrow set it)");
+    if pin == Pin::Same {
+        return Exit::Ok;
+    }
+    if !write {
+        out!("(or run this again with --write to have burrow set it)");
+        return Exit::Ok;
+    }
+    // A different pinned key is refused here (`PinError::Pinned`).
+    match draft.pin_host_key(server, &key.line) {
+        Ok(()) => {
+            out!(
+                "\nwrote servers.{server}.host_key to {} — only after you compared the fingerprint!",
+                config.display()
+            );
             Exit::Ok
         }
-        (Pin::Unpinned, true) => match draft.pin_host_key(server, &key.line) {
-            Ok(()) => {
-                out!(
-                    "\nwrote servers.{server}.host_key to {} — only after you compared the fingerprint!",
-                    config.display()
-                );
-                Exit::Ok
-            }
-            Err(e) => fail(Exit::Failed, e),
-        },
+        Err(e) => fail(Exit::Failed, e),
     }
 }
 

@@ -35,6 +35,10 @@ fn list(known: &[String]) -> String {
 /// Why [`Draft::pin_host_key`] left the file as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
+    #[error(
+        "not replacing the pinned key with --write: after checking the new key, replace it by hand"
+    )]
+    Pinned,
     #[error("not editing {}: {source}", file.display())]
     Refused { file: PathBuf, source: EditRefused },
     #[error("cannot write {}: {source}", file.display())]
@@ -69,8 +73,13 @@ impl Draft {
     }
 
     /// Writes `key` as `servers.SERVER.host_key` into the file (atomically, keeping its
-    /// permissions), changing that one line and nothing else ([`set_host_key`]).
+    /// permissions), changing that one line and nothing else ([`set_host_key`]). A pinned key
+    /// is never replaced: a server presenting another one is what an attack looks like, and
+    /// only the user who checked the new key changes the pin.
     pub fn pin_host_key(&self, server: &str, key: &str) -> Result<(), PinError> {
+        if self.server(server).is_ok_and(|s| s.host_key.is_some()) {
+            return Err(PinError::Pinned);
+        }
         let edited = set_host_key(&self.text, &self.file, server, key).map_err(|source| {
             PinError::Refused {
                 file: self.file.clone(),
@@ -219,6 +228,8 @@ jobs:
         assert!(after.contains("# setup") && after.contains("# the VPS"));
         let pinned = Draft::read(&d.file).unwrap();
         assert_eq!(pinned.server("vps").unwrap().host_key.as_deref(), Some(KEY));
+        let e = pinned.pin_host_key("vps", KEY).unwrap_err();
+        assert!(matches!(e, PinError::Pinned), "{e}");
         let e = pinned.pin_host_key("nope", KEY).unwrap_err();
         assert!(matches!(e, PinError::Refused { .. }), "{e}");
         assert!(e.to_string().starts_with("not editing "), "{e}");
