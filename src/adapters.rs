@@ -12,6 +12,8 @@ use burrow_run::Ports;
 use burrow_run::doctor::Probes;
 use burrow_ssh::SshServers;
 
+use crate::output::fail;
+
 /// The disk adapter's settings from the config, when it has `disk`.
 pub fn disk_settings(cfg: &Config) -> Option<DiskSettings> {
     cfg.disk.as_ref().map(|d| {
@@ -59,7 +61,7 @@ pub async fn command_with_disk(
         } else {
             Exit::Failed
         };
-        crate::output::fail(exit, e)
+        fail(exit, e)
     })
 }
 

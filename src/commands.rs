@@ -17,6 +17,7 @@ use burrow_run::place::{self, RepoLock};
 use burrow_run::{run_job, show};
 
 use crate::cli::{Cli, Command, Generate};
+use crate::output::fail;
 
 pub async fn dispatch(cli: Cli) -> Exit {
     // A run on a terminal shows its progress instead; doctor's findings are its output.
@@ -118,13 +119,6 @@ fn accept(cfg: &Config, job: &str) -> Exit {
         }
         Err(e) => fail(Exit::Failed, e),
     }
-}
-
-/// Prints `e` as burrow's error, the one way every command reports why it stopped, and
-/// gives `exit` back.
-fn fail(exit: Exit, e: impl std::fmt::Display) -> Exit {
-    eprintln!("burrow: {e}");
-    exit
 }
 
 /// The result of work done on a blocking thread: its error (or the thread's) is printed once
