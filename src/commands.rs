@@ -13,7 +13,7 @@ use burrow_core::exec::Exec;
 use burrow_core::run::{RunControl, RunReport};
 use burrow_core::{RunError, RunSummary, short_id};
 use burrow_repo::Repo;
-use burrow_run::place::{self, RepoLock};
+use burrow_run::place;
 use burrow_run::{run_job, show};
 
 use crate::cli::{Cli, Command, Generate};
@@ -180,48 +180,17 @@ async fn doctor(cfg: &Config, json: bool) -> Exit {
 }
 
 async fn init<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Exit {
-    let _lock = match RepoLock::acquire(&cfg.state_dir) {
-        Ok(l) => l,
-        Err(e) => return fail(Exit::Failed, e),
-    };
-    let place = match place::locate_for_init(cfg, disk).await {
-        Ok(p) => p,
-        Err(e) => return fail(e.status().exit(), e),
-    };
-    let password = match burrow_repo::Password::from_file(&place.password_file) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!(
-                "burrow: {e}\n  create it with e.g.: umask 077; head -c 32 /dev/urandom | base64 > {}",
-                place.password_file.display()
-            );
-            return Exit::Failed;
+    match burrow_run::maintain::init(cfg, crate::adapters::ports(disk)).await {
+        Ok((id, path)) => {
+            out!("created repository {id} at {}", path.display());
+            Exit::Ok
         }
-    };
-    let path = place.repo_path.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<String, String> {
-        std::fs::create_dir_all(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        let repo = burrow_repo::init(&path, &password).map_err(|e| e.to_string())?;
-        Ok(repo.id())
-    })
-    .await;
-    let id = match joined(res) {
-        Ok(id) => id,
-        Err(code) => return code,
-    };
-    if let Err(e) = place::write_marker(&place, &id) {
-        return fail(
-            Exit::Failed,
-            format!("repository created but the volume marker could not be written: {e}"),
-        );
+        Err(e) => fail(e.status().exit(), e),
     }
-    out!("created repository {id} at {}", place.repo_path.display());
-    Exit::Ok
 }
 
 /// Opens the repository on its verified volume (the marker is checked). Listing and restoring
-/// need no lock (nothing is written); `forget` and `prune` hold [`RepoLock`] around it.
+/// need no lock (nothing is written); the commands that write are `burrow_run::maintain`'s.
 async fn open_repo<D: DiskManager>(cfg: &Config, disk: Option<&D>) -> Result<Repo, Exit> {
     let place = place::locate(cfg, disk)
         .await

@@ -24,22 +24,15 @@ pub async fn run(dir: &Path, path: Option<&Path>) -> Exit {
             return Exit::Usage;
         }
     };
-    let repo = &cfg.repository;
-    if !repo.path.join("config").exists() {
-        let password = match burrow_repo::Password::from_file(&repo.password_file) {
-            Ok(p) => p,
-            Err(e) => return fail(Exit::Failed, e),
-        };
-        let p = repo.path.clone();
-        match tokio::task::spawn_blocking(move || burrow_repo::init(&p, &password)).await {
-            Ok(Ok(r)) => out!("created repository {} at {}", r.id(), repo.path.display()),
-            Ok(Err(e)) => return fail(Exit::Failed, e),
+    let ports = crate::adapters::ports(None::<&SimDisk>);
+    if !cfg.repository.path.join("config").exists() {
+        match burrow_run::maintain::init(&cfg, ports).await {
+            Ok((id, path)) => out!("created repository {id} at {}", path.display()),
             Err(e) => return fail(Exit::Failed, e),
         }
     }
     out!("backing up {} (job `{JOB}`)", scratch.path.display());
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let ports = crate::adapters::ports(None::<&SimDisk>);
     let report = run_job(&cfg, ports, JOB, RunControl::new(rx)).await;
     let exit = crate::commands::report(&report.summary, false);
     if matches!(exit, Exit::Ok | Exit::Partial | Exit::Warning) {

@@ -203,4 +203,7 @@ pub trait Repositories: Clone + Send + Sync + 'static {
     /// Opens the repository at `path` with the password in `password_file` (a key
     /// derivation: blocking, about half a second).
     fn open(&self, path: &Path, password_file: &Path) -> Result<Self::Repo, RunError>;
+    /// Creates a repository at `path` (and the directory) with the password in
+    /// `password_file`, as `burrow init` and `restic init` do; an existing one is refused.
+    fn init(&self, path: &Path, password_file: &Path) -> Result<Self::Repo, RunError>;
 }

@@ -93,4 +93,16 @@ impl Repositories for LocalRepositories {
             Password::from_file(password_file).map_err(|e| RunError::permanent(e.to_string()))?;
         Repo::open(path, &password).map_err(|e| RunError::permanent(e.to_string()))
     }
+
+    fn init(&self, path: &Path, password_file: &Path) -> Result<Repo, RunError> {
+        let password = Password::from_file(password_file).map_err(|e| {
+            RunError::permanent(format!(
+                "{e}\n  create it with e.g.: umask 077; head -c 32 /dev/urandom | base64 > {}",
+                password_file.display()
+            ))
+        })?;
+        std::fs::create_dir_all(path)
+            .map_err(|e| RunError::permanent(format!("cannot create {}: {e}", path.display())))?;
+        crate::init(path, &password).map_err(|e| RunError::permanent(e.to_string()))
+    }
 }

@@ -1,5 +1,5 @@
-//! The repository commands besides the run and the check, on the same ports: `burrow
-//! snapshots`, `forget` and `prune`. Each finds the repository as a run does (on the verified
+//! The repository commands besides the run and the check, on the same ports: `burrow init`,
+//! `snapshots`, `forget` and `prune`. Each finds the repository as a run does (on the verified
 //! volume, marker checked); those that write hold the local lock and restic's exclusive lock.
 
 use std::path::PathBuf;
@@ -13,6 +13,25 @@ use burrow_core::retention::{Plan, Policy};
 use crate::anomaly::{PauseError, PauseFile, Paused};
 use crate::place::{self, RepoLock};
 use crate::{Ports, blocking};
+
+/// Creates the repository where the config says, on the verified volume with `disk`, and
+/// writes the volume's marker naming it; returns its id and where it is.
+pub async fn init<D: DiskManager, S, R: Repositories>(
+    cfg: &Config,
+    ports: Ports<'_, D, S, R>,
+) -> Result<(String, PathBuf), RunError> {
+    let _lock = RepoLock::acquire(&cfg.state_dir)?;
+    let place = place::locate_for_init(cfg, ports.disk).await?;
+    let (path, password_file) = (place.repo_path.clone(), place.password_file.clone());
+    let repos = ports.repos.clone();
+    let id = blocking(move || repos.init(&path, &password_file).map(|r| r.id())).await??;
+    place::write_marker(&place, &id).map_err(|e| {
+        RunError::permanent(format!(
+            "repository created but the volume marker could not be written: {e}"
+        ))
+    })?;
+    Ok((id, place.repo_path))
+}
 
 /// The snapshots (of `job`, when given), oldest first, and the snapshot files that cannot be
 /// read. Nothing is locked: nothing is written.

@@ -146,6 +146,6 @@ fn the_local_repository_keeps_the_contract() {
 fn the_in_memory_repository_keeps_the_contract() {
     let repos = MemRepos::default();
     contract(repos.clone(), |path| {
-        repos.init(path, "secret");
+        repos.create(path, "secret");
     });
 }

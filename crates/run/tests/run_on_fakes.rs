@@ -51,7 +51,7 @@ jobs:
     );
     let cfg = burrow_config::parse(&text, &d.join("c.yaml")).unwrap();
     let repos = MemRepos::default();
-    let repo = repos.init(&d.join("repo"), "secret");
+    let repo = repos.create(&d.join("repo"), "secret");
     World {
         tmp,
         cfg,
@@ -304,4 +304,20 @@ async fn forget_by_hand_says_first_then_removes_and_snapshots_lists_what_is_left
     assert_eq!(listing.snapshots[0].id, done.plan.keep[0].id);
     maintain::prune(&w.cfg, ports).await.unwrap();
     assert_eq!(w.repo.prunes(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_refuses_a_repository_that_exists_and_changes_nothing() {
+    let w = world(ScriptedExec::new("vps"), "");
+    assert_eq!(w.run(&w.servers()).await.summary.status, RunStatus::Ok);
+    let servers = w.servers();
+    let ports = Ports {
+        disk: None::<&SimDisk>,
+        servers: &servers,
+        repos: &w.repos,
+    };
+    let e = burrow_run::maintain::init(&w.cfg, ports).await.unwrap_err();
+    assert!(e.message.contains("a repository already exists at"), "{e}");
+    assert_eq!(e.class, ErrorClass::Permanent);
+    assert_eq!(w.repo.snapshots().len(), 1);
 }

@@ -68,8 +68,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl MemRepos {
-    /// Creates the repository at `path` with `password`, as `burrow init` does.
-    pub fn init(&self, path: &Path, password: &str) -> MemRepo {
+    /// Creates the repository at `path` with `password` (a test's set-up; `burrow init`
+    /// is [`Repositories::init`]).
+    pub fn create(&self, path: &Path, password: &str) -> MemRepo {
         let mut repos = lock(&self.0);
         let id = format!("{:0>64}", repos.len() + 1);
         let repo = MemRepo(Arc::new(Inner {
@@ -92,19 +93,36 @@ impl Repositories for MemRepos {
                 password_file.display()
             ))
         })?;
+        let text = text.trim();
         let repo = lock(&self.0).get(path).cloned().ok_or_else(|| {
             RunError::permanent(format!(
                 "no repository at {}: create it with `burrow init`",
                 path.display()
             ))
         })?;
-        if text.trim() != repo.0.password {
+        if text != repo.0.password {
             return Err(RunError::permanent(format!(
                 "wrong password for the repository at {}: check repository.password_file",
                 path.display()
             )));
         }
         Ok(repo)
+    }
+
+    fn init(&self, path: &Path, password_file: &Path) -> Result<MemRepo, RunError> {
+        let text = std::fs::read_to_string(password_file).map_err(|e| {
+            RunError::permanent(format!(
+                "cannot read the repository password from {}: {e}",
+                password_file.display()
+            ))
+        })?;
+        if lock(&self.0).contains_key(path) {
+            return Err(RunError::permanent(format!(
+                "a repository already exists at {}; nothing was changed",
+                path.display()
+            )));
+        }
+        Ok(self.create(path, text.trim()))
     }
 }
 
