@@ -153,6 +153,8 @@ struct Inner {
     handle: Handle<Client>,
     name: String,
     sftp_command: Option<String>,
+    /// Set by [`Session::close`]: the disconnect is sent, the handle ends a little later.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// An authenticated connection to a server; cheap to clone, all clones share it.
@@ -455,6 +457,7 @@ impl Session {
                 handle,
                 name: target.name.clone(),
                 sftp_command: target.sftp_command.clone(),
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -464,9 +467,10 @@ impl Session {
         &self.inner.name
     }
 
-    /// True once the connection is gone.
+    /// True once the connection is gone, or [`Session::close`] was called.
     pub fn is_closed(&self) -> bool {
-        self.inner.handle.is_closed()
+        self.inner.closed.load(std::sync::atomic::Ordering::Relaxed)
+            || self.inner.handle.is_closed()
     }
 
     fn channel_error(&self, e: russh::Error) -> SshError {
@@ -912,6 +916,9 @@ impl Session {
 
     /// Ends the connection politely; clones become unusable.
     pub async fn close(&self) {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self
             .inner
             .handle
