@@ -277,16 +277,20 @@ fn check_marker_at(dir: &Path, fs_uuid: &str, repo_id: &str) -> Result<(), DiskE
     Ok(())
 }
 
-#[derive(Debug, PartialEq, Eq)]
-struct MountEntry {
-    dev: (u64, u64),
-    mount_point: PathBuf,
-    source: String,
+/// One line of `/proc/self/mountinfo`, as far as burrow reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The mounted device's major and minor number.
+    pub dev: (u64, u64),
+    pub mount_point: PathBuf,
+    pub source: String,
+    /// The per-mount options (`rw,nosuid,…`).
+    pub options: String,
 }
 
-/// Parses the fields of `/proc/self/mountinfo` that the guard needs (see proc(5)); malformed
-/// lines are skipped.
-fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+/// Parses `/proc/self/mountinfo` (see proc(5)), in mount order; malformed lines are
+/// skipped. The guard's view of the mounts, and the tests'.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
@@ -296,6 +300,7 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let (maj, min) = l.next()?.split_once(':')?;
             let _root = l.next()?;
             let mount_point = unescape(l.next()?);
+            let options = l.next()?.to_owned();
             let mut r = right.split(' ');
             let _fstype = r.next()?;
             let source = unescape(r.next()?);
@@ -303,6 +308,7 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 dev: (maj.parse().ok()?, min.parse().ok()?),
                 mount_point: PathBuf::from(mount_point),
                 source,
+                options,
             })
         })
         .collect()
@@ -340,6 +346,13 @@ fn minor(dev: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape(r"/media/a\040b"), "/media/a b");
+        assert_eq!(unescape(r"/x\"), r"/x\");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
 
     fn volume_at(dir: &Path) -> Volume {
         Volume {

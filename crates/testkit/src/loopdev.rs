@@ -377,31 +377,13 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// One line of `/proc/self/mountinfo`: mount point, source, options.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub mount_point: PathBuf,
-    pub source: String,
-    pub options: String,
-}
+/// One line of `/proc/self/mountinfo` (core's parser, the one the mount guard uses).
+pub use burrow_core::guard::MountEntry as Mount;
 
 /// Every mount of this process's mount namespace, in mount order.
 pub fn mounts() -> Vec<Mount> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mut left = left.split(' ');
-            let mount_point = unescape(left.nth(4)?);
-            let options = left.next()?.to_owned();
-            let source = unescape(right.split(' ').nth(1)?);
-            Some(Mount {
-                mount_point: PathBuf::from(mount_point),
-                source,
-                options,
-            })
-        })
-        .collect()
+    burrow_core::guard::parse_mountinfo(&info)
 }
 
 /// The mount points of `device`, from `/proc/self/mountinfo`.
@@ -413,36 +395,9 @@ pub fn mount_points_of(device: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Undoes the kernel's octal escapes (`\040` for a space) in mountinfo fields.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape(r"/media/a\040b"), "/media/a b");
-        assert_eq!(unescape(r"/x\"), r"/x\");
-        assert_eq!(unescape("/plain"), "/plain");
-    }
 
     #[test]
     fn root_is_mounted() {
