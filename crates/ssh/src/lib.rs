@@ -5,7 +5,8 @@
 //! sessions start on the subsystem or a configured command ([`Session::sftp`]), spoken by
 //! burrow's own client ([`Sftp`]).
 //! [`SftpSource`] turns an SFTP session into a [`burrow_core::source::Source`]; a server that
-//! stops answering costs it a bounded time (`channel`).
+//! stops answering costs it a bounded time (`channel`). [`SshServers`] is core's server port
+//! on both: a [`Session`] is its `Connection`, an [`SftpSource`] a connection's files.
 
 mod channel;
 mod error;

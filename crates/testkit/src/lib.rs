@@ -1,7 +1,9 @@
 //! Test helpers shared by the crates' integration tests: a private sshd on 127.0.0.1 with
 //! throwaway keys, a local HTTP server standing in for healthchecks.io, a private PostgreSQL
 //! cluster, image files attached as loop devices through UDisks2, and the rule for services
-//! that are missing (skip loudly locally, fail under `CI=true`).
+//! that are missing (skip loudly locally, fail under `CI=true`). And the fakes of core's
+//! ports for in-process tests: a scripted `Exec`, a test clock and a recording monitor
+//! (`fakes`), servers (`servers`) and an in-memory repository (`memrepo`).
 
 pub mod exec;
 pub mod fakes;
