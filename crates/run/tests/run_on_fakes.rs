@@ -66,12 +66,17 @@ impl World {
         FakeServers::default().with("vps", self.exec.clone())
     }
 
-    async fn run(&self, servers: &FakeServers) -> RunReport {
-        let ports = Ports {
-            disk: None::<&SimDisk>,
+    /// The fakes as a run's ports, without a backup disk.
+    fn ports<'a>(&'a self, servers: &'a FakeServers) -> Ports<'a, SimDisk, FakeServers, MemRepos> {
+        Ports {
+            disk: None,
             servers,
             repos: &self.repos,
-        };
+        }
+    }
+
+    async fn run(&self, servers: &FakeServers) -> RunReport {
+        let ports = self.ports(servers);
         let (_tx, rx) = tokio::sync::watch::channel(false);
         run_job(&self.cfg, ports, "web", RunControl::new(rx)).await
     }
@@ -277,11 +282,7 @@ async fn forget_by_hand_says_first_then_removes_and_snapshots_lists_what_is_left
         assert_eq!(w.run(&w.servers()).await.summary.status, RunStatus::Ok);
     }
     let servers = w.servers();
-    let ports = Ports {
-        disk: None::<&SimDisk>,
-        servers: &servers,
-        repos: &w.repos,
-    };
+    let ports = w.ports(&servers);
     let keep = Policy {
         last: Some(1),
         ..Policy::default()
@@ -311,11 +312,7 @@ async fn init_refuses_a_repository_that_exists_and_changes_nothing() {
     let w = world(ScriptedExec::new("vps"), "");
     assert_eq!(w.run(&w.servers()).await.summary.status, RunStatus::Ok);
     let servers = w.servers();
-    let ports = Ports {
-        disk: None::<&SimDisk>,
-        servers: &servers,
-        repos: &w.repos,
-    };
+    let ports = w.ports(&servers);
     let e = burrow_run::maintain::init(&w.cfg, ports).await.unwrap_err();
     assert!(e.message.contains("a repository already exists at"), "{e}");
     assert_eq!(e.class, ErrorClass::Permanent);
