@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use burrow_config::Config;
-use burrow_core::Exit;
 use burrow_core::disk::{DiskError, DiskManager};
+use burrow_core::run::RunReport;
+use burrow_core::{Exit, RunError, RunSummary};
 use burrow_disk::{DiskSettings, UDisks2Manager};
 use burrow_repo::LocalRepositories;
 use burrow_run::Ports;
@@ -29,6 +30,9 @@ pub fn disk_settings(cfg: &Config) -> Option<DiskSettings> {
     })
 }
 
+/// The real ports of a command or a run.
+pub type RealPorts<'a> = Ports<'a, UDisks2Manager, SshServers, LocalRepositories>;
+
 /// The ports of a run with `disk` as the backup disk.
 pub fn ports<D>(disk: Option<&D>) -> Ports<'_, D, SshServers, LocalRepositories> {
     Ports {
@@ -50,18 +54,41 @@ pub async fn with_disk<T>(
     }
 }
 
-/// [`with_disk`] for a command: a disk manager that cannot start is printed and its exit.
-pub async fn command_with_disk(
+/// A command on the real ports (see [`with_disk`]): a disk manager that cannot start is
+/// printed and its exit.
+pub async fn command(cfg: &Config, f: impl AsyncFnOnce(RealPorts<'_>) -> Exit) -> Exit {
+    with_disk(cfg, async |d| f(ports(d)).await)
+        .await
+        .unwrap_or_else(|e| {
+            let exit = if e.is_skip() {
+                Exit::Skipped
+            } else {
+                Exit::Failed
+            };
+            fail(exit, e)
+        })
+}
+
+/// A run (or the check) by hand on the real ports, named `name`: the disk is released
+/// afterwards as the config asks; a disk manager that cannot start ends it without a run.
+pub async fn by_hand(
     cfg: &Config,
-    f: impl AsyncFnOnce(Option<&UDisks2Manager>) -> Exit,
-) -> Exit {
-    with_disk(cfg, f).await.unwrap_or_else(|e| {
-        let exit = if e.is_skip() {
-            Exit::Skipped
-        } else {
-            Exit::Failed
-        };
-        fail(exit, e)
+    name: &str,
+    f: impl AsyncFnOnce(RealPorts<'_>) -> RunReport,
+) -> RunReport {
+    let ran = with_disk(cfg, async |d| {
+        let report = f(ports(d)).await;
+        if let (Some(disk), Some(what)) = (d, cfg.release_after_run()) {
+            burrow_core::disk::release_disk(disk, what).await;
+        }
+        report
+    });
+    ran.await.unwrap_or_else(|e| {
+        let e = RunError::from(e);
+        RunReport {
+            summary: RunSummary::without_run(name, &e),
+            log: e.message,
+        }
     })
 }
 

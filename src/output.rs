@@ -29,6 +29,26 @@ pub fn fail(code: burrow_core::Exit, e: impl std::fmt::Display) -> burrow_core::
     code
 }
 
+/// Prints `v` as pretty JSON on stdout (a command's `--json` form).
+pub fn json(v: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(v) {
+        Ok(text) => write(format_args!("{text}\n")),
+        Err(e) => eprintln!("burrow: cannot write the output as JSON: {e}"),
+    }
+}
+
+/// A command's result: `done` prints the value and gives the exit code; an error is said
+/// once with its own code.
+pub fn settle<T, E: Into<burrow_run::command::CommandError>>(
+    r: Result<T, E>,
+    done: impl FnOnce(T) -> burrow_core::Exit,
+) -> burrow_core::Exit {
+    match r.map_err(Into::into) {
+        Ok(v) => done(v),
+        Err(e) => fail(e.exit(), e),
+    }
+}
+
 /// `println!` for command output (see [`write`]).
 macro_rules! out {
     () => { $crate::output::write(format_args!("\n")) };

@@ -244,13 +244,20 @@ jobs:
     assert_eq!(d.sigterm(), 0);
     d.expect("STOPPING=1", Duration::from_secs(5));
     assert!(!sock.exists(), "the control socket is removed on exit");
+    // Without the daemon, status reads the same view from state_dir and says so.
     let out = cli(&cfg, &sock, &["status"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "no daemon any more: {}",
-        text(&out)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("burrow daemon is not running"), "{t}");
+    assert!(t.contains("job web: last ok at"), "{t}");
+    let out = cli(&cfg, &sock, &["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["daemon"]["running"], false, "{st}");
+    let web = (st["jobs"].as_array().unwrap().iter())
+        .find(|j| j["name"] == "web")
+        .unwrap();
+    assert_eq!(web["last"]["run_id"], rid.as_str(), "{st}");
+    assert_eq!(web["running"], false, "{st}");
 }
 
 #[test]

@@ -39,6 +39,14 @@ pub fn humanize(d: Duration) -> String {
     }
 }
 
+/// The last [`OUTPUT_TAIL`] bytes of `v`: what an [`ExecOutput`] keeps of a long output.
+pub fn output_tail(mut v: Vec<u8>) -> Vec<u8> {
+    if v.len() > OUTPUT_TAIL {
+        v.drain(..v.len() - OUTPUT_TAIL);
+    }
+    v
+}
+
 /// What a command left behind. stdout and stderr are the last [`OUTPUT_TAIL`] bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {

@@ -138,6 +138,77 @@ pub struct BackupOutcome {
     pub partial: bool,
 }
 
+/// What to restore, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreRequest<'a> {
+    pub job: &'a str,
+    /// `latest` (the job's newest snapshot) or a snapshot id or its prefix.
+    pub snapshot: &'a str,
+    /// The directory written into; nothing is written outside it.
+    pub target: &'a Path,
+    /// A path in the snapshot: a directory's contents go into the target, any other entry
+    /// to `target/<its name>`. `None`: the whole snapshot.
+    pub path: Option<&'a Path>,
+    /// The entry at `path` must be a regular file (a dump).
+    pub only_file: bool,
+    /// Files written at once (0: one per core).
+    pub workers: usize,
+}
+
+impl<'a> RestoreRequest<'a> {
+    /// The whole snapshot into `target`, one writer per core.
+    pub fn new(job: &'a str, snapshot: &'a str, target: &'a Path) -> Self {
+        RestoreRequest {
+            job,
+            snapshot,
+            target,
+            path: None,
+            only_file: false,
+            workers: 0,
+        }
+    }
+
+    /// Only `path` of the snapshot.
+    pub fn at(self, path: &'a Path) -> Self {
+        RestoreRequest {
+            path: Some(path),
+            ..self
+        }
+    }
+}
+
+/// An entry a restore did not write, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotRestored {
+    /// The entry's path in the snapshot.
+    pub path: String,
+    pub reason: String,
+}
+
+/// What a restore wrote, and what it did not.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreOutcome {
+    pub snapshot_id: String,
+    /// Non-directories written (files, symlinks, FIFOs).
+    pub files: u64,
+    pub dirs: u64,
+    /// Content bytes written.
+    pub bytes: u64,
+    /// Entries refused: unsafe or duplicate names, devices and sockets, or a non-empty
+    /// directory in the target where a non-directory must go. Nothing was written for them.
+    pub refused: Vec<NotRestored>,
+    /// Entries that could not be written: content or listing unreadable in the repository,
+    /// or an error of the target's filesystem. Partial content is removed.
+    pub failed: Vec<NotRestored>,
+}
+
+impl RestoreOutcome {
+    /// True when every entry of the snapshot (or sub path) was written.
+    pub fn complete(&self) -> bool {
+        self.refused.is_empty() && self.failed.is_empty()
+    }
+}
+
 /// File counts of a pending snapshot and of its parent, for the anomaly guard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PendingCounts {
@@ -194,6 +265,18 @@ pub trait Repository: Send + Sync + 'static {
     /// Takes damaged packs out of the index (and deletes their files), so no later run
     /// reuses their blobs.
     fn drop_damaged_packs(&self, packs: &[DamagedPack]) -> Result<PackRepair, RunError>;
+    /// Writes the request's entries into its target, confined to it: an entry that would
+    /// land outside it, or replace what is not the restore's to replace, is refused.
+    fn restore(&self, req: RestoreRequest<'_>) -> Result<RestoreOutcome, RunError>;
+    /// Writes the regular file `path` of the job's snapshot to `w` (a dump, into its restore
+    /// command); returns the bytes written.
+    fn dump(
+        &self,
+        job: &str,
+        snapshot: &str,
+        path: &Path,
+        w: &mut dyn std::io::Write,
+    ) -> Result<u64, RunError>;
 }
 
 /// Opens repositories: the one way every run and command reaches an existing one.

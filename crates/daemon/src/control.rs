@@ -132,16 +132,27 @@ impl Client {
 pub fn render_status(v: &serde_json::Value) -> String {
     let mut out = String::new();
     let d = &v["daemon"];
-    out.push_str(&format!(
-        "burrow daemon pid {} since {}{}\n",
-        d["pid"],
-        text(&d["started"]),
-        if d["sim"].as_bool() == Some(true) {
-            " (simulated disks)"
-        } else {
-            ""
-        }
-    ));
+    if d["running"].as_bool() == Some(false) {
+        out.push_str(&format!(
+            "burrow daemon is not running (start it with `systemctl start burrow`); last runs \
+             as saved in {}\n",
+            text(&d["state_dir"])
+        ));
+    } else {
+        out.push_str(&format!(
+            "burrow daemon pid {} since {}{}\n",
+            d["pid"],
+            text(&d["started"]),
+            if d["sim"].as_bool() == Some(true) {
+                " (simulated disks)"
+            } else {
+                ""
+            }
+        ));
+    }
+    for p in v["problems"].as_array().into_iter().flatten() {
+        out.push_str(&format!("problem: {}\n", text(p)));
+    }
     if let Some(cur) = v["current"].as_object() {
         out.push_str(&format!(
             "running: {} (run {}), {} bytes read\n",

@@ -4,3 +4,4 @@ pub mod control;
 pub mod plan;
 pub mod serve;
 pub mod state;
+pub mod status;

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use crate::control::{Reply, Request};
 use crate::plan::{self, JobPlan, Retries, Retry, RunQueue};
 use crate::state::{History, RunRecord, State, Store};
+use crate::status;
 use burrow_core::run::{RunControl, RunReport, Runner};
 
 /// The repository check's name in the queue, the state files, the status and monitoring: the
@@ -139,19 +140,7 @@ impl<D: DiskManager, M: Monitor, R: Runner> Daemon<D, M, R> {
         }
         let now = a.clock.now();
         let mut state = loaded.value;
-        let mut plans: Vec<JobPlan> = cfg
-            .jobs
-            .values()
-            .filter(|j| j.enabled)
-            .filter_map(|j| {
-                j.schedule
-                    .clone()
-                    .map(|s| JobPlan::new(j.name.clone(), s, j.random_delay))
-            })
-            .collect();
-        if let Some(c) = &cfg.check {
-            plans.push(JobPlan::new(CHECK, c.schedule.clone(), Duration::ZERO));
-        }
+        let plans = status::plans(&cfg);
         for p in &plans {
             state.observe(&p.name, now);
         }
@@ -539,78 +528,34 @@ impl<D: DiskManager, M: Monitor, R: Runner> Daemon<D, M, R> {
                 self.waiters.entry(job).or_default().push(tx);
             }
             Request::Status => {
-                let status = self.status_json();
+                let mut view = self.status_json();
                 let repo = self.cfg.repository.path.clone();
                 let disk = self.disk.clone();
                 tokio::spawn(async move {
-                    let mut status = status;
-                    let disk_state = match &disk {
-                        Some(d) => Some(d.state().await),
-                        None => None,
-                    };
-                    let repo_path = match (&disk_state, repo.is_relative()) {
-                        (Some(ds), true) => ds.mount_point.as_ref().map(|m| m.join(&repo)),
-                        _ => Some(repo),
-                    };
-                    let size = match repo_path.clone() {
-                        Some(p) => tokio::task::spawn_blocking(move || dir_size(&p))
-                            .await
-                            .ok()
-                            .flatten(),
-                        None => None,
-                    };
-                    status["disk"] = serde_json::to_value(&disk_state).unwrap_or_default();
-                    status["repository"] = json!({
-                        "path": repo_path.map(|p| p.display().to_string()),
-                        "size_bytes": size,
-                    });
-                    let _ = tx.send(Reply::Status { status });
+                    status::add_disk_and_repository(&mut view, repo, disk.as_deref()).await;
+                    let _ = tx.send(Reply::Status { status: view });
                 });
             }
         }
     }
 
     fn status_json(&self) -> serde_json::Value {
-        let now = self.clock.now();
-        let jobs: Vec<serde_json::Value> = self
-            .cfg
-            .jobs
-            .values()
-            .map(|j| {
-                (
-                    j.name.clone(),
-                    j.enabled,
-                    j.schedule.as_ref().map(|s| s.expr().to_owned()),
-                )
-            })
-            .chain(
-                self.cfg
-                    .check
-                    .as_ref()
-                    .map(|c| (CHECK.to_owned(), true, Some(c.schedule.expr().to_owned()))),
-            )
-            .map(|(name, enabled, schedule)| {
-                let st = self.state.job(&name);
-                let next = self
-                    .plans
-                    .iter()
-                    .find(|p| p.name == name)
-                    .and_then(|p| plan::next_fire(p, &st, now));
-                json!({
-                    "name": name,
-                    "enabled": enabled,
-                    "schedule": schedule,
-                    "next_run": next.map(|t| t.to_rfc3339()),
-                    "queued": self.queue.contains(&name),
-                    "running": self.current.as_ref().is_some_and(|c| c.job == name),
-                    "waiting_for_disk": self.awaiting_disk.contains(&name),
-                    "retry_at": self.retries.at(&name).map(|t| t.to_rfc3339()),
-                    "last": st.last_run,
-                })
-            })
-            .collect();
+        let in_loop = |name: &str| status::InLoop {
+            queued: self.queue.contains(name),
+            running: self.current.as_ref().is_some_and(|c| c.job == name),
+            waiting_for_disk: self.awaiting_disk.contains(name),
+            retry_at: self.retries.at(name),
+        };
+        let jobs = status::jobs(
+            &self.cfg,
+            &self.state,
+            &self.plans,
+            self.clock.now(),
+            in_loop,
+        );
         json!({
             "daemon": {
+                "running": true,
                 "pid": std::process::id(),
                 "started": self.started.to_rfc3339(),
                 "sim": self.sim,
@@ -708,22 +653,6 @@ impl<D: DiskManager, M: Monitor, R: Runner> Daemon<D, M, R> {
             }
         }
     }
-}
-
-fn dir_size(p: &Path) -> Option<u64> {
-    let mut total = 0u64;
-    let mut stack = vec![p.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).ok()?.flatten() {
-            let Ok(md) = e.metadata() else { continue };
-            if md.is_dir() {
-                stack.push(e.path());
-            } else {
-                total += md.len();
-            }
-        }
-    }
-    Some(total)
 }
 
 /// Binds the control socket: owner-only, replacing a stale socket but never a live daemon's.

@@ -49,12 +49,12 @@ use rustic_core::{
 
 use burrow_core::repository::{
     BackupOutcome, BackupRequest, CheckReport, DamagedPack, DamagedSnapshot, PackRepair,
-    PendingCounts, SnapshotInfo, SnapshotListing, TAG, TAG_PARTIAL, job_tag,
+    PendingCounts, RestoreOutcome, RestoreRequest, SnapshotInfo, SnapshotListing, TAG, TAG_PARTIAL,
+    job_tag,
 };
 use burrow_core::retention::{Plan, Policy, PolicyError};
 pub use lock::{LockInfo, Locks, RepoLockGuard};
 pub use port::LocalRepositories;
-pub use restore::{NotRestored, RestoreOutcome};
 pub use rustic_core::jiff::Zoned;
 
 /// The repository password. Never printed.
@@ -724,35 +724,23 @@ impl Repo {
         Ok(())
     }
 
-    /// Restores `snapshot` (an id prefix or `latest`) of `job` into `target`, or only
-    /// `subpath` of it (a directory's contents go into `target`, a single entry to
-    /// `target/<name>`). Nothing is written outside `target`; entries that were not written
-    /// are listed in the outcome (`refused`, `failed`), the rest is restored. `workers`
-    /// threads write file contents (0: one per core).
-    pub fn restore(
-        &self,
-        job: &str,
-        snapshot: &str,
-        target: &Path,
-        subpath: Option<&Path>,
-        workers: usize,
-    ) -> Result<RestoreOutcome, RepoError> {
-        let snap = self.find(job, snapshot)?;
-        restore::restore(self.reopen()?, &snap, target, subpath, false, workers)
-    }
-
-    /// Restores the regular file `path` of a snapshot (a dump, `/burrow-dumps/<name>`) as
-    /// `target/<name>`, with its stored mode, through the same confined writer as
-    /// [`Repo::restore`].
-    pub fn restore_file(
-        &self,
-        job: &str,
-        snapshot: &str,
-        path: &Path,
-        target: &Path,
-    ) -> Result<RestoreOutcome, RepoError> {
-        let snap = self.find(job, snapshot)?;
-        restore::restore(self.reopen()?, &snap, target, Some(path), true, 1)
+    /// Restores the request's snapshot (an id prefix or `latest`) of its job into its
+    /// target, or only its path (a directory's contents go into the target, a single entry
+    /// to `target/<name>`; with `only_file`, a regular file such as a dump,
+    /// `/burrow-dumps/<name>`). Nothing is written outside the target; entries that were not
+    /// written are listed in the outcome (`refused`, `failed`), the rest is restored.
+    /// `workers` threads write file contents (0: one per core).
+    pub fn restore(&self, req: RestoreRequest<'_>) -> Result<RestoreOutcome, RepoError> {
+        let snap = self.find(req.job, req.snapshot)?;
+        let workers = if req.only_file { 1 } else { req.workers };
+        restore::restore(
+            self.reopen()?,
+            &snap,
+            req.target,
+            req.path,
+            req.only_file,
+            workers,
+        )
     }
 
     /// Writes one file of a snapshot to `w` (a dump, to a file or to the server).

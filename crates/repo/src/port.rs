@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burrow_core::RunError;
 use burrow_core::repository::{
     BackupOutcome, BackupRequest, CheckReport, DamagedPack, PackRepair, PendingCounts,
-    PendingSnapshot, Repositories, Repository, SnapshotListing,
+    PendingSnapshot, Repositories, Repository, RestoreOutcome, RestoreRequest, SnapshotListing,
 };
 use burrow_core::retention::{Plan, Policy};
 
@@ -77,6 +77,20 @@ impl Repository for Repo {
 
     fn drop_damaged_packs(&self, packs: &[DamagedPack]) -> Result<PackRepair, RunError> {
         Ok(Repo::drop_damaged_packs(self, packs)?)
+    }
+
+    fn restore(&self, req: RestoreRequest<'_>) -> Result<RestoreOutcome, RunError> {
+        Ok(Repo::restore(self, req)?)
+    }
+
+    fn dump(
+        &self,
+        job: &str,
+        snapshot: &str,
+        path: &Path,
+        w: &mut dyn std::io::Write,
+    ) -> Result<u64, RunError> {
+        Ok(Repo::dump(self, job, snapshot, path, w)?)
     }
 }
 

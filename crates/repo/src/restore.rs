@@ -37,6 +37,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use burrow_core::repository::{NotRestored, RestoreOutcome};
 use burrow_core::short_id;
 
 use nix::errno::Errno;
@@ -46,41 +47,9 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, mkfifoat, symlinkat, unlinkat};
 use rustic_core::repofile::{Node, NodeType, SnapshotFile};
 use rustic_core::{IndexedFullStatus, OpenStatus, Repository, RusticError, TreeId};
-use serde::Serialize;
 
 use crate::RepoError;
 use crate::node::unix_perm;
-
-/// An entry that was not restored, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NotRestored {
-    /// The entry's path in the snapshot.
-    pub path: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RestoreOutcome {
-    pub snapshot_id: String,
-    /// Non-directories written (files, symlinks, FIFOs).
-    pub files: u64,
-    pub dirs: u64,
-    /// Content bytes written.
-    pub bytes: u64,
-    /// Entries refused: unsafe or duplicate names, devices and sockets, or a non-empty
-    /// directory in the target where a non-directory must go. Nothing was written for them.
-    pub refused: Vec<NotRestored>,
-    /// Entries that could not be written: content or listing unreadable in the repository,
-    /// or an error of the target's filesystem. Partial content is removed.
-    pub failed: Vec<NotRestored>,
-}
-
-impl RestoreOutcome {
-    /// True when every entry of the snapshot (or sub path) was written.
-    pub fn complete(&self) -> bool {
-        self.refused.is_empty() && self.failed.is_empty()
-    }
-}
 
 fn in_snapshot(path: Option<&Path>) -> String {
     path.map(|p| p.to_string_lossy().trim_start_matches('/').to_owned())

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use burrow_core::Problems;
 use burrow_core::exclude::Excludes;
 use burrow_core::local::LocalSource;
-use burrow_core::repository::{BackupOutcome, BackupRequest};
+use burrow_core::repository::{BackupOutcome, BackupRequest, RestoreRequest};
 use burrow_repo::{Password, Repo, RepoError, init};
 
 fn backup(repo: &Repo, root: &Path) -> BackupOutcome {
@@ -122,14 +122,15 @@ fn a_garbage_snapshot_file_is_named_and_skipped() {
     );
     assert_eq!(third.files_unmodified, 2, "{third:?}");
     let out = tmp.path().join("restored");
-    repo.restore("j", "latest", &out, None, 0).unwrap();
+    repo.restore(RestoreRequest::new("j", "latest", &out))
+        .unwrap();
     let restored = out.join(src.strip_prefix("/").unwrap());
     assert_eq!(
         fs::read(restored.join("d/big")).unwrap(),
         noise(2_000_000, 7)
     );
     let err = repo
-        .restore("j", &bad[..10], &tmp.path().join("r2"), None, 0)
+        .restore(RestoreRequest::new("j", &bad[..10], &tmp.path().join("r2")))
         .unwrap_err();
     assert!(err.to_string().contains("cannot be read"), "{err}");
 
@@ -198,7 +199,7 @@ fn a_truncated_pack_is_found_taken_out_of_the_index_and_stored_again() {
 
     // the first snapshot shares those blobs: it is whole again
     let out = tmp.path().join("restored");
-    repo.restore("j", &first.snapshot_id, &out, None, 0)
+    repo.restore(RestoreRequest::new("j", &first.snapshot_id, &out))
         .unwrap();
     let restored = out.join(src.strip_prefix("/").unwrap());
     assert_eq!(

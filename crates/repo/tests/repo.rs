@@ -12,7 +12,7 @@ use std::process::Command;
 use burrow_core::Problems;
 use burrow_core::exclude::Excludes;
 use burrow_core::local::LocalSource;
-use burrow_core::repository::{BackupOutcome, BackupRequest};
+use burrow_core::repository::{BackupOutcome, BackupRequest, RestoreRequest};
 use burrow_core::retention::Policy;
 use burrow_core::source::{Content, Entry, EntryKind, Meta, Time};
 use burrow_repo::{Password, Repo, RepoError, init};
@@ -131,14 +131,16 @@ fn backup_parent_reuse_and_restore() {
     assert!(repo.snapshots(Some("other")).unwrap().is_empty());
 
     let out = tmp.path().join("restored");
-    let r = repo.restore("files", "latest", &out, None, 0).unwrap();
+    let r = repo
+        .restore(RestoreRequest::new("files", "latest", &out))
+        .unwrap();
     assert!(r.refused.is_empty());
     assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
 
     // by id prefix, and only a sub path
     let out2 = tmp.path().join("restored2");
     let sub = src.join("sub");
-    repo.restore("files", &first.snapshot_id[..8], &out2, Some(&sub), 0)
+    repo.restore(RestoreRequest::new("files", &first.snapshot_id[..8], &out2).at(&sub))
         .unwrap();
     assert_eq!(fs::read(out2.join("b.bin")).unwrap().len(), 300_000);
 

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use burrow_core::RunError;
-use burrow_core::exec::{Exec, ExecOutput, KILL_GRACE, OUTPUT_TAIL, humanize};
+use burrow_core::exec::{Exec, ExecOutput, KILL_GRACE, humanize, output_tail};
 use burrow_core::server::Connection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Command;
@@ -37,20 +37,13 @@ impl<C: Connection> Host<C> {
     }
 }
 
-fn tail(mut v: Vec<u8>) -> Vec<u8> {
-    if v.len() > OUTPUT_TAIL {
-        v.drain(..v.len() - OUTPUT_TAIL);
-    }
-    v
-}
-
 fn local_output(status: std::process::ExitStatus, stdout: Vec<u8>, stderr: Vec<u8>) -> ExecOutput {
     use std::os::unix::process::ExitStatusExt;
     ExecOutput {
         exit_status: status.code().map(|c| c as u32),
         exit_signal: status.signal().map(|s| format!("signal {s}")),
-        stdout: tail(stdout),
-        stderr: tail(stderr),
+        stdout: output_tail(stdout),
+        stderr: output_tail(stderr),
     }
 }
 
@@ -175,7 +168,7 @@ fn signal_group(pgid: Option<u32>, sig: nix::sys::signal::Signal) {
 }
 
 /// A local command in a process group of its own (`process_group(0)`), with stdout to `out`
-/// (or kept, the last [`OUTPUT_TAIL`] bytes), ended with its group after `timeout` or when
+/// (or kept, the last [`burrow_core::exec::OUTPUT_TAIL`] bytes), ended with its group after `timeout` or when
 /// `cancel` resolves: TERM, then KILL after [`KILL_GRACE`].
 async fn local_run<W: AsyncWrite + Unpin + Send>(
     cmd: &str,

@@ -16,6 +16,7 @@
 //! log tail for monitoring; nothing here panics on bad input or a vanished server.
 
 pub mod anomaly;
+pub mod command;
 pub mod doctor;
 pub mod dumps;
 pub mod hooks;
@@ -23,6 +24,7 @@ pub mod host;
 pub mod log;
 pub mod maintain;
 pub mod place;
+pub mod restore;
 pub mod show;
 
 use std::path::PathBuf;

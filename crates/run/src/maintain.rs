@@ -11,6 +11,7 @@ use burrow_core::repository::{Repositories, Repository, SnapshotListing};
 use burrow_core::retention::{Plan, Policy};
 
 use crate::anomaly::{PauseError, PauseFile, Paused};
+use crate::command::{self, CommandError};
 use crate::place::{self, RepoLock};
 use crate::{Ports, blocking};
 
@@ -39,10 +40,13 @@ pub async fn snapshots<D: DiskManager, S, R: Repositories>(
     cfg: &Config,
     ports: Ports<'_, D, S, R>,
     job: Option<&str>,
-) -> Result<SnapshotListing, RunError> {
+) -> Result<SnapshotListing, CommandError> {
+    if let Some(j) = job {
+        command::job(cfg, j)?;
+    }
     let repo = open(cfg, ports).await?;
     let job = job.map(str::to_owned);
-    blocking(move || repo.snapshot_listing(job.as_deref())).await?
+    Ok(blocking(move || repo.snapshot_listing(job.as_deref())).await??)
 }
 
 /// What `burrow forget` did.
@@ -99,7 +103,7 @@ pub async fn prune<D: DiskManager, S, R: Repositories>(
     Ok(place.repo_path)
 }
 
-async fn open<D: DiskManager, S, R: Repositories>(
+pub(crate) async fn open<D: DiskManager, S, R: Repositories>(
     cfg: &Config,
     ports: Ports<'_, D, S, R>,
 ) -> Result<R::Repo, RunError> {

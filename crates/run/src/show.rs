@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use burrow_core::bytes::human;
-use burrow_core::repository::{DamagedSnapshot, SnapshotInfo};
+use burrow_core::repository::{DamagedSnapshot, RestoreOutcome, SnapshotInfo};
 use burrow_core::retention::Plan;
 use burrow_core::{RunStatus, RunSummary, short_id};
 
@@ -138,6 +138,69 @@ pub fn plan(job: &str, plan: &Plan, dry_run: bool) -> String {
             "job {job}: {kept} kept, {n} removed; `burrow prune` frees their data"
         )
     };
+    t
+}
+
+/// What a restore wrote into `target` (on stdout).
+pub fn restored(out: &RestoreOutcome, target: &std::path::Path) -> String {
+    format!(
+        "restored snapshot {} into {}: {} file(s), {} dir(s), {}\n",
+        short_id(&out.snapshot_id),
+        target.display(),
+        out.files,
+        out.dirs,
+        human(out.bytes)
+    )
+}
+
+/// What a restore did not write, one line each with the reason, then how many (on stderr);
+/// empty when everything was written.
+pub fn not_restored(out: &RestoreOutcome) -> String {
+    let mut t = String::new();
+    for r in &out.refused {
+        let _ = writeln!(t, "refused: {}: {}", r.path, r.reason);
+    }
+    for f in &out.failed {
+        let _ = writeln!(t, "failed: {}: {}", f.path, f.reason);
+    }
+    let n = out.refused.len() + out.failed.len();
+    if n > 0 {
+        let _ = writeln!(
+            t,
+            "burrow: {n} entr{} not restored (listed above); everything else was",
+            if n == 1 { "y" } else { "ies" }
+        );
+    }
+    t
+}
+
+/// `burrow check-config`: the file is valid, and what it asks for.
+pub fn config(cfg: &burrow_config::Config) -> String {
+    let enabled = cfg.jobs.values().filter(|j| j.enabled).count();
+    let mut t = format!(
+        "{}: ok ({} server(s), {} job(s), {} enabled)\n",
+        cfg.file.display(),
+        cfg.servers.len(),
+        cfg.jobs.len(),
+        enabled
+    );
+    for job in cfg.jobs.values() {
+        let when = match &job.schedule {
+            Some(s) => format!("schedule {:?}", s.expr()),
+            None => "runs only when asked".into(),
+        };
+        let _ = writeln!(
+            t,
+            "  job {}{}: {}, {} path(s), {} dump(s), {when}",
+            job.name,
+            if job.enabled { "" } else { " (disabled)" },
+            job.server
+                .as_deref()
+                .map_or("local".to_owned(), |s| format!("server {s}")),
+            job.paths.len(),
+            job.dumps.len(),
+        );
+    }
     t
 }
 

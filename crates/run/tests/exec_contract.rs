@@ -1,7 +1,7 @@
-//! One contract, two real adapters of the `Exec` port: a job's commands behave the same on
-//! its server (the SSH session, against the private sshd on 127.0.0.1) and on this machine
-//! (`burrow_run::host::Local`). The scripted fake's own rules are tested where it is used
-//! (hooks.rs, dumps.rs).
+//! One contract for the `Exec` port: a job's commands behave the same on its server (the SSH
+//! session, against the private sshd on 127.0.0.1), on this machine
+//! (`burrow_run::host::Local`), and in the scripted fake given the answers a shell gives. The
+//! real places also end a timed-out command's whole process group, which a fake has none of.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,11 +11,12 @@ use burrow_core::exec::{Exec, OUTPUT_TAIL};
 use burrow_core::server::{HostKeyPolicy, SshTarget};
 use burrow_run::host::Local;
 use burrow_ssh::Session;
+use burrow_testkit::exec::{Reply, ScriptedExec};
 use burrow_testkit::sshd::Sshd;
 
 const T: Duration = Duration::from_secs(20);
 
-async fn contract(place: &impl Exec, scratch: &Path) {
+async fn contract(place: &impl Exec) {
     let who = place.describe().to_owned();
 
     // exit status, stdout and stderr
@@ -65,34 +66,15 @@ async fn contract(place: &impl Exec, scratch: &Path) {
     assert_eq!(sink.len(), 2_500_000, "{who}");
     assert!(out.stdout.is_empty(), "{who}");
 
-    // a command still running at its timeout is ended with its whole process group, and
-    // the call fails with a temporary error
-    let pids = scratch.join(format!("pids-{}", who.replace(' ', "-")));
-    let cmd = format!(
-        "sleep 60 & echo $! > {p}; wait",
-        p = burrow_core::shell_quote(&pids.to_string_lossy())
-    );
+    // a command still running at its timeout fails the call with a temporary error
     let t0 = Instant::now();
     let e = place
-        .exec(&cmd, Duration::from_millis(500))
+        .exec("sleep 60", Duration::from_millis(500))
         .await
         .expect_err("the command outlives its timeout");
     assert_eq!(e.class, ErrorClass::Temporary, "{who}: {e}");
     assert!(e.message.contains("timed out"), "{who}: {e}");
     assert!(t0.elapsed() < Duration::from_secs(15), "{who}");
-    let child: u32 = std::fs::read_to_string(&pids)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let t0 = Instant::now();
-    while Path::new(&format!("/proc/{child}")).exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "{who}: the group's sleep {child} still runs"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     // a stream stopped by its cancel is a temporary error too
     let mut sink = Vec::new();
@@ -108,10 +90,65 @@ async fn contract(place: &impl Exec, scratch: &Path) {
     assert_eq!(e.class, ErrorClass::Temporary, "{who}: {e}");
 }
 
+/// A command still running at its timeout is ended with its whole process group.
+async fn ends_the_whole_group(place: &impl Exec, scratch: &Path) {
+    let who = place.describe().to_owned();
+    let pids = scratch.join(format!("pids-{}", who.replace(' ', "-")));
+    let cmd = format!(
+        "sleep 60 & echo $! > {p}; wait",
+        p = burrow_core::shell_quote(&pids.to_string_lossy())
+    );
+    let e = place
+        .exec(&cmd, Duration::from_millis(500))
+        .await
+        .expect_err("the command outlives its timeout");
+    assert_eq!(e.class, ErrorClass::Temporary, "{who}: {e}");
+    let child: u32 = std::fs::read_to_string(&pids)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{child}")).exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{who}: the group's sleep {child} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[tokio::test]
 async fn this_machine_keeps_the_contract() {
     let tmp = tempfile::tempdir().unwrap();
-    contract(&Local, tmp.path()).await;
+    contract(&Local).await;
+    ends_the_whole_group(&Local, tmp.path()).await;
+}
+
+/// The fake, scripted with what a shell answers to the contract's commands: it must keep
+/// the same tails, streams, timeouts and cancels.
+#[tokio::test]
+async fn the_scripted_fake_keeps_the_contract() {
+    let exit = |status: u32, stdout: Vec<u8>, stderr: &[u8]| Reply::Exit {
+        status,
+        stdout,
+        stderr: stderr.to_vec(),
+    };
+    let mut long = vec![b'x'; 200_000];
+    long.extend_from_slice(b"END");
+    let fake = ScriptedExec::new("scripted")
+        .on("exit 3", exit(3, b"out\n".to_vec(), b"err\n"))
+        .on("printf END", exit(0, long, b""))
+        .on("wc -c", Reply::ok("300000\n"))
+        .on("od -An", exit(0, vec![b' '; 2_500_000], b""))
+        .on("sleep 60", Reply::Hang);
+    contract(&fake).await;
+    let fed = fake.ran().into_iter().find(|r| r.cmd == "wc -c").unwrap();
+    assert_eq!(
+        fed.stdin.map(|s| s.len()),
+        Some(300_000),
+        "stdin is fed whole"
+    );
 }
 
 #[tokio::test]
@@ -137,6 +174,7 @@ async fn the_servers_ssh_session_keeps_the_contract() {
     })
     .await
     .unwrap();
-    contract(&session, tmp.path()).await;
+    contract(&session).await;
+    ends_the_whole_group(&session, tmp.path()).await;
     session.close().await;
 }

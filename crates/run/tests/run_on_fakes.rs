@@ -318,3 +318,70 @@ async fn init_refuses_a_repository_that_exists_and_changes_nothing() {
     assert_eq!(e.class, ErrorClass::Permanent);
     assert_eq!(w.repo.snapshots().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_writes_the_files_and_feeds_the_dump_to_its_restore_command() {
+    use burrow_core::repository::RestoreRequest;
+    use burrow_run::command::CommandError;
+    use burrow_run::restore;
+    let exec = ScriptedExec::new("vps")
+        .on("pg_dump", Reply::ok("CREATE TABLE t;\n"))
+        .on("psql broken", Reply::fails(3, "psql: no such database"));
+    let dumps = "    dumps:
+      - {name: app.sql, command: pg_dump app, restore_command: psql app}
+      - {name: old.sql, command: pg_dump old, restore_command: psql broken}
+      - {name: raw.sql, command: pg_dump raw}\n";
+    let w = world(exec, dumps);
+    let servers = w.servers();
+    assert_eq!(w.run(&servers).await.summary.status, RunStatus::Ok);
+    let ports = w.ports(&servers);
+
+    let target = w.path("restored");
+    let req = RestoreRequest::new("web", "latest", &target);
+    let out = restore::files(&w.cfg, ports, req).await.unwrap();
+    assert!(out.complete(), "{out:?}");
+    let src = w.path("srv/www");
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        fs::read(restored.join("index.html")).unwrap(),
+        b"<h1>hello</h1>"
+    );
+    assert_eq!(
+        fs::read(restored.join("img/logo.png")).unwrap().len(),
+        50_000
+    );
+
+    let fed = restore::dump_to_server(&w.cfg, ports, ("web", "latest"), "app.sql")
+        .await
+        .unwrap();
+    assert_eq!((fed.bytes, fed.host.as_str()), (16, "vps"));
+    let ran = w.exec.ran();
+    let psql = ran.iter().find(|r| r.cmd == "psql app").expect("psql ran");
+    assert_eq!(psql.stdin.as_deref(), Some(&b"CREATE TABLE t;\n"[..]));
+
+    let failed = restore::dump_to_server(&w.cfg, ports, ("web", "latest"), "old.sql").await;
+    let Err(CommandError::Run(e)) = failed else {
+        panic!("a failing restore command is the restore's error: {failed:?}")
+    };
+    assert!(e.message.contains("psql: no such database"), "{e}");
+    for (name, says) in [
+        ("raw.sql", "has no restore_command"),
+        ("gone.sql", "has no dump named"),
+    ] {
+        let refused = restore::dump_to_server(&w.cfg, ports, ("web", "latest"), name).await;
+        assert!(
+            matches!(&refused, Err(CommandError::Usage(m)) if m.contains(says)),
+            "{name}: {refused:?}"
+        );
+    }
+
+    // A dump into a directory is found in the snapshot itself.
+    let dir = w.path("dumps");
+    let out = restore::dump_to_dir(&w.cfg, ports, ("web", "latest"), "raw.sql", &dir)
+        .await
+        .unwrap();
+    assert_eq!((out.files, out.bytes), (1, 16), "{out:?}");
+    assert_eq!(fs::read(dir.join("raw.sql")).unwrap(), b"CREATE TABLE t;\n");
+    let missing = restore::dump_to_dir(&w.cfg, ports, ("web", "latest"), "gone.sql", &dir).await;
+    assert!(matches!(missing, Err(CommandError::Run(_))), "{missing:?}");
+}

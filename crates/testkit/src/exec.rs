@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use burrow_core::RunError;
-use burrow_core::exec::{Exec, ExecOutput};
+use burrow_core::exec::{Exec, ExecOutput, output_tail};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How a scripted command ends.
@@ -101,12 +101,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a real place reports of a command that exited: the tails of its output.
 fn exited(status: u32, stdout: Vec<u8>, stderr: Vec<u8>) -> ExecOutput {
     ExecOutput {
         exit_status: Some(status),
         exit_signal: None,
-        stdout,
-        stderr,
+        stdout: output_tail(stdout),
+        stderr: output_tail(stderr),
     }
 }
 

@@ -11,8 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use burrow_core::repository::{
-    BackupOutcome, BackupRequest, CheckReport, DamagedPack, PackRepair, PendingCounts,
-    PendingSnapshot, Repositories, Repository, SnapshotInfo, SnapshotListing, TAG, job_tag,
+    BackupOutcome, BackupRequest, CheckReport, DamagedPack, NotRestored, PackRepair, PendingCounts,
+    PendingSnapshot, Repositories, Repository, RestoreOutcome, RestoreRequest, SnapshotInfo,
+    SnapshotListing, TAG, job_tag,
 };
 use burrow_core::retention::{self, Plan, Policy, Snap};
 use burrow_core::source::{Entry, EntryKind, ParentIndex, Time, WalkContext};
@@ -176,6 +177,27 @@ impl MemRepo {
         })
     }
 
+    /// The job's snapshot `which`: `latest`, or an id or a unique prefix of one.
+    fn find(&self, job: &str, which: &str) -> Result<MemSnapshot, RunError> {
+        let st = lock(&self.0.state);
+        let mut of_job = st.snapshots.iter().filter(|s| s.job == job);
+        let found = if which == "latest" {
+            of_job.next_back()
+        } else {
+            let m: Vec<&MemSnapshot> = of_job.filter(|s| s.id.starts_with(which)).collect();
+            if m.len() > 1 {
+                return Err(RunError::permanent(format!(
+                    "no snapshot {which:?} (ambiguous: {} snapshots of job {job} match)",
+                    m.len()
+                )));
+            }
+            m.first().copied()
+        };
+        found
+            .cloned()
+            .ok_or_else(|| RunError::permanent(format!("no snapshot {which:?} for job {job}")))
+    }
+
     fn latest(&self, job: &str) -> Option<MemSnapshot> {
         let st = lock(&self.0.state);
         st.snapshots.iter().rev().find(|s| s.job == job).cloned()
@@ -244,6 +266,78 @@ fn take_file(
         None => counts.files_new += 1,
     }
     snap.files.insert(e.path, MemFile { content, mtime });
+}
+
+/// Writes `file` to `dest` with its mtime.
+fn write_file(dest: &Path, file: &MemFile) -> std::io::Result<()> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let f = std::fs::File::create(dest)?;
+    std::io::Write::write_all(&mut &f, &file.content)?;
+    if let Some(t) = file.mtime {
+        let when = std::time::UNIX_EPOCH
+            + std::time::Duration::new(u64::try_from(t.secs).unwrap_or(0), t.nanos);
+        f.set_modified(when)?;
+    }
+    Ok(())
+}
+
+/// `path` below `root` as a path made only of plain names (no `..`, no root), or `None`.
+fn below(path: &Path, root: &Path) -> Option<PathBuf> {
+    let rel = path.strip_prefix(root).ok()?;
+    rel.components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+        .then(|| rel.to_owned())
+}
+
+impl MemSnapshot {
+    /// Writes what lies at `root` into `target` as the real restore does: a directory's
+    /// contents into the target, a file to `target/<its name>`; a path that would leave the
+    /// target is refused.
+    fn restore_into(&self, root: &Path, target: &Path, out: &mut RestoreOutcome) {
+        let not_restored = |path: &Path, reason: String| NotRestored {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Some(file) = self.files.get(root) {
+            let name = root.file_name().map(PathBuf::from).unwrap_or_default();
+            match write_file(&target.join(name), file) {
+                Ok(()) => {
+                    out.files += 1;
+                    out.bytes += file.content.len() as u64;
+                }
+                Err(e) => out.failed.push(not_restored(root, e.to_string())),
+            }
+            return;
+        }
+        for d in self
+            .dirs
+            .iter()
+            .filter(|d| d.starts_with(root) && *d != root)
+        {
+            match below(d, root) {
+                Some(rel) => match std::fs::create_dir_all(target.join(rel)) {
+                    Ok(()) => out.dirs += 1,
+                    Err(e) => out.failed.push(not_restored(d, e.to_string())),
+                },
+                None => out.refused.push(not_restored(d, "not a plain name".into())),
+            }
+        }
+        for (p, file) in self.files.iter().filter(|(p, _)| p.starts_with(root)) {
+            let Some(rel) = below(p, root) else {
+                out.refused.push(not_restored(p, "not a plain name".into()));
+                continue;
+            };
+            match write_file(&target.join(rel), file) {
+                Ok(()) => {
+                    out.files += 1;
+                    out.bytes += file.content.len() as u64;
+                }
+                Err(e) => out.failed.push(not_restored(p, e.to_string())),
+            }
+        }
+    }
 }
 
 impl Repository for MemRepo {
@@ -393,5 +487,55 @@ impl Repository for MemRepo {
 
     fn drop_damaged_packs(&self, _packs: &[DamagedPack]) -> Result<PackRepair, RunError> {
         Ok(PackRepair::default())
+    }
+
+    fn restore(&self, req: RestoreRequest<'_>) -> Result<RestoreOutcome, RunError> {
+        let snap = self.find(req.job, req.snapshot)?;
+        let root = req.path.unwrap_or(Path::new("/"));
+        let is_file = snap.files.contains_key(root);
+        let is_dir = root == Path::new("/") || snap.dirs.iter().any(|d| d == root);
+        if !is_file && !is_dir {
+            return Err(RunError::permanent(format!(
+                "no snapshot path {} in snapshot {}",
+                root.display(),
+                short_id(&snap.id)
+            )));
+        }
+        if req.only_file && !is_file {
+            return Err(RunError::permanent(format!(
+                "{} is not a file in snapshot {}",
+                root.display(),
+                short_id(&snap.id)
+            )));
+        }
+        std::fs::create_dir_all(req.target).map_err(|e| {
+            RunError::permanent(format!("cannot use target {}: {e}", req.target.display()))
+        })?;
+        let mut out = RestoreOutcome {
+            snapshot_id: snap.id.clone(),
+            ..RestoreOutcome::default()
+        };
+        snap.restore_into(root, req.target, &mut out);
+        Ok(out)
+    }
+
+    fn dump(
+        &self,
+        job: &str,
+        snapshot: &str,
+        path: &Path,
+        w: &mut dyn std::io::Write,
+    ) -> Result<u64, RunError> {
+        let snap = self.find(job, snapshot)?;
+        let file = snap.files.get(path).ok_or_else(|| {
+            RunError::permanent(format!(
+                "no snapshot file {} in snapshot {}",
+                path.display(),
+                short_id(&snap.id)
+            ))
+        })?;
+        w.write_all(&file.content)
+            .map_err(|e| RunError::permanent(format!("cannot write {}: {e}", path.display())))?;
+        Ok(file.content.len() as u64)
     }
 }
