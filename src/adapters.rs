@@ -57,16 +57,11 @@ pub async fn with_disk<T>(
 /// A command on the real ports (see [`with_disk`]): a disk manager that cannot start is
 /// printed and its exit.
 pub async fn command(cfg: &Config, f: impl AsyncFnOnce(RealPorts<'_>) -> Exit) -> Exit {
-    with_disk(cfg, async |d| f(ports(d)).await)
-        .await
-        .unwrap_or_else(|e| {
-            let exit = if e.is_skip() {
-                Exit::Skipped
-            } else {
-                Exit::Failed
-            };
-            fail(exit, e)
-        })
+    let done = with_disk(cfg, async |d| f(ports(d)).await).await;
+    done.unwrap_or_else(|e| {
+        let e = RunError::from(e);
+        fail(e.status().exit(), e)
+    })
 }
 
 /// A run (or the check) by hand on the real ports, named `name`: the disk is released

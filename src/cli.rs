@@ -57,27 +57,7 @@ pub enum Command {
         json: bool,
     },
     /// Restore files, or a database dump, from a snapshot.
-    Restore {
-        job: String,
-        /// A snapshot id (or its first characters), or `latest`.
-        #[arg(default_value = "latest")]
-        snapshot: String,
-        /// Directory to restore into (created if missing); nothing is written outside it.
-        #[arg(long, required_unless_present = "to_server")]
-        target: Option<PathBuf>,
-        /// Restore only this path of the snapshot.
-        #[arg(long, conflicts_with = "dump")]
-        path: Option<PathBuf>,
-        /// Restore this dump (by its `dumps[].name`).
-        #[arg(long)]
-        dump: Option<String>,
-        /// Stream the dump into its restore_command on the job's server.
-        #[arg(long, requires = "dump", conflicts_with = "target")]
-        to_server: bool,
-        /// Threads writing file contents (default: one per core).
-        #[arg(long, default_value_t = 0, hide_default_value = true)]
-        workers: usize,
-    },
+    Restore(RestoreArgs),
     /// Accept an anomaly of JOB (its newest snapshot looked nothing like the one before: no
     /// files, most files gone or changed): the change was real, so retention of the job
     /// resumes at its next run.
@@ -136,6 +116,29 @@ pub enum Command {
     Generate(Generate),
 }
 
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    pub job: String,
+    /// A snapshot id (or its first characters), or `latest`.
+    #[arg(default_value = "latest")]
+    pub snapshot: String,
+    /// Directory to restore into (created if missing); nothing is written outside it.
+    #[arg(long, required_unless_present = "to_server")]
+    pub target: Option<PathBuf>,
+    /// Restore only this path of the snapshot.
+    #[arg(long, conflicts_with = "dump")]
+    pub path: Option<PathBuf>,
+    /// Restore this dump (its `dumps[].name`; found in the snapshot, `/burrow-dumps/NAME`).
+    #[arg(long)]
+    pub dump: Option<String>,
+    /// Stream the dump into its restore_command on the job's server.
+    #[arg(long, requires = "dump", conflicts_with = "target")]
+    pub to_server: bool,
+    /// Threads writing file contents (default: one per core).
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub workers: usize,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Setup {
     /// Create the ed25519 key burrow logs in with, and print the lines for the server:
@@ -182,13 +185,6 @@ pub enum Generate {
     /// A completion script for SHELL, to stdout.
     Completions {
         #[arg(value_enum)]
-        shell: Shell,
+        shell: clap_complete::Shell,
     },
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Shell {
-    Bash,
-    Zsh,
-    Fish,
 }

@@ -1,5 +1,5 @@
-//! One function per subcommand: it calls the library, prints the result and returns the exit
-//! code; errors are printed once (`output::settle`).
+//! One function per subcommand: it calls the library and prints the result with
+//! `output::emit`, which also says an error, once, with its exit code.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -10,20 +10,19 @@ use burrow_config::Config;
 use burrow_core::bytes::human;
 use burrow_core::repository::RestoreRequest;
 use burrow_core::run::RunControl;
-use burrow_core::{Exit, RunError, RunSummary, short_id};
-use burrow_run::command::{self, CommandError};
-use burrow_run::{check_repository, maintain, restore, run_job, show};
+use burrow_core::{Exit, RunError};
+use burrow_run::{check_repository, command, maintain, restore, run_job};
 
 use crate::adapters::{RealPorts, by_hand, command as on_ports};
-use crate::cli::{Cli, Command, Generate};
-use crate::output::{fail, json, settle};
+use crate::cli::{Cli, Command, Generate, RestoreArgs};
+use crate::output::{emit, fail, json, show};
 
 pub async fn dispatch(cli: Cli) -> Exit {
     // A run on a terminal shows its progress instead; doctor's findings are its output.
     let quiet = (matches!(&cli.command, Command::Run { json: false, .. })
         && std::io::stderr().is_terminal())
         || matches!(&cli.command, Command::Doctor { .. });
-    crate::logging::init(
+    burrow_notify::logging::init(
         cli.log_level.as_deref(),
         if quiet { "warn" } else { "info" },
     );
@@ -51,37 +50,36 @@ pub async fn dispatch(cli: Cli) -> Exit {
     let cfg = &cfg;
     match cli.command {
         Command::CheckConfig => {
-            outp!("{}", show::config(cfg));
+            outp!("{}", burrow_run::show::config(cfg));
             Exit::Ok
         }
-        Command::Doctor { json } => doctor(cfg, json).await,
-        Command::Init => on_ports(cfg, async |p| init(cfg, p).await).await,
+        Command::Doctor { json } => {
+            let probes = crate::adapters::doctor_probes(cfg).await;
+            show(&burrow_run::doctor::report(cfg, probes), json)
+        }
+        Command::Init => on_ports(cfg, async |p| emit(maintain::init(cfg, p).await, false)).await,
         Command::Run { job, json } => run(cfg, &job, json).await,
         Command::Snapshots { job, json } => {
-            on_ports(cfg, async |p| snapshots(cfg, p, job.as_deref(), json).await).await
+            let job = job.as_deref();
+            on_ports(cfg, async |p| {
+                emit(maintain::snapshots(cfg, p, job).await, json)
+            })
+            .await
         }
-        Command::Restore {
-            job,
-            snapshot,
-            target,
-            path,
-            dump,
-            to_server,
-            workers,
-        } => {
-            let req = RestoreRequest {
-                path: path.as_deref(),
-                workers,
-                ..RestoreRequest::new(&job, &snapshot, target.as_deref().unwrap_or(Path::new("")))
-            };
-            let dump = dump.as_deref();
-            on_ports(cfg, async |p| restore(cfg, p, req, dump, to_server).await).await
-        }
-        Command::Accept { job } => accept(cfg, &job),
+        Command::Restore(args) => on_ports(cfg, async |p| restore(cfg, p, &args).await).await,
+        Command::Accept { job } => emit(maintain::accept(cfg, &job), false),
         Command::Forget { job, dry_run, json } => {
-            on_ports(cfg, async |p| forget(cfg, p, &job, dry_run, json).await).await
+            let keep = match command::retention(cfg, &job) {
+                Ok(k) => k,
+                Err(e) => return fail(e.exit(), e),
+            };
+            let job = job.as_str();
+            on_ports(cfg, async |p| {
+                emit(maintain::forget(cfg, p, job, keep, dry_run).await, json)
+            })
+            .await
         }
-        Command::Prune => on_ports(cfg, async |p| prune(cfg, p).await).await,
+        Command::Prune => on_ports(cfg, async |p| emit(maintain::prune(cfg, p).await, false)).await,
         Command::Check { read_data, json } => check(cfg, read_data.as_deref(), json).await,
         Command::Status { json } => status(cfg, json).await,
         Command::Quickstart { .. }
@@ -91,73 +89,6 @@ pub async fn dispatch(cli: Cli) -> Exit {
             unreachable!("handled above")
         }
     }
-}
-
-fn accept(cfg: &Config, job: &str) -> Exit {
-    let resumed = command::job(cfg, job).and_then(|_| {
-        let pause = burrow_run::anomaly::PauseFile::new(&cfg.state_dir);
-        pause
-            .resume(job)
-            .map_err(|e| CommandError::Run(RunError::permanent(e.to_string())))
-    });
-    settle(resumed, |paused| {
-        match paused {
-            Some(p) => out!(
-                "{job}: anomaly of snapshot {} accepted ({}); retention resumes at the next run",
-                short_id(&p.snapshot),
-                p.reason
-            ),
-            None => out!("{job}: retention is not paused; nothing to accept"),
-        }
-        Exit::Ok
-    })
-}
-
-async fn doctor(cfg: &Config, as_json: bool) -> Exit {
-    use burrow_run::doctor::{self, Verdict};
-    let probes = crate::adapters::doctor_probes(cfg).await;
-    let findings = doctor::judge(cfg, &doctor::gather(cfg, probes));
-    if as_json {
-        json(&findings);
-    } else {
-        outp!("{}", show::findings(&cfg.file, &findings));
-    }
-    if findings.iter().any(|f| f.verdict == Verdict::Fail) {
-        Exit::Failed
-    } else {
-        Exit::Ok
-    }
-}
-
-async fn init(cfg: &Config, ports: RealPorts<'_>) -> Exit {
-    settle(maintain::init(cfg, ports).await, |(id, path)| {
-        out!("created repository {id} at {}", path.display());
-        Exit::Ok
-    })
-}
-
-async fn snapshots(cfg: &Config, ports: RealPorts<'_>, job: Option<&str>, as_json: bool) -> Exit {
-    settle(maintain::snapshots(cfg, ports, job).await, |listing| {
-        if as_json {
-            let mut all: Vec<serde_json::Value> = (listing.snapshots.iter())
-                .filter_map(|s| serde_json::to_value(s).ok())
-                .collect();
-            all.extend((listing.damaged.iter()).filter_map(|d| serde_json::to_value(d).ok()));
-            json(&all);
-        } else {
-            outp!("{}", show::snapshots(&listing.snapshots));
-        }
-        for d in &listing.damaged {
-            eprintln!("{}", show::damaged(d));
-        }
-        // Damaged files cannot be read, so they cannot be told apart by job: they are always
-        // named, and make the exit code 3.
-        if listing.damaged.is_empty() {
-            Exit::Ok
-        } else {
-            Exit::Partial
-        }
-    })
 }
 
 /// `burrow check`: the scheduled check's code and report, by hand.
@@ -174,107 +105,31 @@ async fn check(cfg: &Config, read_data: Option<&str>, as_json: bool) -> Exit {
     let checked = by_hand(cfg, "check", async |p| {
         check_repository(cfg, p, ctl, read_data).await
     });
-    let summary = checked.await.summary;
-    if as_json {
-        json(&summary);
-    } else {
-        outp!("{}", show::check(&summary));
-    }
-    summary.status.exit()
-}
-
-/// `burrow forget JOB`: the job's retention plan, applied unless `dry_run`.
-async fn forget(
-    cfg: &Config,
-    ports: RealPorts<'_>,
-    job: &str,
-    dry_run: bool,
-    as_json: bool,
-) -> Exit {
-    let keep = match command::retention(cfg, job) {
-        Ok(k) => k,
-        Err(e) => return fail(e.exit(), e),
-    };
-    settle(
-        maintain::forget(cfg, ports, job, keep, dry_run).await,
-        |done| {
-            match done.resumed {
-                Some(Ok(Some(p))) => eprintln!(
-                    "job {job}: retention was paused by the anomaly of snapshot {} ({}); it resumes",
-                    short_id(&p.snapshot),
-                    p.reason
-                ),
-                Some(Err(e)) => eprintln!("burrow: {e}"),
-                Some(Ok(None)) | None => {}
-            }
-            if as_json {
-                json(&done.plan);
-            } else {
-                outp!("{}", show::plan(job, &done.plan, dry_run));
-            }
-            Exit::Ok
-        },
-    )
-}
-
-/// `burrow prune`: removes the data no snapshot references.
-async fn prune(cfg: &Config, ports: RealPorts<'_>) -> Exit {
-    settle(maintain::prune(cfg, ports).await, |path| {
-        out!(
-            "pruned {}: data no snapshot references is removed",
-            path.display()
-        );
-        Exit::Ok
-    })
+    show(&checked.await.summary, as_json)
 }
 
 /// `burrow restore`: files or a dump into the target, or a dump into its restore command.
-async fn restore(
-    cfg: &Config,
-    ports: RealPorts<'_>,
-    req: RestoreRequest<'_>,
-    dump: Option<&str>,
-    to_server: bool,
-) -> Exit {
-    let at = (req.job, req.snapshot);
-    let written = match dump {
-        Some(name) if to_server => {
-            let fed = restore::dump_to_server(cfg, ports, at, name).await;
-            return settle(fed, |r| {
-                out!(
-                    "restored dump {name} ({} bytes) with `{}` on {}",
-                    r.bytes,
-                    r.command,
-                    r.host
-                );
-                Exit::Ok
-            });
+async fn restore(cfg: &Config, ports: RealPorts<'_>, args: &RestoreArgs) -> Exit {
+    let (job, snapshot) = (args.job.as_str(), args.snapshot.as_str());
+    let target = args.target.as_deref().unwrap_or(Path::new(""));
+    match args.dump.as_deref() {
+        Some(name) if args.to_server => {
+            let fed = restore::dump_to_server(cfg, ports, (job, snapshot), name).await;
+            emit(fed, false)
         }
-        Some(name) => restore::dump_to_dir(cfg, ports, at, name, req.target).await,
-        None => restore::files(cfg, ports, req).await,
-    };
-    settle(written, |out| {
-        eprint!("{}", show::not_restored(&out));
-        match dump {
-            Some(name) if out.complete() => {
-                let dest = req.target.join(name).display().to_string();
-                out!("restored dump {name} ({} bytes) to {dest}", out.bytes);
-            }
-            Some(name) => {
-                let dest = req.target.join(name).display().to_string();
-                return fail(
-                    Exit::Failed,
-                    format!("dump {name} was not restored to {dest}"),
-                );
-            }
-            None => outp!("{}", show::restored(&out, req.target)),
+        Some(name) => {
+            let written = restore::dump_to_dir(cfg, ports, (job, snapshot), name, target).await;
+            emit(written, false)
         }
-        if out.complete() {
-            Exit::Ok
-        } else {
-            Exit::Partial
+        None => {
+            let req = RestoreRequest {
+                path: args.path.as_deref(),
+                workers: args.workers,
+                ..RestoreRequest::new(job, snapshot, target)
+            };
+            emit(restore::files(cfg, ports, req).await, false)
         }
-    })
+    }
 }
 
 async fn run(cfg: &Config, job: &str, as_json: bool) -> Exit {
@@ -284,10 +139,10 @@ async fn run(cfg: &Config, job: &str, as_json: bool) -> Exit {
     // A running daemon owns the repository: hand the run over and wait for its summary.
     match burrow_daemon::control::Client::connect().await {
         Ok(Some(client)) => {
-            return match client.run(job).await {
-                Ok(summary) => report(&summary, as_json),
-                Err(e) => fail(Exit::Failed, format!("the daemon did not run {job}: {e}")),
-            };
+            let handed = client.run(job).await;
+            let handed = handed
+                .map_err(|e| RunError::permanent(format!("the daemon did not run {job}: {e}")));
+            return emit(handed, as_json);
         }
         Ok(None) => {}
         Err(e) => eprintln!("burrow: warning: {e}; running without the daemon"),
@@ -303,26 +158,23 @@ async fn run(cfg: &Config, job: &str, as_json: bool) -> Exit {
         task.abort();
         pb.finish_and_clear();
     }
-    report(&done.summary, as_json)
+    let store = burrow_daemon::state::Store::new(cfg.state_dir.clone());
+    if let Err(e) = store.record_by_hand(&done.summary) {
+        eprintln!("burrow: warning: the run is not in the run history: {e}");
+    }
+    show(&done.summary, as_json)
 }
 
 /// Set on SIGTERM or Ctrl-C: the pull stops safely; the after commands still run.
 fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+    if let Ok(stop) = crate::daemon::terminated() {
+        tokio::spawn(async move {
+            stop.await;
             eprintln!("burrow: stopping safely (after commands still run)...");
             let _ = tx.send(true);
-        }
-    });
+        });
+    }
     rx
 }
 
@@ -345,38 +197,18 @@ fn spinner(
     (pb, task)
 }
 
-/// Prints a run summary and returns its exit code.
-pub fn report(s: &RunSummary, as_json: bool) -> Exit {
-    if as_json {
-        json(s);
-    } else {
-        outp!("{}", show::summary(s));
-    }
-    s.status.exit()
-}
-
 /// `burrow status`: the daemon's view, or without a daemon the same view from `state_dir`.
 async fn status(cfg: &Config, as_json: bool) -> Exit {
-    use burrow_daemon::control::{Client, render_status};
-    let view = match Client::connect().await {
-        Ok(Some(client)) => client
-            .status()
-            .await
-            .map_err(|e| RunError::permanent(e.to_string())),
-        Ok(None) => Ok(without_daemon(cfg).await),
-        Err(e) => {
-            eprintln!("burrow: warning: {e}; showing what state_dir holds");
-            Ok(without_daemon(cfg).await)
-        }
+    let view = match burrow_daemon::status::current(async || without_daemon(cfg).await).await {
+        Ok(v) => v,
+        Err(e) => return fail(Exit::Failed, e),
     };
-    settle(view, |v| {
-        if as_json {
-            json(&v);
-        } else {
-            outp!("{}", render_status(&v));
-        }
-        Exit::Ok
-    })
+    if as_json {
+        json(&view);
+    } else {
+        outp!("{}", burrow_daemon::control::render_status(&view));
+    }
+    Exit::Ok
 }
 
 async fn without_daemon(cfg: &Config) -> serde_json::Value {

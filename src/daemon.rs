@@ -3,6 +3,7 @@
 //! healthchecks, burrow-run's runs over SSH into the local repositories, the system clock,
 //! systemd) into `run_daemon`.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use burrow_config::Config;
@@ -19,42 +20,22 @@ use burrow_run::Runs;
 use burrow_ssh::SshServers;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::output::fail;
+
 pub async fn serve(cfg: Config, sim: bool) -> Exit {
     // One daemon per state_dir, held until serve returns; taken before the disk or the socket
     // is touched. A second daemon is a failure (1), like one whose socket answers.
     let _one = match burrow_run::place::DaemonLock::acquire(&cfg.state_dir) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("burrow: {e}");
-            return Exit::Failed;
-        }
+        Err(e) => return fail(Exit::Failed, e),
     };
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let Ok(stop) = terminated() else {
         eprintln!("burrow: cannot install signal handlers");
         return Exit::Failed;
     };
-    let stop = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    };
     if sim || cfg.disk.is_none() {
-        let disk = cfg.disk.as_ref().map(|d| {
-            let base = cfg.state_dir.join("sim");
-            let (vol, key) = (base.join("volume"), base.join("key"));
-            let _ = std::fs::create_dir_all(&vol);
-            let _ = std::fs::create_dir_all(&key);
-            tracing::warn!(
-                "simulated disks: the backup volume is {} and the key stick {}",
-                vol.display(),
-                key.display()
-            );
-            Arc::new(SimDisk::new(vol, d.key.is_some()).with_key_dir(key))
-        });
+        let encrypted = cfg.disk.as_ref().map(|d| d.key.is_some());
+        let disk = encrypted.map(|e| Arc::new(SimDisk::under(&cfg.state_dir, e)));
         return run_daemon(cfg, adapters(disk, sim), socket_path(), stop).await;
     }
     let Some(settings) = crate::adapters::disk_settings(&cfg) else {
@@ -62,10 +43,7 @@ pub async fn serve(cfg: Config, sim: bool) -> Exit {
     };
     match UDisks2Manager::connect(settings).await {
         Ok(d) => run_daemon(cfg, adapters(Some(Arc::new(d)), false), socket_path(), stop).await,
-        Err(e) => {
-            eprintln!("burrow: cannot manage the backup disk: {e}");
-            Exit::Failed
-        }
+        Err(e) => fail(Exit::Failed, format!("cannot manage the backup disk: {e}")),
     }
 }
 
@@ -89,4 +67,17 @@ fn adapters<D: DiskManager>(
         sd: Arc::new(Systemd::from_env()),
         sim,
     }
+}
+
+/// Resolves at the first SIGTERM or SIGINT. The handlers are installed by the call; an error
+/// says they could not be.
+pub fn terminated() -> std::io::Result<impl Future<Output = ()> + Send> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use burrow_core::Exit;
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Shell};
+use crate::cli::Cli;
 use crate::output::fail;
 
 /// Writes `burrow.1` and one page per subcommand (`burrow-run.1`, `burrow-setup-key.1`, ...)
@@ -24,14 +24,9 @@ pub fn man(dir: Option<&Path>) -> Exit {
 }
 
 /// Prints the completion script for `shell` to stdout.
-pub fn completions(shell: Shell) -> Exit {
-    let sh = match shell {
-        Shell::Bash => clap_complete::Shell::Bash,
-        Shell::Zsh => clap_complete::Shell::Zsh,
-        Shell::Fish => clap_complete::Shell::Fish,
-    };
+pub fn completions(shell: clap_complete::Shell) -> Exit {
     let mut out = Vec::new();
-    clap_complete::generate(sh, &mut Cli::command(), "burrow", &mut out);
+    clap_complete::generate(shell, &mut Cli::command(), "burrow", &mut out);
     outp!("{}", String::from_utf8_lossy(&out));
     Exit::Ok
 }

@@ -10,7 +10,6 @@ mod cli;
 mod commands;
 mod daemon;
 mod generate;
-mod logging;
 mod quickstart;
 mod setup;
 

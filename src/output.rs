@@ -37,16 +37,27 @@ pub fn json(v: &impl serde::Serialize) {
     }
 }
 
-/// A command's result: `done` prints the value and gives the exit code; an error is said
-/// once with its own code.
-pub fn settle<T, E: Into<burrow_run::command::CommandError>>(
+/// Prints a command's result (its JSON form with `as_json`) and then its notes on stderr,
+/// and returns the exit code it means; an error is said once, with its own exit code.
+pub fn emit<T: burrow_run::show::Shown, E: Into<burrow_run::command::CommandError>>(
     r: Result<T, E>,
-    done: impl FnOnce(T) -> burrow_core::Exit,
+    as_json: bool,
 ) -> burrow_core::Exit {
     match r.map_err(Into::into) {
-        Ok(v) => done(v),
+        Ok(v) => show(&v, as_json),
         Err(e) => fail(e.exit(), e),
     }
+}
+
+/// Prints a result that cannot fail (see [`emit`]).
+pub fn show(v: &impl burrow_run::show::Shown, as_json: bool) -> burrow_core::Exit {
+    if as_json {
+        json(&v.json());
+    } else {
+        write(format_args!("{}", v.text()));
+    }
+    eprint!("{}", v.notes());
+    v.exit()
 }
 
 /// `println!` for command output (see [`write`]).

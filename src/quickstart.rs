@@ -26,15 +26,15 @@ pub async fn run(dir: &Path, path: Option<&Path>) -> Exit {
     };
     let ports = crate::adapters::ports(None::<&SimDisk>);
     if !cfg.repository.path.join("config").exists() {
-        match burrow_run::maintain::init(&cfg, ports).await {
-            Ok((id, path)) => out!("created repository {id} at {}", path.display()),
-            Err(e) => return fail(Exit::Failed, e),
+        let created = burrow_run::maintain::init(&cfg, ports).await;
+        if crate::output::emit(created, false) != Exit::Ok {
+            return Exit::Failed;
         }
     }
     out!("backing up {} (job `{JOB}`)", scratch.path.display());
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let report = run_job(&cfg, ports, JOB, RunControl::new(rx)).await;
-    let exit = crate::commands::report(&report.summary, false);
+    let exit = crate::output::show(&report.summary, false);
     if matches!(exit, Exit::Ok | Exit::Partial | Exit::Warning) {
         outp!("{}", scratch.next_steps());
     }

@@ -227,10 +227,21 @@ fn local_job_end_to_end() {
     assert!(!restored.join("d/b.tmp").exists());
 
     assert_eq!(burrow(&e.cfg, &["run", "nope"]).status.code(), Some(2));
+    // No daemon runs: status reads state_dir, where the runs by hand were kept too.
+    let out = burrow(&e.cfg, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let st = json(&out);
+    assert_eq!(st["daemon"]["running"], false, "{st}");
+    assert_eq!(st["jobs"][0]["name"], "files", "{st}");
     assert_eq!(
-        burrow(&e.cfg, &["status"]).status.code(),
-        Some(1),
-        "no daemon is running"
+        st["jobs"][0]["last"]["snapshot_id"], third["snapshot_id"],
+        "{st}"
+    );
+    let out = burrow(&e.cfg, &["status"]);
+    assert!(
+        text(&out).contains("burrow daemon is not running"),
+        "{}",
+        text(&out)
     );
 }
 

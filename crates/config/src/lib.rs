@@ -24,7 +24,7 @@ use std::time::Duration;
 pub use burrow_core::ping::PingUrl;
 pub use burrow_core::retention::Policy;
 pub use burrow_core::schedule::Schedule;
-use burrow_core::server::{HostKeyPolicy, SshTarget};
+use burrow_core::server::SshTarget;
 
 /// Where the daemon and the CLI look when neither `--config` nor `BURROW_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/burrow/config.yaml";
@@ -73,35 +73,12 @@ pub struct KeyStick {
 
 #[derive(Debug, Clone)]
 pub struct Server {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub identity_file: PathBuf,
-    pub identity_passphrase_file: Option<PathBuf>,
-    pub host_key: HostKeyPolicy,
-    pub sftp_command: Option<String>,
-    pub connect_timeout: Duration,
+    /// How to reach it: the name, address, login, host key, SFTP command and connect timeout
+    /// (core's type, which the SSH adapter takes as it is).
+    pub ssh: SshTarget,
     /// An SFTP request the server leaves unanswered this long (with nothing else arriving)
     /// makes its file a problem; the pull goes on over a fresh SFTP channel.
     pub io_timeout: Duration,
-}
-
-impl Server {
-    /// The SSH connection's settings.
-    pub fn target(&self) -> SshTarget {
-        SshTarget {
-            name: self.name.clone(),
-            host: self.host.clone(),
-            port: self.port,
-            user: self.user.clone(),
-            identity_file: self.identity_file.clone(),
-            identity_passphrase_file: self.identity_passphrase_file.clone(),
-            host_key: self.host_key.clone(),
-            sftp_command: self.sftp_command.clone(),
-            connect_timeout: self.connect_timeout,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@ fn example_config_is_valid() {
         job.dumps[1].command,
         "docker exec -i infra_pg pg_dump -Fc -U postgres media"
     );
-    assert_eq!(cfg.servers["vps"].port, 22);
+    assert_eq!(cfg.servers["vps"].ssh.port, 22);
     assert_eq!(cfg.servers["vps"].io_timeout, Duration::from_secs(30));
     assert_eq!(
         cfg.disk.as_ref().unwrap().backup_uuid,

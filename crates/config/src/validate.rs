@@ -8,7 +8,7 @@ use burrow_core::exclude::Excludes;
 use burrow_core::retention::Policy;
 use burrow_core::run::CHECK_RUN;
 use burrow_core::schedule::{Schedule, ScheduleError};
-use burrow_core::server::HostKeyPolicy;
+use burrow_core::server::{HostKeyPolicy, SshTarget};
 
 use crate::raw::{
     RawAnomaly, RawCheck, RawConfig, RawDisk, RawDump, RawHealthchecks, RawJob, RawMysql, RawPing,
@@ -413,15 +413,17 @@ fn server(e: &mut Errors, name: &str, s: &RawServer, used: bool) -> Option<Serve
         );
     }
     Some(Server {
-        name: name.to_owned(),
-        host: s.host.trim().to_owned(),
-        port: s.port.unwrap_or(22),
-        user: s.user.trim().to_owned(),
-        identity_file: s.identity_file.clone(),
-        identity_passphrase_file: s.identity_passphrase_file.clone(),
-        host_key: host_key?,
-        sftp_command: s.sftp_command.clone().filter(|c| !c.trim().is_empty()),
-        connect_timeout,
+        ssh: SshTarget {
+            name: name.to_owned(),
+            host: s.host.trim().to_owned(),
+            port: s.port.unwrap_or(22),
+            user: s.user.trim().to_owned(),
+            identity_file: s.identity_file.clone(),
+            identity_passphrase_file: s.identity_passphrase_file.clone(),
+            host_key: host_key?,
+            sftp_command: s.sftp_command.clone().filter(|c| !c.trim().is_empty()),
+            connect_timeout,
+        },
         io_timeout,
     })
 }

@@ -135,7 +135,7 @@ pub fn render_status(v: &serde_json::Value) -> String {
     if d["running"].as_bool() == Some(false) {
         out.push_str(&format!(
             "burrow daemon is not running (start it with `systemctl start burrow`); last runs \
-             as saved in {}\n",
+             as kept in {}\n",
             text(&d["state_dir"])
         ));
     } else {

@@ -232,6 +232,25 @@ impl Store {
     pub fn save_history(&self, history: &History) -> Result<(), StateError> {
         save_json(&self.history_path(), history)
     }
+
+    /// Keeps a run made without the daemon (`burrow run` with none answering) as the job's
+    /// last run and in the history, so `burrow status` and a daemon started later know it.
+    /// A state file that cannot be read is left as it is, for the daemon to set aside.
+    pub fn record_by_hand(&self, summary: &RunSummary) -> Result<(), StateError> {
+        let started = DateTime::parse_from_rfc3339(&summary.started)
+            .map_or_else(|_| Utc::now(), |t| t.with_timezone(&Utc));
+        let record = RunRecord::from_summary(summary, started);
+        std::fs::create_dir_all(self.dir()).map_err(|source| StateError::Write {
+            path: self.dir().to_owned(),
+            source,
+        })?;
+        let mut state = self.load_state()?;
+        state.record_run(record.clone());
+        self.save_state(&state)?;
+        let mut history = self.load_history()?;
+        history.push(record);
+        self.save_history(&history)
+    }
 }
 
 fn load_json<T: Default + for<'de> Deserialize<'de>>(path: &Path) -> Result<T, StateError> {

@@ -130,6 +130,21 @@ pub async fn without_daemon<D: DiskManager>(
     status
 }
 
+/// The daemon's view when one answers on its control socket, or else `offline()` (the view
+/// from `state_dir`, [`without_daemon`]).
+pub async fn current(
+    offline: impl AsyncFnOnce() -> Value,
+) -> Result<Value, crate::control::ControlError> {
+    match crate::control::Client::connect().await {
+        Ok(Some(client)) => client.status().await,
+        Ok(None) => Ok(offline().await),
+        Err(e) => {
+            tracing::warn!("{e}; showing what state_dir holds");
+            Ok(offline().await)
+        }
+    }
+}
+
 fn dir_size(p: &Path) -> Option<u64> {
     let mut total = 0u64;
     let mut stack = vec![p.to_owned()];

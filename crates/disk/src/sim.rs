@@ -59,6 +59,25 @@ impl SimDisk {
 
     /// Lets `key_dir` play the mounted key stick (for files kept on it, such as the repository
     /// password). Without it the simulated stick has no files and `key_mount` fails.
+    /// `burrow daemon --sim`'s disks under `state_dir/sim`: the volume is `volume/`, the key
+    /// stick `key/` (created if missing: a directory that cannot be made fails the first
+    /// `ensure_ready`); `encrypted` as [`SimDisk::new`].
+    pub fn under(state_dir: &Path, encrypted: bool) -> Self {
+        let base = state_dir.join("sim");
+        let (volume, key) = (base.join("volume"), base.join("key"));
+        for dir in [&volume, &key] {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                tracing::error!("cannot create {}: {e}", dir.display());
+            }
+        }
+        tracing::warn!(
+            "simulated disks: the backup volume is {} and the key stick {}",
+            volume.display(),
+            key.display()
+        );
+        SimDisk::new(volume, encrypted).with_key_dir(key)
+    }
+
     pub fn with_key_dir(mut self, key_dir: impl Into<PathBuf>) -> Self {
         self.key_dir = Some(key_dir.into());
         self

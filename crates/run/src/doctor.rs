@@ -139,6 +139,21 @@ pub fn gather(cfg: &Config, probes: Probes) -> Facts {
 }
 
 /// Every check, in the order a user fixes them: the services, the devices, then the rest.
+/// `burrow doctor`'s findings for the config file `file`.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub file: std::path::PathBuf,
+    pub findings: Vec<Finding>,
+}
+
+/// Gathers the facts with `probes` and judges them.
+pub fn report(cfg: &Config, probes: Probes) -> Report {
+    Report {
+        file: cfg.file.clone(),
+        findings: judge(cfg, &gather(cfg, probes)),
+    }
+}
+
 pub fn judge(cfg: &Config, f: &Facts) -> Vec<Finding> {
     let mut out = Vec::new();
     disk_findings(cfg, f, &mut out);

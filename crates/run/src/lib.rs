@@ -159,7 +159,7 @@ pub async fn run_job<D: DiskManager, S: Servers, R: Repositories>(
     let log = RunLog::new(
         &job.name,
         &ctl.run_id,
-        server.map_or("local", |s| s.name.as_str()),
+        server.map_or("local", |s| s.ssh.name.as_str()),
     );
     let run = Run {
         cfg,
@@ -537,9 +537,9 @@ impl<S: Servers> Connecting<S> {
     fn start(run: &Run<'_>, server: &Server, servers: &S) -> Connecting<S> {
         run.log.info(format!(
             "connecting to {}@{}:{}",
-            server.user, server.host, server.port
+            server.ssh.user, server.ssh.host, server.ssh.port
         ));
-        let target = server.target();
+        let target = server.ssh.clone();
         let io_timeout = server.io_timeout;
         let (roots, exclude) = (run.job.paths.clone(), run.job.exclude.clone());
         let cancel = run.ctl.cancel.clone();

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use serde::Serialize;
+
 use burrow_config::Config;
 use burrow_core::RunError;
 use burrow_core::disk::DiskManager;
@@ -15,12 +17,19 @@ use crate::command::{self, CommandError};
 use crate::place::{self, RepoLock};
 use crate::{Ports, blocking};
 
+/// A repository `burrow init` created.
+#[derive(Debug, Clone, Serialize)]
+pub struct Created {
+    pub id: String,
+    pub path: PathBuf,
+}
+
 /// Creates the repository where the config says, on the verified volume with `disk`, and
-/// writes the volume's marker naming it; returns its id and where it is.
+/// writes the volume's marker naming it.
 pub async fn init<D: DiskManager, S, R: Repositories>(
     cfg: &Config,
     ports: Ports<'_, D, S, R>,
-) -> Result<(String, PathBuf), RunError> {
+) -> Result<Created, RunError> {
     let _lock = RepoLock::acquire(&cfg.state_dir)?;
     let place = place::locate_for_init(cfg, ports.disk).await?;
     let (path, password_file) = (place.repo_path.clone(), place.password_file.clone());
@@ -31,7 +40,10 @@ pub async fn init<D: DiskManager, S, R: Repositories>(
             "repository created but the volume marker could not be written: {e}"
         ))
     })?;
-    Ok((id, place.repo_path))
+    Ok(Created {
+        id,
+        path: place.repo_path,
+    })
 }
 
 /// The snapshots (of `job`, when given), oldest first, and the snapshot files that cannot be
@@ -52,6 +64,8 @@ pub async fn snapshots<D: DiskManager, S, R: Repositories>(
 /// What `burrow forget` did.
 #[derive(Debug)]
 pub struct Forgotten {
+    pub job: String,
+    pub dry_run: bool,
     pub plan: Plan,
     /// A retention the anomaly guard had paused, resumed: forgetting by hand is the user's
     /// look at the job. `None` on a dry run.
@@ -83,14 +97,25 @@ pub async fn forget<D: DiskManager, S, R: Repositories>(
     })
     .await??;
     let resumed = (!dry_run).then(|| PauseFile::new(&cfg.state_dir).resume(job));
-    Ok(Forgotten { plan, resumed })
+    Ok(Forgotten {
+        job: job.to_owned(),
+        dry_run,
+        plan,
+        resumed,
+    })
 }
 
-/// Removes the data no snapshot references; returns the repository's path.
+/// A repository `burrow prune` pruned.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pruned {
+    pub path: PathBuf,
+}
+
+/// Removes the data no snapshot references.
 pub async fn prune<D: DiskManager, S, R: Repositories>(
     cfg: &Config,
     ports: Ports<'_, D, S, R>,
-) -> Result<PathBuf, RunError> {
+) -> Result<Pruned, RunError> {
     let _lock = RepoLock::acquire(&cfg.state_dir)?;
     let place = place::locate(cfg, ports.disk).await?;
     let repo = place.open(ports.repos).await?;
@@ -100,7 +125,27 @@ pub async fn prune<D: DiskManager, S, R: Repositories>(
     })
     .await?
     .map_err(|e| e.context("prune failed"))?;
-    Ok(place.repo_path)
+    Ok(Pruned {
+        path: place.repo_path,
+    })
+}
+
+/// What `burrow accept JOB` did: the pause it lifted, if retention was paused.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub job: String,
+    pub paused: Option<Paused>,
+}
+
+/// Accepts the anomaly that paused the job's retention: it resumes at the next run.
+pub fn accept(cfg: &Config, job: &str) -> Result<Accepted, CommandError> {
+    command::job(cfg, job)?;
+    let paused = (PauseFile::new(&cfg.state_dir).resume(job))
+        .map_err(|e| RunError::permanent(e.to_string()))?;
+    Ok(Accepted {
+        job: job.to_owned(),
+        paused,
+    })
 }
 
 pub(crate) async fn open<D: DiskManager, S, R: Repositories>(

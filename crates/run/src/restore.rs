@@ -16,12 +16,21 @@ use crate::command::{self, CommandError};
 use crate::host::Host;
 use crate::{Ports, blocking, dumps, maintain};
 
+/// What a restore into a directory wrote, and where.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub outcome: RestoreOutcome,
+    pub target: PathBuf,
+    /// The dump restored (as `target/<name>`), when it was one.
+    pub dump: Option<String>,
+}
+
 /// Restores what `req` names into its target (see [`Repository::restore`]).
 pub async fn files<D: DiskManager, S, R: Repositories>(
     cfg: &Config,
     ports: Ports<'_, D, S, R>,
     req: RestoreRequest<'_>,
-) -> Result<RestoreOutcome, CommandError> {
+) -> Result<Restored, CommandError> {
     command::job(cfg, req.job)?;
     let repo = maintain::open(cfg, ports).await?;
     let (job, snapshot, target) = (
@@ -31,7 +40,7 @@ pub async fn files<D: DiskManager, S, R: Repositories>(
     );
     let path = req.path.map(Path::to_owned);
     let (only_file, workers) = (req.only_file, req.workers);
-    blocking(move || {
+    let outcome = blocking(move || {
         repo.restore(RestoreRequest {
             job: &job,
             snapshot: &snapshot,
@@ -41,8 +50,12 @@ pub async fn files<D: DiskManager, S, R: Repositories>(
             workers,
         })
     })
-    .await?
-    .map_err(CommandError::from)
+    .await??;
+    Ok(Restored {
+        outcome,
+        target: req.target.to_owned(),
+        dump: None,
+    })
 }
 
 /// Restores the dump `name` of a snapshot as `target/<name>`: it is found in the snapshot
@@ -53,19 +66,24 @@ pub async fn dump_to_dir<D: DiskManager, S, R: Repositories>(
     (job, snapshot): (&str, &str),
     name: &str,
     target: &Path,
-) -> Result<RestoreOutcome, CommandError> {
+) -> Result<Restored, CommandError> {
     let path = dumps::dump_path(name);
     let req = RestoreRequest {
         path: Some(&path),
         only_file: true,
         ..RestoreRequest::new(job, snapshot, target)
     };
-    files(cfg, ports, req).await
+    let restored = files(cfg, ports, req).await?;
+    Ok(Restored {
+        dump: Some(name.to_owned()),
+        ..restored
+    })
 }
 
 /// A dump fed to its restore command.
 #[derive(Debug, Clone)]
 pub struct DumpRestored {
+    pub name: String,
     pub bytes: u64,
     pub command: String,
     /// Where the command ran: the server's name, or "this machine".
@@ -94,9 +112,9 @@ pub async fn dump_to_server<D: DiskManager, S: Servers, R: Repositories>(
         Some(s) => Host::Remote(
             ports
                 .servers
-                .connect(&s.target())
+                .connect(&s.ssh)
                 .await
-                .map_err(|e| e.context(format!("cannot connect to server {}", s.name)))?,
+                .map_err(|e| e.context(format!("cannot connect to server {}", s.ssh.name)))?,
         ),
     };
     let described = host.describe().to_owned();
@@ -111,6 +129,7 @@ pub async fn dump_to_server<D: DiskManager, S: Servers, R: Repositories>(
     let result = fed.await;
     host.close().await;
     Ok(DumpRestored {
+        name: name.to_owned(),
         bytes: result?,
         command,
         host: described,

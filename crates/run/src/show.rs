@@ -1,15 +1,205 @@
 //! How burrow's results read on a terminal: pure functions from the domain types to the text
-//! the commands print (their `--json` forms are the types' serde forms). One place per
-//! result, so `burrow run`, `burrow check` and the daemon's handed-over runs read alike.
+//! the commands print, and [`Shown`], which every command's result implements, so the binary
+//! prints each one the same way. One place per result, so `burrow run`, `burrow check` and
+//! the daemon's handed-over runs read alike.
 
 use std::fmt::Write as _;
 
 use burrow_core::bytes::human;
-use burrow_core::repository::{DamagedSnapshot, RestoreOutcome, SnapshotInfo};
+use burrow_core::repository::{DamagedSnapshot, RestoreOutcome, SnapshotInfo, SnapshotListing};
 use burrow_core::retention::Plan;
-use burrow_core::{RunStatus, RunSummary, short_id};
+use burrow_core::run::CHECK_RUN;
+use burrow_core::{Exit, RunStatus, RunSummary, short_id};
 
-use crate::doctor::{Finding, Verdict};
+use crate::doctor::{Finding, Report, Verdict};
+use crate::maintain::{Accepted, Created, Forgotten, Pruned};
+use crate::restore::{DumpRestored, Restored};
+
+/// A command's result as it is printed: its text for people (stdout) or its JSON form
+/// (`--json`), the notes that go to stderr either way, and the exit code it means.
+pub trait Shown {
+    fn json(&self) -> serde_json::Value;
+    fn text(&self) -> String;
+    /// Warnings and what was left out, for stderr.
+    fn notes(&self) -> String {
+        String::new()
+    }
+    fn exit(&self) -> Exit {
+        Exit::Ok
+    }
+}
+
+/// The serde form of `v`, for [`Shown::json`].
+fn to_json(v: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+impl Shown for RunSummary {
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
+    fn text(&self) -> String {
+        if self.job == CHECK_RUN {
+            check(self)
+        } else {
+            summary(self)
+        }
+    }
+    fn exit(&self) -> Exit {
+        self.status.exit()
+    }
+}
+
+impl Shown for SnapshotListing {
+    /// One array: the snapshots, then the damaged files (`"damaged": true`).
+    fn json(&self) -> serde_json::Value {
+        let snaps = self.snapshots.iter().map(to_json);
+        serde_json::Value::Array(snaps.chain(self.damaged.iter().map(to_json)).collect())
+    }
+    fn text(&self) -> String {
+        snapshots(&self.snapshots)
+    }
+    fn notes(&self) -> String {
+        self.damaged.iter().map(|d| damaged(d) + "\n").collect()
+    }
+    /// Damaged files cannot be read, so they cannot be told apart by job: they are always
+    /// named, and make the exit code 3.
+    fn exit(&self) -> Exit {
+        if self.damaged.is_empty() {
+            Exit::Ok
+        } else {
+            Exit::Partial
+        }
+    }
+}
+
+impl Shown for Report {
+    fn json(&self) -> serde_json::Value {
+        to_json(&self.findings)
+    }
+    fn text(&self) -> String {
+        findings(&self.file, &self.findings)
+    }
+    fn exit(&self) -> Exit {
+        if self.findings.iter().any(|f| f.verdict == Verdict::Fail) {
+            Exit::Failed
+        } else {
+            Exit::Ok
+        }
+    }
+}
+
+impl Shown for Created {
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
+    fn text(&self) -> String {
+        format!(
+            "created repository {} at {}\n",
+            self.id,
+            self.path.display()
+        )
+    }
+}
+
+impl Shown for Pruned {
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
+    fn text(&self) -> String {
+        format!(
+            "pruned {}: data no snapshot references is removed\n",
+            self.path.display()
+        )
+    }
+}
+
+impl Shown for Forgotten {
+    fn json(&self) -> serde_json::Value {
+        to_json(&self.plan)
+    }
+    fn text(&self) -> String {
+        plan(&self.job, &self.plan, self.dry_run)
+    }
+    fn notes(&self) -> String {
+        match &self.resumed {
+            Some(Ok(Some(p))) => format!(
+                "job {}: retention was paused by the anomaly of snapshot {} ({}); it resumes\n",
+                self.job,
+                short_id(&p.snapshot),
+                p.reason
+            ),
+            Some(Err(e)) => format!("burrow: {e}\n"),
+            Some(Ok(None)) | None => String::new(),
+        }
+    }
+}
+
+impl Shown for Accepted {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"job": self.job, "paused": self.paused.as_ref().map(to_json)})
+    }
+    fn text(&self) -> String {
+        match &self.paused {
+            Some(p) => format!(
+                "{}: anomaly of snapshot {} accepted ({}); retention resumes at the next run\n",
+                self.job,
+                short_id(&p.snapshot),
+                p.reason
+            ),
+            None => format!("{}: retention is not paused; nothing to accept\n", self.job),
+        }
+    }
+}
+
+impl Shown for Restored {
+    fn json(&self) -> serde_json::Value {
+        to_json(&self.outcome)
+    }
+    fn text(&self) -> String {
+        match &self.dump {
+            Some(_) if !self.outcome.complete() => String::new(),
+            Some(name) => format!(
+                "restored dump {name} ({} bytes) to {}\n",
+                self.outcome.bytes,
+                self.target.join(name).display()
+            ),
+            None => restored(&self.outcome, &self.target),
+        }
+    }
+    fn notes(&self) -> String {
+        let mut t = not_restored(&self.outcome);
+        if let Some(name) = self.dump.as_ref().filter(|_| !self.outcome.complete()) {
+            let dest = self.target.join(name);
+            let _ = writeln!(
+                t,
+                "burrow: dump {name} was not restored to {}",
+                dest.display()
+            );
+        }
+        t
+    }
+    /// Partial (3) when entries were left out; a dump is one file, so it failed (1).
+    fn exit(&self) -> Exit {
+        match (self.outcome.complete(), &self.dump) {
+            (true, _) => Exit::Ok,
+            (false, Some(_)) => Exit::Failed,
+            (false, None) => Exit::Partial,
+        }
+    }
+}
+
+impl Shown for DumpRestored {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"dump": self.name, "bytes": self.bytes, "command": self.command, "host": self.host})
+    }
+    fn text(&self) -> String {
+        format!(
+            "restored dump {} ({} bytes) with `{}` on {}\n",
+            self.name, self.bytes, self.command, self.host
+        )
+    }
+}
 
 /// A run's (or the check's) summary: the status line, the counts, what was not backed up.
 pub fn summary(s: &RunSummary) -> String {

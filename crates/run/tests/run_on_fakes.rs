@@ -339,7 +339,7 @@ async fn restore_writes_the_files_and_feeds_the_dump_to_its_restore_command() {
     let target = w.path("restored");
     let req = RestoreRequest::new("web", "latest", &target);
     let out = restore::files(&w.cfg, ports, req).await.unwrap();
-    assert!(out.complete(), "{out:?}");
+    assert!(out.outcome.complete(), "{out:?}");
     let src = w.path("srv/www");
     let restored = target.join(src.strip_prefix("/").unwrap());
     assert_eq!(
@@ -380,7 +380,7 @@ async fn restore_writes_the_files_and_feeds_the_dump_to_its_restore_command() {
     let out = restore::dump_to_dir(&w.cfg, ports, ("web", "latest"), "raw.sql", &dir)
         .await
         .unwrap();
-    assert_eq!((out.files, out.bytes), (1, 16), "{out:?}");
+    assert_eq!((out.outcome.files, out.outcome.bytes), (1, 16), "{out:?}");
     assert_eq!(fs::read(dir.join("raw.sql")).unwrap(), b"CREATE TABLE t;\n");
     let missing = restore::dump_to_dir(&w.cfg, ports, ("web", "latest"), "gone.sql", &dir).await;
     assert!(matches!(missing, Err(CommandError::Run(_))), "{missing:?}");

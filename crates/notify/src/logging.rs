@@ -1,5 +1,6 @@
-//! Where log lines go: journald when systemd started us (JOURNAL_STREAM is set), readable
-//! stderr otherwise. Libraries only emit `tracing` events; this is the one sink.
+//! Where log lines go: journald when systemd started burrow (JOURNAL_STREAM is set), readable
+//! stderr otherwise. The libraries only emit `tracing` events; this is the one sink, which
+//! the binary installs first.
 
 use std::io::IsTerminal;
 
@@ -10,6 +11,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// rustic_core logs every step at info; only its warnings matter to a burrow user.
 const QUIET_DEPS: &str = "rustic_core=warn,rustic_backend=warn,russh=warn,zbus=warn";
 
+/// Installs the sink: `level` (a level or a tracing filter) or else `RUST_LOG` or else
+/// `default`, with the dependencies' chatter kept to their warnings.
 pub fn init(level: Option<&str>, default: &str) {
     let filter = match (level, std::env::var("RUST_LOG")) {
         (Some(l), _) => format!("{l},{QUIET_DEPS}"),
