@@ -113,18 +113,19 @@ impl Sshd {
             );
             match sshd.spawn() {
                 Ok(()) => return Some(sshd),
-                Err(e) => last_err = e,
+                Err(e) => last_err = e.to_string(),
             }
         }
         panic!("sshd did not start: {last_err}");
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let failed = |what: String| std::io::Error::other(what);
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
-            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
+            .map_err(|e| failed(format!("open {}: {e}", self.log.display())))?;
         let child = Command::new(SSHD)
             .arg("-D")
             .arg("-e")
@@ -134,7 +135,7 @@ impl Sshd {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("spawn {SSHD}: {e}"))?;
+            .map_err(|e| failed(format!("spawn {SSHD}: {e}")))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
@@ -143,18 +144,21 @@ impl Sshd {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                return Err(format!("sshd exited with {status}: {}", self.log_text()));
+                return Err(failed(format!(
+                    "sshd exited with {status}: {}",
+                    self.log_text()
+                )));
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 self.kill();
-                return Err(format!(
+                return Err(failed(format!(
                     "sshd did not accept connections on port {} within 10 s: {}",
                     self.port,
                     self.log_text()
-                ));
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
