@@ -209,6 +209,50 @@ impl RestoreOutcome {
     }
 }
 
+/// What an entry of a snapshot is, by restic's names for its node types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+    /// A block device.
+    Dev,
+    Chardev,
+    Fifo,
+    Socket,
+}
+
+/// One entry of a snapshot, as `burrow ls`, `find` and `diff` see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotEntry {
+    /// Its absolute path in the snapshot (`/srv/www/index.html`).
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: NodeKind,
+    /// Content bytes (files); 0 for the others.
+    pub size: u64,
+    /// The Unix permission bits, setuid, setgid and sticky included.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// RFC 3339.
+    pub mtime: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+    /// The ids of its content's blobs, in order: two files hold the same content exactly
+    /// when these are equal.
+    #[serde(skip)]
+    pub content: Vec<String>,
+}
+
+/// A snapshot and the entries of it that were asked for.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotEntries {
+    pub snapshot: SnapshotInfo,
+    pub entries: Vec<SnapshotEntry>,
+}
+
 /// File counts of a pending snapshot and of its parent, for the anomaly guard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PendingCounts {
@@ -268,6 +312,16 @@ pub trait Repository: Send + Sync + 'static {
     /// Writes the request's entries into its target, confined to it: an entry that would
     /// land outside it, or replace what is not the restore's to replace, is refused.
     fn restore(&self, req: RestoreRequest<'_>) -> Result<RestoreOutcome, RunError>;
+    /// The job's snapshot (`latest`, an id or its prefix) and its entries at `path`: the
+    /// entry itself and, for a directory, what is below it (the whole snapshot without a
+    /// path), depth first in name order; below the first level only when `recursive`.
+    fn entries(
+        &self,
+        job: &str,
+        snapshot: &str,
+        path: Option<&Path>,
+        recursive: bool,
+    ) -> Result<SnapshotEntries, RunError>;
     /// Writes the regular file `path` of the job's snapshot to `w` (a dump, into its restore
     /// command); returns the bytes written.
     fn dump(

@@ -17,6 +17,7 @@
 //!
 //! rustic_core is blocking (rayon, std threads): callers in async code use `spawn_blocking`.
 
+mod browse;
 mod chunker;
 mod crypto;
 mod keys;
@@ -49,8 +50,8 @@ use rustic_core::{
 
 use burrow_core::repository::{
     BackupOutcome, BackupRequest, CheckReport, DamagedPack, DamagedSnapshot, PackRepair,
-    PendingCounts, RestoreOutcome, RestoreRequest, SnapshotInfo, SnapshotListing, TAG, TAG_PARTIAL,
-    job_tag,
+    PendingCounts, RestoreOutcome, RestoreRequest, SnapshotEntries, SnapshotInfo, SnapshotListing,
+    TAG, TAG_PARTIAL, job_tag,
 };
 use burrow_core::retention::{Plan, Policy, PolicyError};
 pub use lock::{LockInfo, Locks, RepoLockGuard};
@@ -274,6 +275,27 @@ fn finding_pack(debug: &str) -> Option<Id> {
     let rest = rest.strip_prefix("PackId(").unwrap_or(rest);
     let hex = rest.get(..64)?;
     hex.parse().ok()
+}
+
+/// A snapshot file as `burrow snapshots` lists it.
+fn info(s: &SnapshotFile) -> SnapshotInfo {
+    let tags: Vec<String> = s.tags.iter().cloned().collect();
+    let id = s.id.to_hex().to_string();
+    SnapshotInfo {
+        short_id: short_id(&id).to_owned(),
+        id,
+        time: s.time.timestamp().to_string(),
+        job: tags
+            .iter()
+            .find_map(|t| t.strip_prefix("job=").map(str::to_owned)),
+        host: s.hostname.clone(),
+        paths: s.paths.iter().cloned().collect(),
+        partial: tags.iter().any(|t| t == TAG_PARTIAL),
+        tags,
+        files: s.summary.as_ref().map(|x| x.total_files_processed),
+        bytes: s.summary.as_ref().map(|x| x.total_bytes_processed),
+        bytes_added: s.summary.as_ref().map(|x| x.data_added_packed),
+    }
 }
 
 /// An archived snapshot whose snapshot file is not written yet (see [`Repo::archive`]).
@@ -549,29 +571,7 @@ impl Repo {
     /// cannot be read.
     pub fn snapshot_listing(&self, job: Option<&str>) -> Result<SnapshotListing, RepoError> {
         let listed = self.read_snapshots(job)?;
-        let snapshots = listed
-            .snaps
-            .iter()
-            .map(|s| {
-                let tags: Vec<String> = s.tags.iter().cloned().collect();
-                let id = s.id.to_hex().to_string();
-                SnapshotInfo {
-                    short_id: short_id(&id).to_owned(),
-                    id,
-                    time: s.time.timestamp().to_string(),
-                    job: tags
-                        .iter()
-                        .find_map(|t| t.strip_prefix("job=").map(str::to_owned)),
-                    host: s.hostname.clone(),
-                    paths: s.paths.iter().cloned().collect(),
-                    partial: tags.iter().any(|t| t == TAG_PARTIAL),
-                    tags,
-                    files: s.summary.as_ref().map(|x| x.total_files_processed),
-                    bytes: s.summary.as_ref().map(|x| x.total_bytes_processed),
-                    bytes_added: s.summary.as_ref().map(|x| x.data_added_packed),
-                }
-            })
-            .collect();
+        let snapshots = listed.snaps.iter().map(info).collect();
         Ok(SnapshotListing {
             snapshots,
             damaged: listed.damaged,
@@ -741,6 +741,23 @@ impl Repo {
             req.only_file,
             workers,
         )
+    }
+
+    /// The job's snapshot and its entries at `path` (see
+    /// [`burrow_core::repository::Repository::entries`]).
+    pub fn entries(
+        &self,
+        job: &str,
+        snapshot: &str,
+        path: Option<&Path>,
+        recursive: bool,
+    ) -> Result<SnapshotEntries, RepoError> {
+        let snap = self.find(job, snapshot)?;
+        let entries = browse::entries(self.reopen()?, &snap, path, recursive)?;
+        Ok(SnapshotEntries {
+            snapshot: info(&snap),
+            entries,
+        })
     }
 
     /// Writes one file of a snapshot to `w` (a dump, to a file or to the server).

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use burrow_core::RunError;
 use burrow_core::repository::{
     BackupOutcome, BackupRequest, CheckReport, DamagedPack, PackRepair, PendingCounts,
-    PendingSnapshot, Repositories, Repository, RestoreOutcome, RestoreRequest, SnapshotListing,
+    PendingSnapshot, Repositories, Repository, RestoreOutcome, RestoreRequest, SnapshotEntries,
+    SnapshotListing,
 };
 use burrow_core::retention::{Plan, Policy};
 
@@ -81,6 +82,16 @@ impl Repository for Repo {
 
     fn restore(&self, req: RestoreRequest<'_>) -> Result<RestoreOutcome, RunError> {
         Ok(Repo::restore(self, req)?)
+    }
+
+    fn entries(
+        &self,
+        job: &str,
+        snapshot: &str,
+        path: Option<&Path>,
+        recursive: bool,
+    ) -> Result<SnapshotEntries, RunError> {
+        Ok(Repo::entries(self, job, snapshot, path, recursive)?)
     }
 
     fn dump(

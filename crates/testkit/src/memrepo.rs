@@ -11,9 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use burrow_core::repository::{
-    BackupOutcome, BackupRequest, CheckReport, DamagedPack, NotRestored, PackRepair, PendingCounts,
-    PendingSnapshot, Repositories, Repository, RestoreOutcome, RestoreRequest, SnapshotInfo,
-    SnapshotListing, TAG, job_tag,
+    BackupOutcome, BackupRequest, CheckReport, DamagedPack, NodeKind, NotRestored, PackRepair,
+    PendingCounts, PendingSnapshot, Repositories, Repository, RestoreOutcome, RestoreRequest,
+    SnapshotEntries, SnapshotEntry, SnapshotInfo, SnapshotListing, TAG, job_tag,
 };
 use burrow_core::retention::{self, Plan, Policy, Snap};
 use burrow_core::source::{Entry, EntryKind, ParentIndex, Time, WalkContext};
@@ -340,6 +340,56 @@ impl MemSnapshot {
     }
 }
 
+impl MemSnapshot {
+    /// Every directory and file of the snapshot with the directories above its paths, as
+    /// the real repository's trees hold them, in depth-first name order.
+    fn tree(&self) -> BTreeMap<PathBuf, Option<&MemFile>> {
+        let mut all: BTreeMap<PathBuf, Option<&MemFile>> = BTreeMap::new();
+        for d in self.dirs.iter().chain(&self.paths) {
+            for a in d.ancestors().filter(|a| *a != Path::new("/")) {
+                all.insert(a.to_owned(), None);
+            }
+        }
+        for (p, f) in &self.files {
+            for a in p.ancestors().skip(1).filter(|a| *a != Path::new("/")) {
+                all.insert(a.to_owned(), None);
+            }
+            all.insert(p.clone(), Some(f));
+        }
+        all
+    }
+}
+
+/// A file or directory of a [`MemSnapshot`] as a listing shows it (modes and owners are
+/// not kept by the fake: 0).
+fn mem_entry(path: &Path, file: Option<&MemFile>) -> SnapshotEntry {
+    use std::hash::{Hash, Hasher};
+    let content = file.map(|f| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        f.content.hash(&mut h);
+        format!("{:016x}", h.finish())
+    });
+    let mtime = file.and_then(|f| f.mtime).and_then(|t| {
+        DateTime::from_timestamp(t.secs, t.nanos)
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    });
+    SnapshotEntry {
+        path: path.display().to_string(),
+        kind: if file.is_some() {
+            NodeKind::File
+        } else {
+            NodeKind::Dir
+        },
+        size: file.map_or(0, |f| f.content.len() as u64),
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        mtime,
+        link_target: None,
+        content: content.into_iter().collect(),
+    }
+}
+
 impl Repository for MemRepo {
     type Lock = MemLock;
     type Pending = MemPending;
@@ -517,6 +567,46 @@ impl Repository for MemRepo {
         };
         snap.restore_into(root, req.target, &mut out);
         Ok(out)
+    }
+
+    fn entries(
+        &self,
+        job: &str,
+        snapshot: &str,
+        path: Option<&Path>,
+        recursive: bool,
+    ) -> Result<SnapshotEntries, RunError> {
+        let snap = self.find(job, snapshot)?;
+        let at = path.unwrap_or(Path::new("/"));
+        let tree = snap.tree();
+        let mut entries = Vec::new();
+        if at != Path::new("/") {
+            let Some(file) = tree.get(at) else {
+                return Err(RunError::permanent(format!(
+                    "no snapshot path {} in snapshot {}",
+                    at.display(),
+                    short_id(&snap.id)
+                )));
+            };
+            entries.push(mem_entry(at, *file));
+        }
+        let depth = at.components().count();
+        for (p, file) in tree.range(at.to_owned()..) {
+            if !p.starts_with(at) {
+                break;
+            }
+            let below = p.components().count() - depth;
+            if below == 1 || (recursive && below > 1) {
+                entries.push(mem_entry(p, *file));
+            }
+        }
+        let listing = self.snapshot_listing(Some(job))?;
+        let info = (listing.snapshots.into_iter().find(|s| s.id == snap.id))
+            .ok_or_else(|| RunError::permanent("the snapshot went away"))?;
+        Ok(SnapshotEntries {
+            snapshot: info,
+            entries,
+        })
     }
 
     fn dump(
