@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use burrow_run::{browse, restore};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -57,7 +58,18 @@ pub enum Command {
         json: bool,
     },
     /// Restore files, or a database dump, from a snapshot.
-    Restore(RestoreArgs),
+    Restore(restore::RestoreArgs),
+    /// List what a snapshot holds at PATH (its root without one): one level, or everything
+    /// below with --recursive, as `restic ls`.
+    Ls(browse::LsArgs),
+    /// Find the snapshots of JOB holding a path that matches PATTERN (a glob on the name, on
+    /// the whole path when it holds a `/`), newest first, with size and time.
+    Find(browse::FindArgs),
+    /// What changed from snapshot BEFORE to AFTER of JOB (at PATH), as `restic diff`:
+    /// + added, - removed, M content changed, T type changed, U metadata (with --metadata).
+    Diff(browse::DiffArgs),
+    /// Write the file PATH of a snapshot to stdout.
+    Dump(browse::DumpArgs),
     /// Accept an anomaly of JOB (its newest snapshot looked nothing like the one before: no
     /// files, most files gone or changed): the change was real, so retention of the job
     /// resumes at its next run.
@@ -114,29 +126,6 @@ pub enum Command {
     /// Write the man pages or shell completions (rendered from this command line).
     #[command(subcommand)]
     Generate(Generate),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct RestoreArgs {
-    pub job: String,
-    /// A snapshot id (or its first characters), or `latest`.
-    #[arg(default_value = "latest")]
-    pub snapshot: String,
-    /// Directory to restore into (created if missing); nothing is written outside it.
-    #[arg(long, required_unless_present = "to_server")]
-    pub target: Option<PathBuf>,
-    /// Restore only this path of the snapshot.
-    #[arg(long, conflicts_with = "dump")]
-    pub path: Option<PathBuf>,
-    /// Restore this dump (its `dumps[].name`; found in the snapshot, `/burrow-dumps/NAME`).
-    #[arg(long)]
-    pub dump: Option<String>,
-    /// Stream the dump into its restore_command on the job's server.
-    #[arg(long, requires = "dump", conflicts_with = "target")]
-    pub to_server: bool,
-    /// Threads writing file contents (default: one per core).
-    #[arg(long, default_value_t = 0, hide_default_value = true)]
-    pub workers: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,19 +2,20 @@
 //! `output::emit`, which also says an error, once, with its exit code.
 
 use std::io::IsTerminal;
-use std::path::Path;
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use burrow_config::Config;
 use burrow_core::bytes::human;
-use burrow_core::repository::RestoreRequest;
+
 use burrow_core::run::RunControl;
 use burrow_core::{Exit, RunError};
+use burrow_run::browse;
 use burrow_run::{check_repository, command, maintain, restore, run_job};
 
-use crate::adapters::{RealPorts, by_hand, command as on_ports};
-use crate::cli::{Cli, Command, Generate, RestoreArgs};
+use crate::adapters::{by_hand, command as on_ports};
+use crate::cli::{Cli, Command, Generate};
 use crate::output::{emit, fail, json, show};
 
 pub async fn dispatch(cli: Cli) -> Exit {
@@ -47,8 +48,12 @@ pub async fn dispatch(cli: Cli) -> Exit {
     if let Command::Daemon { sim } = cli.command {
         return crate::daemon::serve(cfg, sim).await;
     }
-    let cfg = &cfg;
-    match cli.command {
+    with_config(&cfg, cli.command).await
+}
+
+/// The commands that work on the loaded config.
+async fn with_config(cfg: &Config, command: Command) -> Exit {
+    match command {
         Command::CheckConfig => {
             outp!("{}", burrow_run::show::config(cfg));
             Exit::Ok
@@ -66,7 +71,26 @@ pub async fn dispatch(cli: Cli) -> Exit {
             })
             .await
         }
-        Command::Restore(args) => on_ports(cfg, async |p| restore(cfg, p, &args).await).await,
+        Command::Ls(a) => on_ports(cfg, async |p| emit(browse::ls(cfg, p, &a).await, a.json)).await,
+        Command::Find(a) => {
+            on_ports(cfg, async |p| emit(browse::find(cfg, p, &a).await, a.json)).await
+        }
+        Command::Diff(a) => {
+            on_ports(cfg, async |p| emit(browse::diff(cfg, p, &a).await, a.json)).await
+        }
+        Command::Dump(a) => {
+            let out = std::io::stdout();
+            on_ports(cfg, async |p| {
+                emit(browse::dump(cfg, p, &a, out).await, false)
+            })
+            .await
+        }
+        Command::Restore(a) => {
+            on_ports(cfg, async |p| {
+                emit(restore::restore(cfg, p, &a).await, false)
+            })
+            .await
+        }
         Command::Accept { job } => emit(maintain::accept(cfg, &job), false),
         Command::Forget { job, dry_run, json } => {
             let keep = match command::retention(cfg, &job) {
@@ -106,30 +130,6 @@ async fn check(cfg: &Config, read_data: Option<&str>, as_json: bool) -> Exit {
         check_repository(cfg, p, ctl, read_data).await
     });
     show(&checked.await.summary, as_json)
-}
-
-/// `burrow restore`: files or a dump into the target, or a dump into its restore command.
-async fn restore(cfg: &Config, ports: RealPorts<'_>, args: &RestoreArgs) -> Exit {
-    let (job, snapshot) = (args.job.as_str(), args.snapshot.as_str());
-    let target = args.target.as_deref().unwrap_or(Path::new(""));
-    match args.dump.as_deref() {
-        Some(name) if args.to_server => {
-            let fed = restore::dump_to_server(cfg, ports, (job, snapshot), name).await;
-            emit(fed, false)
-        }
-        Some(name) => {
-            let written = restore::dump_to_dir(cfg, ports, (job, snapshot), name, target).await;
-            emit(written, false)
-        }
-        None => {
-            let req = RestoreRequest {
-                path: args.path.as_deref(),
-                workers: args.workers,
-                ..RestoreRequest::new(job, snapshot, target)
-            };
-            emit(restore::files(cfg, ports, req).await, false)
-        }
-    }
 }
 
 async fn run(cfg: &Config, job: &str, as_json: bool) -> Exit {

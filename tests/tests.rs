@@ -6,6 +6,7 @@
 
 mod util;
 
+mod browse;
 mod cli;
 mod daemon;
 mod disk_e2e;

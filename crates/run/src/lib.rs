@@ -16,6 +16,7 @@
 //! log tail for monitoring; nothing here panics on bad input or a vanished server.
 
 pub mod anomaly;
+pub mod browse;
 pub mod command;
 pub mod doctor;
 pub mod dumps;

@@ -16,6 +16,30 @@ use crate::command::{self, CommandError};
 use crate::host::Host;
 use crate::{Ports, blocking, dumps, maintain};
 
+/// `burrow restore`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    pub job: String,
+    /// A snapshot id (or its first characters), or `latest`.
+    #[arg(default_value = "latest")]
+    pub snapshot: String,
+    /// Directory to restore into (created if missing); nothing is written outside it.
+    #[arg(long, required_unless_present = "to_server")]
+    pub target: Option<PathBuf>,
+    /// Restore only this path of the snapshot.
+    #[arg(long, conflicts_with = "dump")]
+    pub path: Option<PathBuf>,
+    /// Restore this dump (its `dumps[].name`; found in the snapshot, `/burrow-dumps/NAME`).
+    #[arg(long)]
+    pub dump: Option<String>,
+    /// Stream the dump into its restore_command on the job's server.
+    #[arg(long, requires = "dump", conflicts_with = "target")]
+    pub to_server: bool,
+    /// Threads writing file contents (default: one per core).
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub workers: usize,
+}
+
 /// What a restore into a directory wrote, and where.
 #[derive(Debug, Clone)]
 pub struct Restored {
@@ -165,4 +189,36 @@ async fn feed<C: burrow_core::server::Connection, R: Repository>(
         )));
     }
     Ok(n)
+}
+
+/// What `burrow restore` did: files or a dump into a directory, or a dump into its
+/// restore command.
+#[derive(Debug, Clone)]
+pub enum RestoreDone {
+    Dir(Restored),
+    Command(DumpRestored),
+}
+
+/// `burrow restore` with `args`: [`dump_to_server`], [`dump_to_dir`] or [`files`].
+pub async fn restore<D: DiskManager, S: Servers, R: Repositories>(
+    cfg: &Config,
+    ports: Ports<'_, D, S, R>,
+    args: &RestoreArgs,
+) -> Result<RestoreDone, CommandError> {
+    let at = (args.job.as_str(), args.snapshot.as_str());
+    let target = args.target.as_deref().unwrap_or(Path::new(""));
+    Ok(match args.dump.as_deref() {
+        Some(name) if args.to_server => {
+            RestoreDone::Command(dump_to_server(cfg, ports, at, name).await?)
+        }
+        Some(name) => RestoreDone::Dir(dump_to_dir(cfg, ports, at, name, target).await?),
+        None => {
+            let req = RestoreRequest {
+                path: args.path.as_deref(),
+                workers: args.workers,
+                ..RestoreRequest::new(at.0, at.1, target)
+            };
+            RestoreDone::Dir(files(cfg, ports, req).await?)
+        }
+    })
 }

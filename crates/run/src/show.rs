@@ -6,14 +6,17 @@
 use std::fmt::Write as _;
 
 use burrow_core::bytes::human;
-use burrow_core::repository::{DamagedSnapshot, RestoreOutcome, SnapshotInfo, SnapshotListing};
+use burrow_core::repository::{
+    DamagedSnapshot, NodeKind, RestoreOutcome, SnapshotEntry, SnapshotInfo, SnapshotListing,
+};
 use burrow_core::retention::Plan;
 use burrow_core::run::CHECK_RUN;
 use burrow_core::{Exit, RunStatus, RunSummary, short_id};
 
+use crate::browse::{Diff, Dumped, Finds, Listing};
 use crate::doctor::{Finding, Report, Verdict};
 use crate::maintain::{Accepted, Created, Forgotten, Pruned};
-use crate::restore::{DumpRestored, Restored};
+use crate::restore::{DumpRestored, RestoreDone, Restored};
 
 /// A command's result as it is printed: its text for people (stdout) or its JSON form
 /// (`--json`), the notes that go to stderr either way, and the exit code it means.
@@ -189,6 +192,33 @@ impl Shown for Restored {
     }
 }
 
+impl Shown for RestoreDone {
+    fn json(&self) -> serde_json::Value {
+        match self {
+            RestoreDone::Dir(r) => r.json(),
+            RestoreDone::Command(r) => r.json(),
+        }
+    }
+    fn text(&self) -> String {
+        match self {
+            RestoreDone::Dir(r) => r.text(),
+            RestoreDone::Command(r) => r.text(),
+        }
+    }
+    fn notes(&self) -> String {
+        match self {
+            RestoreDone::Dir(r) => r.notes(),
+            RestoreDone::Command(r) => r.notes(),
+        }
+    }
+    fn exit(&self) -> Exit {
+        match self {
+            RestoreDone::Dir(r) => r.exit(),
+            RestoreDone::Command(r) => r.exit(),
+        }
+    }
+}
+
 impl Shown for DumpRestored {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({"dump": self.name, "bytes": self.bytes, "command": self.command, "host": self.host})
@@ -199,6 +229,145 @@ impl Shown for DumpRestored {
             self.name, self.bytes, self.command, self.host
         )
     }
+}
+
+impl Shown for Listing {
+    /// The snapshot, then its entries (restic's `ls --json` has them as lines).
+    fn json(&self) -> serde_json::Value {
+        to_json(&self.found)
+    }
+    fn text(&self) -> String {
+        let s = &self.found.snapshot;
+        let mut t = format!(
+            "snapshot {} of job {} at {} ({}):\n",
+            s.short_id,
+            s.job.as_deref().unwrap_or("-"),
+            s.time,
+            s.paths.join(" ")
+        );
+        for e in &self.found.entries {
+            let _ = writeln!(t, "{}", entry_line(e, self.long));
+        }
+        t
+    }
+}
+
+/// The file itself went to stdout: nothing more is printed.
+impl Shown for Dumped {
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
+    fn text(&self) -> String {
+        String::new()
+    }
+}
+
+impl Shown for Finds {
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
+    fn text(&self) -> String {
+        let mut t = String::new();
+        for f in &self.found {
+            let _ = writeln!(
+                t,
+                "snapshot {} at {}: {} match(es)",
+                f.snapshot.short_id,
+                f.snapshot.time,
+                f.matches.len()
+            );
+            for e in &f.matches {
+                let _ = writeln!(t, "  {}", entry_line(e, true));
+            }
+        }
+        if self.found.is_empty() {
+            let _ = writeln!(t, "no snapshot holds a path matching {:?}", self.pattern);
+        }
+        t
+    }
+}
+
+impl Shown for Diff {
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
+    fn text(&self) -> String {
+        let c = &self.counts;
+        let mut t = format!(
+            "comparing snapshot {} to {}:\n\n",
+            self.before.short_id, self.after.short_id
+        );
+        for ch in &self.changes {
+            let m = serde_json::to_value(ch.modifier).unwrap_or_default();
+            let _ = writeln!(t, "{:<5}{}", m.as_str().unwrap_or("?"), ch.path);
+        }
+        let _ = write!(
+            t,
+            "\nFiles:  {} new, {} removed, {} changed\nDirs:   {} new, {} removed\n\
+             Others: {} new, {} removed\n  Added:   {}\n  Removed: {}\n",
+            c.files_added,
+            c.files_removed,
+            c.files_changed,
+            c.dirs_added,
+            c.dirs_removed,
+            c.others_added,
+            c.others_removed,
+            human(c.bytes_added),
+            human(c.bytes_removed)
+        );
+        t
+    }
+}
+
+/// One entry as `ls` prints it: its path, or with `long` as `ls -l` does (restic's layout):
+/// `-rw-r--r--  uid  gid  size  mtime  path [-> target]`.
+fn entry_line(e: &SnapshotEntry, long: bool) -> String {
+    let link = e
+        .link_target
+        .as_deref()
+        .map(|l| format!(" -> {l}"))
+        .unwrap_or_default();
+    if !long {
+        return format!("{}{link}", e.path);
+    }
+    let time = e.mtime.as_deref().unwrap_or("-");
+    let time = time.get(..19).unwrap_or(time).replace('T', " ");
+    format!(
+        "{} {:>5} {:>5} {:>10} {time} {}{link}",
+        permissions(e.kind, e.mode),
+        e.uid,
+        e.gid,
+        e.size,
+        e.path
+    )
+}
+
+/// `drwxr-xr-x` for a kind and permission bits (setuid, setgid and sticky as `s`, `s`, `t`).
+fn permissions(kind: NodeKind, mode: u32) -> String {
+    let mut p = String::from(match kind {
+        NodeKind::File => '-',
+        NodeKind::Dir => 'd',
+        NodeKind::Symlink => 'L',
+        NodeKind::Dev => 'D',
+        NodeKind::Chardev => 'c',
+        NodeKind::Fifo => 'p',
+        NodeKind::Socket => 'S',
+    });
+    for (i, who) in [(6, 0o4000), (3, 0o2000), (0, 0o1000)] {
+        let bits = (mode >> i) & 7;
+        p.push(if bits & 4 != 0 { 'r' } else { '-' });
+        p.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let special = mode & who != 0;
+        p.push(match (bits & 1 != 0, special, i) {
+            (true, true, 0) => 't',
+            (false, true, 0) => 'T',
+            (true, true, _) => 's',
+            (false, true, _) => 'S',
+            (true, false, _) => 'x',
+            (false, false, _) => '-',
+        });
+    }
+    p
 }
 
 /// A run's (or the check's) summary: the status line, the counts, what was not backed up.
