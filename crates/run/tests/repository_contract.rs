@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use burrow_core::exclude::Excludes;
 use burrow_core::local::LocalSource;
 use burrow_core::repository::{
-    BackupOutcome, BackupRequest, PendingSnapshot, Repositories, Repository, TAG_ANOMALY,
-    TAG_PARTIAL,
+    BackupOutcome, BackupRequest, NodeKind, PendingSnapshot, Repositories, Repository,
+    RestoreRequest, TAG_ANOMALY, TAG_PARTIAL,
 };
 use burrow_core::retention::Policy;
 use burrow_core::{ErrorClass, Problems};
@@ -97,6 +97,62 @@ fn contract<R: Repositories>(repos: R, init: impl Fn(&Path)) {
             .snapshots
             .is_empty()
     );
+
+    // a snapshot's entries: the directories above its path, then its tree in name order
+    let all = repo.entries("web", &first.snapshot_id, None, true).unwrap();
+    assert_eq!(all.snapshot.id, first.snapshot_id);
+    let shown: Vec<(String, NodeKind, u64)> = (all.entries.iter())
+        .map(|e| (e.path.clone(), e.kind, e.size))
+        .collect();
+    let at = |rel: &str| p.src.join(rel).display().to_string();
+    let mut above: Vec<(String, NodeKind, u64)> = (p.src.ancestors().skip(1))
+        .filter(|a| *a != Path::new("/"))
+        .map(|a| (a.display().to_string(), NodeKind::Dir, 0))
+        .collect();
+    above.reverse();
+    let tree = [
+        (at(""), NodeKind::Dir, 0),
+        (at("a.txt"), NodeKind::File, 6),
+        (at("sub"), NodeKind::Dir, 0),
+        (at("sub/b.bin"), NodeKind::File, 100_000),
+    ];
+    let tree: Vec<_> = tree
+        .into_iter()
+        .map(|(p, k, n)| (p.trim_end_matches('/').to_owned(), k, n))
+        .collect();
+    assert_eq!(shown, [above, tree.clone()].concat());
+    let one = repo.entries("web", "latest", Some(&p.src), false).unwrap();
+    let one: Vec<&str> = one.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        one,
+        [&tree[0].0, &tree[1].0, &tree[2].0],
+        "the path, then one level"
+    );
+    let again = repo.entries("web", "latest", Some(&p.src), true).unwrap();
+    assert_eq!(again.snapshot.id, second.snapshot_id);
+    assert_eq!(
+        again.entries[1].content,
+        all.entries[all.entries.len() - 3].content,
+        "same content, same ids"
+    );
+    let e = repo
+        .entries("web", "latest", Some(&p.src.join("nope")), false)
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Permanent, "{e}");
+
+    // restore and dump read back what was stored
+    let target = p.repo.with_file_name("restored");
+    let out = repo
+        .restore(RestoreRequest::new("web", "latest", &target).at(&p.src))
+        .unwrap();
+    assert!(out.complete(), "{out:?}");
+    assert_eq!(fs::read(target.join("a.txt")).unwrap(), b"alpha\n");
+    assert_eq!(out.bytes, 100_006);
+    let mut dumped = Vec::new();
+    let n = repo
+        .dump("web", "latest", &p.src.join("sub/b.bin"), &mut dumped)
+        .unwrap();
+    assert_eq!((n, dumped), (100_000, vec![7u8; 100_000]));
 
     // restic's locks: shared beside shared, nothing beside exclusive
     {
