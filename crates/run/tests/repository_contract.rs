@@ -2,6 +2,8 @@
 //! (`burrow_repo::LocalRepositories` on a temporary directory) and the fake the in-process
 //! run tests use (`burrow_testkit::memrepo::MemRepos`): what a run relies on holds for both.
 
+#![allow(clippy::too_many_lines)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
