@@ -267,3 +267,48 @@ fn dump_writes_a_file_of_a_snapshot_as_restic_dump_does() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn restore_dry_run_writes_nothing_and_verify_reads_back_what_it_wrote() {
+    let e = env();
+    e.burrow(&["init"]);
+    e.run();
+    let target = e.src.with_file_name("restored");
+    let t = target.display().to_string();
+    let www = e.path("www");
+    let out = e.burrow(&[
+        "restore",
+        "files",
+        "--target",
+        &t,
+        "--path",
+        &www,
+        "--dry-run",
+    ]);
+    let said = text(&out);
+    assert!(!target.exists(), "a dry run writes nothing");
+    assert!(
+        said.contains(&format!("would restore {t}/index.html\n")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("would restore {t}/img/\n")),
+        "{said}"
+    );
+    assert!(said.contains("would restore 2 file(s), 2 dir(s)"), "{said}");
+
+    let out = e.burrow(&[
+        "restore", "files", "--target", &t, "--path", &www, "--verify",
+    ]);
+    let said = text(&out);
+    assert!(said.contains("verified: 2 file(s)"), "{said}");
+    assert_eq!(
+        fs::read(target.join("img/logo.png")).unwrap(),
+        vec![9u8; 40_000]
+    );
+    let out = burrow(
+        &e.cfg,
+        &["restore", "files", "--target", &t, "--dry-run", "--verify"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}

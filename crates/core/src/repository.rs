@@ -175,6 +175,35 @@ impl<'a> RestoreRequest<'a> {
             ..self
         }
     }
+
+    /// Where the restore puts the snapshot's entry `entry`, by the rule of
+    /// [`Repository::restore`]: without a path `target/<entry's whole path>`; below a
+    /// directory path, `target/<entry's path below it>` (the directory itself is the target);
+    /// a path that is not a directory, `target/<its name>`. `None`: not part of the restore.
+    pub fn target_of(&self, path_is_dir: bool, entry: &Path) -> Option<PathBuf> {
+        let Some(root) = self.path.filter(|p| *p != Path::new("/")) else {
+            return Some(self.target.join(entry.strip_prefix("/").unwrap_or(entry)));
+        };
+        if !path_is_dir {
+            return (entry == root).then(|| self.target.join(root.file_name().unwrap_or_default()));
+        }
+        let below = entry.strip_prefix(root).ok()?;
+        Some(if below.as_os_str().is_empty() {
+            self.target.to_owned()
+        } else {
+            self.target.join(below)
+        })
+    }
+}
+
+/// What `restore --verify` found when it read back what was restored.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verified {
+    /// Files read back and found equal.
+    pub files: u64,
+    pub bytes: u64,
+    /// Entries that are not as the snapshot holds them, and how.
+    pub differ: Vec<NotRestored>,
 }
 
 /// An entry a restore did not write, and why.
@@ -322,6 +351,10 @@ pub trait Repository: Send + Sync + 'static {
         path: Option<&Path>,
         recursive: bool,
     ) -> Result<SnapshotEntries, RunError>;
+    /// Reads back what [`Repository::restore`] of `req` wrote and compares it with the
+    /// snapshot: each entry's type, each file's size and content (chunk by chunk, against the
+    /// stored blobs' ids), each link's target.
+    fn verify(&self, req: RestoreRequest<'_>) -> Result<Verified, RunError>;
     /// Writes the regular file `path` of the job's snapshot to `w` (a dump, into its restore
     /// command); returns the bytes written.
     fn dump(

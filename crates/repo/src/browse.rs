@@ -1,14 +1,16 @@
-//! A snapshot's tree for `burrow ls`, `find`, `diff` and `stats`: trees are read with the
-//! index of ids (`to_indexed_ids`), never a file's content.
+//! A snapshot's tree for `burrow ls`, `find` and `diff`: trees are read with the index of
+//! ids (`to_indexed_ids`), never a file's content; and `restore --verify`, which reads back
+//! what a restore wrote and compares it with that tree.
 
 use std::path::{Path, PathBuf};
 
-use burrow_core::repository::{NodeKind, SnapshotEntry};
+use burrow_core::repository::{NodeKind, NotRestored, RestoreRequest, SnapshotEntry, Verified};
 use burrow_core::short_id;
 use rustic_core::repofile::{Node, NodeType, SnapshotFile};
 use rustic_core::{IndexedIdsStatus, OpenStatus, Repository, TreeId};
 
 use crate::RepoError;
+use crate::chunker::Chunking;
 use crate::node::unix_perm;
 
 /// The entries at `path` of `snap` (see `burrow_core::repository::Repository::entries`).
@@ -97,5 +99,101 @@ fn entry(node: &Node, path: &Path) -> SnapshotEntry {
         content: (node.content.iter().flatten())
             .map(|id| id.to_hex().to_string())
             .collect(),
+    }
+}
+
+/// Compares what a restore of `req` wrote with `entries` (the restored part of the
+/// snapshot, as [`entries`] lists it). Files are cut with the repository's own chunker, so
+/// each chunk's SHA-256 is the id of the blob it was restored from.
+pub fn verify(
+    entries: &[SnapshotEntry],
+    req: &RestoreRequest<'_>,
+    chunking: &Chunking,
+) -> Verified {
+    let path_is_dir =
+        req.path.is_none() || entries.first().is_some_and(|e| e.kind == NodeKind::Dir);
+    let mut out = Verified::default();
+    for e in entries {
+        let Some(at) = req.target_of(path_is_dir, Path::new(&e.path)) else {
+            continue;
+        };
+        match verify_one(e, &at, chunking) {
+            Ok(bytes) => {
+                if e.kind == NodeKind::File {
+                    out.files += 1;
+                    out.bytes += bytes;
+                }
+            }
+            Err(reason) => out.differ.push(NotRestored {
+                path: e.path.clone(),
+                reason,
+            }),
+        }
+    }
+    out
+}
+
+/// Checks one entry at `at`; returns the file bytes read back, or how it differs.
+fn verify_one(e: &SnapshotEntry, at: &Path, chunking: &Chunking) -> Result<u64, String> {
+    let meta = std::fs::symlink_metadata(at).map_err(|err| format!("{}: {err}", at.display()))?;
+    let ty = meta.file_type();
+    let same_type = match e.kind {
+        NodeKind::File => ty.is_file(),
+        NodeKind::Dir => ty.is_dir(),
+        NodeKind::Symlink => ty.is_symlink(),
+        NodeKind::Fifo => std::os::unix::fs::FileTypeExt::is_fifo(&ty),
+        // Devices and sockets are not restored.
+        NodeKind::Dev | NodeKind::Chardev | NodeKind::Socket => return Ok(0),
+    };
+    if !same_type {
+        return Err(format!(
+            "{} is not a {:?} as in the snapshot",
+            at.display(),
+            e.kind
+        ));
+    }
+    match e.kind {
+        NodeKind::Symlink => {
+            let target = std::fs::read_link(at).map_err(|err| err.to_string())?;
+            match e.link_target.as_deref() == Some(&*target.to_string_lossy()) {
+                true => Ok(0),
+                false => Err(format!("the link points to {}", target.display())),
+            }
+        }
+        NodeKind::File if meta.len() != e.size => Err(format!(
+            "{} bytes where the snapshot has {}",
+            meta.len(),
+            e.size
+        )),
+        NodeKind::File => same_content(e, at, chunking).map(|()| e.size),
+        _ => Ok(0),
+    }
+}
+
+/// Cuts the file at `at` into chunks and compares their hashes with `e.content`.
+fn same_content(e: &SnapshotEntry, at: &Path, chunking: &Chunking) -> Result<(), String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(at).map_err(|err| err.to_string())?;
+    let mut ids = e.content.iter();
+    let mut differs = None;
+    let mut n = 0usize;
+    chunking
+        .chunk(Vec::new(), &mut file, &mut |chunk| {
+            let id = Sha256::digest(&chunk);
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            if differs.is_none() && ids.next().is_none_or(|want| *want != hex) {
+                differs = Some(n);
+            }
+            n += 1;
+            Ok(())
+        })
+        .map_err(|err| err.to_string())?;
+    match (differs, ids.next()) {
+        (None, None) => Ok(()),
+        (Some(i), _) => Err(format!(
+            "its content differs from the snapshot's in chunk {}",
+            i + 1
+        )),
+        (None, Some(_)) => Err("it is shorter than in the snapshot".into()),
     }
 }

@@ -51,7 +51,7 @@ use rustic_core::{
 use burrow_core::repository::{
     BackupOutcome, BackupRequest, CheckReport, DamagedPack, DamagedSnapshot, PackRepair,
     PendingCounts, RestoreOutcome, RestoreRequest, SnapshotEntries, SnapshotInfo, SnapshotListing,
-    TAG, TAG_PARTIAL, job_tag,
+    TAG, TAG_PARTIAL, Verified, job_tag,
 };
 use burrow_core::retention::{Plan, Policy, PolicyError};
 pub use lock::{LockInfo, Locks, RepoLockGuard};
@@ -758,6 +758,14 @@ impl Repo {
             snapshot: info(&snap),
             entries,
         })
+    }
+
+    /// Reads back what [`Repo::restore`] of `req` wrote and compares it with the snapshot.
+    pub fn verify(&self, req: RestoreRequest<'_>) -> Result<Verified, RepoError> {
+        let snap = self.find(req.job, req.snapshot)?;
+        let entries = browse::entries(self.reopen()?, &snap, req.path, true)?;
+        let chunking = chunking_of(self.repo.config())?;
+        Ok(browse::verify(&entries, &req, &chunking))
     }
 
     /// Writes one file of a snapshot to `w` (a dump, to a file or to the server).

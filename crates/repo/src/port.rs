@@ -7,7 +7,7 @@ use burrow_core::RunError;
 use burrow_core::repository::{
     BackupOutcome, BackupRequest, CheckReport, DamagedPack, PackRepair, PendingCounts,
     PendingSnapshot, Repositories, Repository, RestoreOutcome, RestoreRequest, SnapshotEntries,
-    SnapshotListing,
+    SnapshotListing, Verified,
 };
 use burrow_core::retention::{Plan, Policy};
 
@@ -92,6 +92,10 @@ impl Repository for Repo {
         recursive: bool,
     ) -> Result<SnapshotEntries, RunError> {
         Ok(Repo::entries(self, job, snapshot, path, recursive)?)
+    }
+
+    fn verify(&self, req: RestoreRequest<'_>) -> Result<Verified, RunError> {
+        Ok(Repo::verify(self, req)?)
     }
 
     fn dump(

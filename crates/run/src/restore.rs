@@ -9,8 +9,11 @@ use burrow_config::Config;
 use burrow_core::RunError;
 use burrow_core::disk::DiskManager;
 use burrow_core::exec::Exec;
-use burrow_core::repository::{Repositories, Repository, RestoreOutcome, RestoreRequest};
+use burrow_core::repository::{
+    NodeKind, Repositories, Repository, RestoreOutcome, RestoreRequest, SnapshotEntry, Verified,
+};
 use burrow_core::server::Servers;
+use serde::Serialize;
 
 use crate::command::{self, CommandError};
 use crate::host::Host;
@@ -38,6 +41,13 @@ pub struct RestoreArgs {
     /// Threads writing file contents (default: one per core).
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub workers: usize,
+    /// Only list what would be written, and where; write nothing.
+    #[arg(long, short = 'n', conflicts_with_all = ["to_server", "verify"])]
+    pub dry_run: bool,
+    /// Afterwards read back every restored file and compare it with the snapshot (its size
+    /// and each chunk's hash against the stored blob's id).
+    #[arg(long, conflicts_with = "to_server")]
+    pub verify: bool,
 }
 
 /// What a restore into a directory wrote, and where.
@@ -47,39 +57,115 @@ pub struct Restored {
     pub target: PathBuf,
     /// The dump restored (as `target/<name>`), when it was one.
     pub dump: Option<String>,
+    /// What reading it back found (`--verify`).
+    pub verified: Option<Verified>,
 }
 
-/// Restores what `req` names into its target (see [`Repository::restore`]).
+/// A [`RestoreRequest`] that owns its parts, to hand to a blocking thread.
+struct Owned {
+    job: String,
+    snapshot: String,
+    target: PathBuf,
+    path: Option<PathBuf>,
+    only_file: bool,
+    workers: usize,
+}
+
+impl Owned {
+    fn of(req: &RestoreRequest<'_>) -> Owned {
+        Owned {
+            job: req.job.to_owned(),
+            snapshot: req.snapshot.to_owned(),
+            target: req.target.to_owned(),
+            path: req.path.map(Path::to_owned),
+            only_file: req.only_file,
+            workers: req.workers,
+        }
+    }
+
+    fn request(&self) -> RestoreRequest<'_> {
+        RestoreRequest {
+            job: &self.job,
+            snapshot: &self.snapshot,
+            target: &self.target,
+            path: self.path.as_deref(),
+            only_file: self.only_file,
+            workers: self.workers,
+        }
+    }
+}
+
+/// Restores what `req` names into its target (see [`Repository::restore`]), then, with
+/// `verify`, reads it back ([`Repository::verify`]).
 pub async fn files<D: DiskManager, S, R: Repositories>(
     cfg: &Config,
     ports: Ports<'_, D, S, R>,
     req: RestoreRequest<'_>,
+    verify: bool,
 ) -> Result<Restored, CommandError> {
     command::job(cfg, req.job)?;
     let repo = maintain::open(cfg, ports).await?;
-    let (job, snapshot, target) = (
-        req.job.to_owned(),
-        req.snapshot.to_owned(),
-        req.target.to_owned(),
-    );
-    let path = req.path.map(Path::to_owned);
-    let (only_file, workers) = (req.only_file, req.workers);
-    let outcome = blocking(move || {
-        repo.restore(RestoreRequest {
-            job: &job,
-            snapshot: &snapshot,
-            target: &target,
-            path: path.as_deref(),
-            only_file,
-            workers,
-        })
+    let owned = Owned::of(&req);
+    let (outcome, verified) = blocking(move || -> Result<_, RunError> {
+        let outcome = repo.restore(owned.request())?;
+        let verified = verify.then(|| repo.verify(owned.request())).transpose()?;
+        Ok((outcome, verified))
     })
     .await??;
     Ok(Restored {
         outcome,
         target: req.target.to_owned(),
         dump: None,
+        verified,
     })
+}
+
+/// What a restore would write (`--dry-run`): each entry and where it would go.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    pub snapshot: String,
+    pub entries: Vec<(SnapshotEntry, PathBuf)>,
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+}
+
+/// What [`files`] with `req` would write, and where; nothing is written.
+pub async fn plan<D: DiskManager, S, R: Repositories>(
+    cfg: &Config,
+    ports: Ports<'_, D, S, R>,
+    req: RestoreRequest<'_>,
+) -> Result<Planned, CommandError> {
+    command::job(cfg, req.job)?;
+    let repo = maintain::open(cfg, ports).await?;
+    let owned = Owned::of(&req);
+    let found =
+        blocking(move || repo.entries(&owned.job, &owned.snapshot, owned.path.as_deref(), true));
+    let found = found.await??;
+    let path_is_dir = req.path.is_none()
+        || found
+            .entries
+            .first()
+            .is_some_and(|e| e.kind == NodeKind::Dir);
+    let mut planned = Planned {
+        snapshot: found.snapshot.id,
+        entries: Vec::new(),
+        files: 0,
+        dirs: 0,
+        bytes: 0,
+    };
+    for e in found.entries {
+        let Some(at) = req.target_of(path_is_dir, Path::new(&e.path)) else {
+            continue;
+        };
+        match e.kind {
+            NodeKind::Dir => planned.dirs += 1,
+            _ => planned.files += 1,
+        }
+        planned.bytes += e.size;
+        planned.entries.push((e, at));
+    }
+    Ok(planned)
 }
 
 /// Restores the dump `name` of a snapshot as `target/<name>`: it is found in the snapshot
@@ -89,7 +175,7 @@ pub async fn dump_to_dir<D: DiskManager, S, R: Repositories>(
     ports: Ports<'_, D, S, R>,
     (job, snapshot): (&str, &str),
     name: &str,
-    target: &Path,
+    (target, verify): (&Path, bool),
 ) -> Result<Restored, CommandError> {
     let path = dumps::dump_path(name);
     let req = RestoreRequest {
@@ -97,7 +183,7 @@ pub async fn dump_to_dir<D: DiskManager, S, R: Repositories>(
         only_file: true,
         ..RestoreRequest::new(job, snapshot, target)
     };
-    let restored = files(cfg, ports, req).await?;
+    let restored = files(cfg, ports, req, verify).await?;
     Ok(Restored {
         dump: Some(name.to_owned()),
         ..restored
@@ -197,6 +283,7 @@ async fn feed<C: burrow_core::server::Connection, R: Repository>(
 pub enum RestoreDone {
     Dir(Restored),
     Command(DumpRestored),
+    Planned(Planned),
 }
 
 /// `burrow restore` with `args`: [`dump_to_server`], [`dump_to_dir`] or [`files`].
@@ -207,18 +294,22 @@ pub async fn restore<D: DiskManager, S: Servers, R: Repositories>(
 ) -> Result<RestoreDone, CommandError> {
     let at = (args.job.as_str(), args.snapshot.as_str());
     let target = args.target.as_deref().unwrap_or(Path::new(""));
+    let dump = args.dump.as_deref().map(dumps::dump_path);
+    let req = RestoreRequest {
+        path: dump.as_deref().or(args.path.as_deref()),
+        only_file: dump.is_some(),
+        workers: args.workers,
+        ..RestoreRequest::new(at.0, at.1, target)
+    };
     Ok(match args.dump.as_deref() {
         Some(name) if args.to_server => {
             RestoreDone::Command(dump_to_server(cfg, ports, at, name).await?)
         }
-        Some(name) => RestoreDone::Dir(dump_to_dir(cfg, ports, at, name, target).await?),
-        None => {
-            let req = RestoreRequest {
-                path: args.path.as_deref(),
-                workers: args.workers,
-                ..RestoreRequest::new(at.0, at.1, target)
-            };
-            RestoreDone::Dir(files(cfg, ports, req).await?)
+        _ if args.dry_run => RestoreDone::Planned(plan(cfg, ports, req).await?),
+        Some(name) => {
+            let restored = dump_to_dir(cfg, ports, at, name, (target, args.verify));
+            RestoreDone::Dir(restored.await?)
         }
+        None => RestoreDone::Dir(files(cfg, ports, req, args.verify).await?),
     })
 }

@@ -16,7 +16,7 @@ use burrow_core::{Exit, RunStatus, RunSummary, short_id};
 use crate::browse::{Diff, Dumped, Finds, Listing};
 use crate::doctor::{Finding, Report, Verdict};
 use crate::maintain::{Accepted, Created, Forgotten, Pruned};
-use crate::restore::{DumpRestored, RestoreDone, Restored};
+use crate::restore::{DumpRestored, Planned, RestoreDone, Restored};
 
 /// A command's result as it is printed: its text for people (stdout) or its JSON form
 /// (`--json`), the notes that go to stderr either way, and the exit code it means.
@@ -157,10 +157,25 @@ impl Shown for Accepted {
 
 impl Shown for Restored {
     fn json(&self) -> serde_json::Value {
-        to_json(&self.outcome)
+        let mut v = to_json(&self.outcome);
+        if let Some(verified) = &self.verified {
+            v["verified"] = to_json(verified);
+        }
+        v
     }
     fn text(&self) -> String {
-        match &self.dump {
+        let verified = self
+            .verified
+            .as_ref()
+            .filter(|v| v.differ.is_empty())
+            .map(|v| {
+                format!(
+                    "verified: {} file(s), {} read back, equal to the snapshot\n",
+                    v.files,
+                    human(v.bytes)
+                )
+            });
+        let done = match &self.dump {
             Some(_) if !self.outcome.complete() => String::new(),
             Some(name) => format!(
                 "restored dump {name} ({} bytes) to {}\n",
@@ -168,10 +183,22 @@ impl Shown for Restored {
                 self.target.join(name).display()
             ),
             None => restored(&self.outcome, &self.target),
-        }
+        };
+        done + verified.as_deref().unwrap_or("")
     }
     fn notes(&self) -> String {
         let mut t = not_restored(&self.outcome);
+        for d in self.verified.iter().flat_map(|v| &v.differ) {
+            let _ = writeln!(t, "differs: {}: {}", d.path, d.reason);
+        }
+        if let Some(v) = self.verified.as_ref().filter(|v| !v.differ.is_empty()) {
+            let _ = writeln!(
+                t,
+                "burrow: {} entr{} restored are not as the snapshot holds them (listed above)",
+                v.differ.len(),
+                if v.differ.len() == 1 { "y" } else { "ies" }
+            );
+        }
         if let Some(name) = self.dump.as_ref().filter(|_| !self.outcome.complete()) {
             let dest = self.target.join(name);
             let _ = writeln!(
@@ -182,8 +209,12 @@ impl Shown for Restored {
         }
         t
     }
-    /// Partial (3) when entries were left out; a dump is one file, so it failed (1).
+    /// Partial (3) when entries were left out; a dump is one file, so it failed (1); failed
+    /// too when what was written does not read back as the snapshot holds it.
     fn exit(&self) -> Exit {
+        if self.verified.as_ref().is_some_and(|v| !v.differ.is_empty()) {
+            return Exit::Failed;
+        }
         match (self.outcome.complete(), &self.dump) {
             (true, _) => Exit::Ok,
             (false, Some(_)) => Exit::Failed,
@@ -192,30 +223,50 @@ impl Shown for Restored {
     }
 }
 
+impl RestoreDone {
+    fn shown(&self) -> &dyn Shown {
+        match self {
+            RestoreDone::Dir(r) => r,
+            RestoreDone::Command(r) => r,
+            RestoreDone::Planned(p) => p,
+        }
+    }
+}
+
 impl Shown for RestoreDone {
     fn json(&self) -> serde_json::Value {
-        match self {
-            RestoreDone::Dir(r) => r.json(),
-            RestoreDone::Command(r) => r.json(),
-        }
+        self.shown().json()
     }
     fn text(&self) -> String {
-        match self {
-            RestoreDone::Dir(r) => r.text(),
-            RestoreDone::Command(r) => r.text(),
-        }
+        self.shown().text()
     }
     fn notes(&self) -> String {
-        match self {
-            RestoreDone::Dir(r) => r.notes(),
-            RestoreDone::Command(r) => r.notes(),
-        }
+        self.shown().notes()
     }
     fn exit(&self) -> Exit {
-        match self {
-            RestoreDone::Dir(r) => r.exit(),
-            RestoreDone::Command(r) => r.exit(),
+        self.shown().exit()
+    }
+}
+
+impl Shown for Planned {
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
+    fn text(&self) -> String {
+        let mut t = String::new();
+        for (e, at) in &self.entries {
+            let slash = if e.kind == NodeKind::Dir { "/" } else { "" };
+            let _ = writeln!(t, "would restore {}{slash}", at.display());
         }
+        let _ = writeln!(
+            t,
+            "snapshot {}: would restore {} file(s), {} dir(s), {} (dry run: nothing was written)",
+            short_id(&self.snapshot),
+            self.files,
+            self.dirs,
+            human(self.bytes)
+        );
+        t
     }
 }
 

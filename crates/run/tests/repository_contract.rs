@@ -150,6 +150,18 @@ fn contract<R: Repositories>(repos: R, init: impl Fn(&Path)) {
     assert!(out.complete(), "{out:?}");
     assert_eq!(fs::read(target.join("a.txt")).unwrap(), b"alpha\n");
     assert_eq!(out.bytes, 100_006);
+    let req = RestoreRequest::new("web", "latest", &target).at(&p.src);
+    let verified = repo.verify(req).unwrap();
+    assert_eq!(
+        (verified.files, verified.bytes),
+        (2, 100_006),
+        "{verified:?}"
+    );
+    assert!(verified.differ.is_empty(), "{verified:?}");
+    fs::write(target.join("a.txt"), "alphA\n").unwrap();
+    let verified = repo.verify(req).unwrap();
+    let differ: Vec<&str> = verified.differ.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(differ, [tree[1].0.as_str()], "same size, other content");
     let mut dumped = Vec::new();
     let n = repo
         .dump("web", "latest", &p.src.join("sub/b.bin"), &mut dumped)

@@ -338,8 +338,16 @@ async fn restore_writes_the_files_and_feeds_the_dump_to_its_restore_command() {
 
     let target = w.path("restored");
     let req = RestoreRequest::new("web", "latest", &target);
-    let out = restore::files(&w.cfg, ports, req).await.unwrap();
+    let out = restore::files(&w.cfg, ports, req, true).await.unwrap();
     assert!(out.outcome.complete(), "{out:?}");
+    let verified = out.verified.as_ref().unwrap();
+    // the two files and the three dumps, /burrow-dumps/*
+    assert_eq!(
+        (verified.files, verified.bytes),
+        (5, 14 + 50_000 + 3 * 16),
+        "{verified:?}"
+    );
+    assert!(verified.differ.is_empty(), "{verified:?}");
     let src = w.path("srv/www");
     let restored = target.join(src.strip_prefix("/").unwrap());
     assert_eq!(
@@ -377,11 +385,12 @@ async fn restore_writes_the_files_and_feeds_the_dump_to_its_restore_command() {
 
     // A dump into a directory is found in the snapshot itself.
     let dir = w.path("dumps");
-    let out = restore::dump_to_dir(&w.cfg, ports, ("web", "latest"), "raw.sql", &dir)
+    let out = restore::dump_to_dir(&w.cfg, ports, ("web", "latest"), "raw.sql", (&dir, false))
         .await
         .unwrap();
     assert_eq!((out.outcome.files, out.outcome.bytes), (1, 16), "{out:?}");
     assert_eq!(fs::read(dir.join("raw.sql")).unwrap(), b"CREATE TABLE t;\n");
-    let missing = restore::dump_to_dir(&w.cfg, ports, ("web", "latest"), "gone.sql", &dir).await;
+    let missing =
+        restore::dump_to_dir(&w.cfg, ports, ("web", "latest"), "gone.sql", (&dir, false)).await;
     assert!(matches!(missing, Err(CommandError::Run(_))), "{missing:?}");
 }

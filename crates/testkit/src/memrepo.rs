@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use burrow_core::repository::{
     BackupOutcome, BackupRequest, CheckReport, DamagedPack, NodeKind, NotRestored, PackRepair,
     PendingCounts, PendingSnapshot, Repositories, Repository, RestoreOutcome, RestoreRequest,
-    SnapshotEntries, SnapshotEntry, SnapshotInfo, SnapshotListing, TAG, job_tag,
+    SnapshotEntries, SnapshotEntry, SnapshotInfo, SnapshotListing, TAG, Verified, job_tag,
 };
 use burrow_core::retention::{self, Plan, Policy, Snap};
 use burrow_core::source::{Entry, EntryKind, ParentIndex, Time, WalkContext};
@@ -607,6 +607,36 @@ impl Repository for MemRepo {
             snapshot: info,
             entries,
         })
+    }
+
+    fn verify(&self, req: RestoreRequest<'_>) -> Result<Verified, RunError> {
+        let snap = self.find(req.job, req.snapshot)?;
+        let root = req.path.unwrap_or(Path::new("/"));
+        let is_dir = root == Path::new("/") || !snap.files.contains_key(root);
+        let mut out = Verified::default();
+        for (p, file) in snap.tree() {
+            let Some(at) = (p.starts_with(root) || p == root)
+                .then(|| req.target_of(is_dir, &p))
+                .flatten()
+            else {
+                continue;
+            };
+            let differs = |reason: String| NotRestored {
+                path: p.display().to_string(),
+                reason,
+            };
+            match (file, std::fs::read(&at)) {
+                (None, _) if at.is_dir() => {}
+                (None, _) => out.differ.push(differs("not a directory".into())),
+                (Some(f), Ok(c)) if c == f.content => {
+                    out.files += 1;
+                    out.bytes += c.len() as u64;
+                }
+                (Some(_), Ok(_)) => out.differ.push(differs("its content differs".into())),
+                (Some(_), Err(e)) => out.differ.push(differs(e.to_string())),
+            }
+        }
+        Ok(out)
     }
 
     fn dump(
