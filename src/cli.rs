@@ -70,6 +70,9 @@ pub enum Command {
     Diff(browse::DiffArgs),
     /// Write the file PATH of a snapshot to stdout.
     Dump(browse::DumpArgs),
+    /// Per job: its snapshots, the files and bytes of the newest, of all added up, and what
+    /// they take in the repository after deduplication and compression.
+    Stats(browse::StatsArgs),
     /// Accept an anomaly of JOB (its newest snapshot looked nothing like the one before: no
     /// files, most files gone or changed): the change was real, so retention of the job
     /// resumes at its next run.

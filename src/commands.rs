@@ -78,6 +78,9 @@ async fn with_config(cfg: &Config, command: Command) -> Exit {
         Command::Diff(a) => {
             on_ports(cfg, async |p| emit(browse::diff(cfg, p, &a).await, a.json)).await
         }
+        Command::Stats(a) => {
+            on_ports(cfg, async |p| emit(browse::stats(cfg, p, &a).await, a.json)).await
+        }
         Command::Dump(a) => {
             let out = std::io::stdout();
             on_ports(cfg, async |p| {

@@ -312,3 +312,43 @@ fn restore_dry_run_writes_nothing_and_verify_reads_back_what_it_wrote() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// `burrow stats` counts as restic's `stats` does: the newest snapshot's entries and bytes
+/// as `--mode restore-size`, the blobs of all the job's snapshots and their stored size as
+/// `--mode raw-data`.
+#[test]
+fn stats_count_what_restic_stats_counts() {
+    let e = env();
+    e.burrow(&["init"]);
+    let first = e.run();
+    fs::write(e.src.join("db/app.sql"), "CREATE TABLE t (id int);\n").unwrap();
+    fs::write(e.src.join("www/copy.png"), vec![9u8; 40_000]).unwrap();
+    let second = e.run();
+    let out = e.burrow(&["stats", "files", "--json"]);
+    let stats = &json(&out)["jobs"][0];
+    assert_eq!(stats["job"], "files", "{stats}");
+    assert_eq!(stats["snapshots"], 2, "{stats}");
+    assert_eq!(stats["files"], 6, "{stats}");
+    let newest = 12 + 2 * 40_000 + 25 + 14;
+    assert_eq!(stats["bytes"], newest, "{stats}");
+    assert_eq!(
+        stats["all_bytes"],
+        newest + 12 + 40_000 + 16 + 14,
+        "{stats}"
+    );
+    let t = text(&e.burrow(&["stats"]));
+    assert!(t.lines().nth(1).unwrap().starts_with("files "), "{t}");
+
+    let Some(size) = e.restic(&["stats", "--json", "--mode", "restore-size", &second]) else {
+        return;
+    };
+    let size: serde_json::Value = serde_json::from_str(&size).unwrap();
+    assert_eq!(stats["entries"], size["total_file_count"], "{stats} {size}");
+    assert_eq!(stats["bytes"], size["total_size"], "{stats} {size}");
+    let raw = e
+        .restic(&["stats", "--json", "--mode", "raw-data", &first, &second])
+        .unwrap();
+    let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(stats["blobs"], raw["total_blob_count"], "{stats} {raw}");
+    assert_eq!(stats["stored_bytes"], raw["total_size"], "{stats} {raw}");
+}

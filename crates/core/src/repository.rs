@@ -282,6 +282,25 @@ pub struct SnapshotEntries {
     pub entries: Vec<SnapshotEntry>,
 }
 
+/// What a job's snapshots hold, and what they take in the repository (`burrow stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JobStats {
+    pub job: String,
+    pub snapshots: u64,
+    /// Entries (of every type), regular files and their bytes in the newest snapshot: what
+    /// a restore of it writes (restic's `stats --mode restore-size`).
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// The file bytes of all the job's snapshots added up: what as many full copies would
+    /// take.
+    pub all_bytes: u64,
+    /// The blobs (data and trees) the job's snapshots refer to, each counted once, and their
+    /// size as stored, compressed and encrypted (restic's `stats --mode raw-data`).
+    pub blobs: u64,
+    pub stored_bytes: u64,
+}
+
 /// File counts of a pending snapshot and of its parent, for the anomaly guard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PendingCounts {
@@ -351,6 +370,8 @@ pub trait Repository: Send + Sync + 'static {
         path: Option<&Path>,
         recursive: bool,
     ) -> Result<SnapshotEntries, RunError>;
+    /// What the job's snapshots hold and take (see [`JobStats`]).
+    fn stats(&self, job: &str) -> Result<JobStats, RunError>;
     /// Reads back what [`Repository::restore`] of `req` wrote and compares it with the
     /// snapshot: each entry's type, each file's size and content (chunk by chunk, against the
     /// stored blobs' ids), each link's target.

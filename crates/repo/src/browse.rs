@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use burrow_core::repository::{NodeKind, NotRestored, RestoreRequest, SnapshotEntry, Verified};
+use burrow_core::repository::{
+    JobStats, NodeKind, NotRestored, RestoreRequest, SnapshotEntry, Verified,
+};
 use burrow_core::short_id;
 use rustic_core::repofile::{Node, NodeType, SnapshotFile};
-use rustic_core::{IndexedIdsStatus, OpenStatus, Repository, TreeId};
+use rustic_core::{DataId, IndexedFullStatus, IndexedIdsStatus, OpenStatus, Repository, TreeId};
 
 use crate::RepoError;
 use crate::chunker::Chunking;
@@ -195,5 +197,85 @@ fn same_content(e: &SnapshotEntry, at: &Path, chunking: &Chunking) -> Result<(),
             i + 1
         )),
         (None, Some(_)) => Err("it is shorter than in the snapshot".into()),
+    }
+}
+
+/// What one tree holds, with everything below it.
+#[derive(Clone, Copy, Default)]
+struct Totals {
+    entries: u64,
+    files: u64,
+    bytes: u64,
+}
+
+/// Counts the trees of a job's snapshots, each tree read once however many snapshots share
+/// it, and gathers the blobs they refer to.
+pub struct Census<'a> {
+    repo: &'a Repository<IndexedFullStatus>,
+    seen: std::collections::HashMap<TreeId, Totals>,
+    data: std::collections::HashSet<DataId>,
+}
+
+impl<'a> Census<'a> {
+    pub fn new(repo: &'a Repository<IndexedFullStatus>) -> Self {
+        Census {
+            repo,
+            seen: Default::default(),
+            data: Default::default(),
+        }
+    }
+
+    /// The entries, files and file bytes below `tree`.
+    fn totals(&mut self, tree: TreeId) -> Result<Totals, RepoError> {
+        if let Some(t) = self.seen.get(&tree) {
+            return Ok(*t);
+        }
+        let nodes = (self.repo.get_tree(&tree))
+            .map_err(|e| RepoError::Rustic(format!("tree {tree} cannot be read: {e}")))?
+            .nodes;
+        let mut t = Totals::default();
+        for node in nodes {
+            t.entries += 1;
+            if node.is_file() {
+                t.files += 1;
+                t.bytes += node.meta.size;
+                self.data.extend(node.content.iter().flatten().copied());
+            }
+            if let Some(sub) = node.subtree {
+                let below = self.totals(sub)?;
+                t.entries += below.entries;
+                t.files += below.files;
+                t.bytes += below.bytes;
+            }
+        }
+        self.seen.insert(tree, t);
+        Ok(t)
+    }
+
+    /// The stats of `snaps` (oldest first), the snapshots of `job`.
+    pub fn stats(mut self, job: &str, snaps: &[SnapshotFile]) -> Result<JobStats, RepoError> {
+        let mut stats = JobStats {
+            job: job.to_owned(),
+            snapshots: snaps.len() as u64,
+            ..JobStats::default()
+        };
+        for snap in snaps {
+            let t = self.totals(snap.tree)?;
+            stats.all_bytes += t.bytes;
+            (stats.entries, stats.files, stats.bytes) = (t.entries, t.files, t.bytes);
+        }
+        let missing = |e: Box<rustic_core::RusticError>| {
+            RepoError::Rustic(format!("a blob is not in the index: {e}"))
+        };
+        for id in self.seen.keys() {
+            let entry = self.repo.get_index_entry(id).map_err(missing)?;
+            stats.stored_bytes += u64::from(entry.location.length);
+        }
+        for id in &self.data {
+            let entry = self.repo.get_index_entry(id).map_err(missing)?;
+            stats.stored_bytes += u64::from(entry.location.length);
+        }
+        stats.blobs = (self.seen.len() + self.data.len()) as u64;
+        Ok(stats)
     }
 }

@@ -49,7 +49,7 @@ use rustic_core::{
 };
 
 use burrow_core::repository::{
-    BackupOutcome, BackupRequest, CheckReport, DamagedPack, DamagedSnapshot, PackRepair,
+    BackupOutcome, BackupRequest, CheckReport, DamagedPack, DamagedSnapshot, JobStats, PackRepair,
     PendingCounts, RestoreOutcome, RestoreRequest, SnapshotEntries, SnapshotInfo, SnapshotListing,
     TAG, TAG_PARTIAL, Verified, job_tag,
 };
@@ -758,6 +758,13 @@ impl Repo {
             snapshot: info(&snap),
             entries,
         })
+    }
+
+    /// What the job's snapshots hold and take in the repository.
+    pub fn stats(&self, job: &str) -> Result<JobStats, RepoError> {
+        let Listed { snaps, .. } = self.read_snapshots(Some(job))?;
+        let repo = self.reopen()?.to_indexed()?;
+        browse::Census::new(&repo).stats(job, &snaps)
     }
 
     /// Reads back what [`Repo::restore`] of `req` wrote and compares it with the snapshot.

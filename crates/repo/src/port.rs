@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burrow_core::RunError;
 use burrow_core::repository::{
-    BackupOutcome, BackupRequest, CheckReport, DamagedPack, PackRepair, PendingCounts,
+    BackupOutcome, BackupRequest, CheckReport, DamagedPack, JobStats, PackRepair, PendingCounts,
     PendingSnapshot, Repositories, Repository, RestoreOutcome, RestoreRequest, SnapshotEntries,
     SnapshotListing, Verified,
 };
@@ -92,6 +92,10 @@ impl Repository for Repo {
         recursive: bool,
     ) -> Result<SnapshotEntries, RunError> {
         Ok(Repo::entries(self, job, snapshot, path, recursive)?)
+    }
+
+    fn stats(&self, job: &str) -> Result<JobStats, RunError> {
+        Ok(Repo::stats(self, job)?)
     }
 
     fn verify(&self, req: RestoreRequest<'_>) -> Result<Verified, RunError> {

@@ -9,7 +9,7 @@ use burrow_config::Config;
 use burrow_core::RunError;
 use burrow_core::disk::DiskManager;
 use burrow_core::repository::{
-    NodeKind, Repositories, Repository, SnapshotEntries, SnapshotEntry, SnapshotInfo,
+    JobStats, NodeKind, Repositories, Repository, SnapshotEntries, SnapshotEntry, SnapshotInfo,
 };
 use serde::Serialize;
 
@@ -94,6 +94,38 @@ pub async fn dump<D: DiskManager, S, R: Repositories, W: std::io::Write + Send +
         path: args.path.clone(),
         bytes: written.await??,
     })
+}
+
+/// `burrow stats`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatsArgs {
+    /// One job (default: every job of the config).
+    pub job: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `burrow stats` found, one entry per job.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub jobs: Vec<JobStats>,
+}
+
+/// The stats of the job, or of every job of the config.
+pub async fn stats<D: DiskManager, S, R: Repositories>(
+    cfg: &Config,
+    ports: Ports<'_, D, S, R>,
+    args: &StatsArgs,
+) -> Result<Stats, CommandError> {
+    let jobs: Vec<String> = match &args.job {
+        Some(j) => vec![command::job(cfg, j)?.name.clone()],
+        None => cfg.jobs.keys().cloned().collect(),
+    };
+    let repo = maintain::open(cfg, ports).await?;
+    let jobs = blocking(move || -> Result<Vec<JobStats>, RunError> {
+        jobs.iter().map(|j| repo.stats(j)).collect()
+    });
+    Ok(Stats { jobs: jobs.await?? })
 }
 
 /// The entries of one snapshot that match a `find` pattern.

@@ -13,7 +13,7 @@ use burrow_core::retention::Plan;
 use burrow_core::run::CHECK_RUN;
 use burrow_core::{Exit, RunStatus, RunSummary, short_id};
 
-use crate::browse::{Diff, Dumped, Finds, Listing};
+use crate::browse::{Diff, Dumped, Finds, Listing, Stats};
 use crate::doctor::{Finding, Report, Verdict};
 use crate::maintain::{Accepted, Created, Forgotten, Pruned};
 use crate::restore::{DumpRestored, Planned, RestoreDone, Restored};
@@ -310,6 +310,39 @@ impl Shown for Dumped {
     }
     fn text(&self) -> String {
         String::new()
+    }
+}
+
+impl Shown for Stats {
+    fn json(&self) -> serde_json::Value {
+        to_json(self)
+    }
+    fn text(&self) -> String {
+        let mut t = format!(
+            "{:<14} {:>9} {:>10} {:>12} {:>12} {:>12} {:>7}\n",
+            "job", "snapshots", "files", "newest", "all", "stored", "dedup"
+        );
+        for j in &self.jobs {
+            let ratio = match j.stored_bytes {
+                0 => "-".to_owned(),
+                n => format!("{:.1}x", j.all_bytes as f64 / n as f64),
+            };
+            let _ = writeln!(
+                t,
+                "{:<14} {:>9} {:>10} {:>12} {:>12} {:>12} {ratio:>7}",
+                j.job,
+                j.snapshots,
+                j.files,
+                human(j.bytes),
+                human(j.all_bytes),
+                human(j.stored_bytes)
+            );
+        }
+        t.push_str(
+            "(newest: the files of the newest snapshot; all: of every snapshot added up; \
+             stored: what the blobs they share take in the repository)\n",
+        );
+        t
     }
 }
 

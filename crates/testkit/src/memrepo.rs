@@ -11,9 +11,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use burrow_core::repository::{
-    BackupOutcome, BackupRequest, CheckReport, DamagedPack, NodeKind, NotRestored, PackRepair,
-    PendingCounts, PendingSnapshot, Repositories, Repository, RestoreOutcome, RestoreRequest,
-    SnapshotEntries, SnapshotEntry, SnapshotInfo, SnapshotListing, TAG, Verified, job_tag,
+    BackupOutcome, BackupRequest, CheckReport, DamagedPack, JobStats, NodeKind, NotRestored,
+    PackRepair, PendingCounts, PendingSnapshot, Repositories, Repository, RestoreOutcome,
+    RestoreRequest, SnapshotEntries, SnapshotEntry, SnapshotInfo, SnapshotListing, TAG, Verified,
+    job_tag,
 };
 use burrow_core::retention::{self, Plan, Policy, Snap};
 use burrow_core::source::{Entry, EntryKind, ParentIndex, Time, WalkContext};
@@ -607,6 +608,30 @@ impl Repository for MemRepo {
             snapshot: info,
             entries,
         })
+    }
+
+    /// A blob here is a file's whole content, stored as it is; trees take no room.
+    fn stats(&self, job: &str) -> Result<JobStats, RunError> {
+        let snaps: Vec<MemSnapshot> = (self.snapshots().into_iter())
+            .filter(|s| s.job == job)
+            .collect();
+        let mut stats = JobStats {
+            job: job.to_owned(),
+            snapshots: snaps.len() as u64,
+            ..JobStats::default()
+        };
+        let mut contents = std::collections::BTreeSet::new();
+        for snap in &snaps {
+            let tree = snap.tree();
+            let bytes: u64 = snap.files.values().map(|f| f.content.len() as u64).sum();
+            stats.all_bytes += bytes;
+            (stats.entries, stats.files, stats.bytes) =
+                (tree.len() as u64, snap.files.len() as u64, bytes);
+            contents.extend(snap.files.values().map(|f| f.content.clone()));
+        }
+        stats.blobs = contents.len() as u64;
+        stats.stored_bytes = contents.iter().map(|c| c.len() as u64).sum();
+        Ok(stats)
     }
 
     fn verify(&self, req: RestoreRequest<'_>) -> Result<Verified, RunError> {
