@@ -48,8 +48,7 @@ pub async fn ls<D: DiskManager, S, R: Repositories>(
     ports: Ports<'_, D, S, R>,
     args: &LsArgs,
 ) -> Result<Listing, CommandError> {
-    command::job(cfg, &args.job)?;
-    let repo = maintain::open(cfg, ports).await?;
+    let repo = maintain::open_for_job(cfg, ports, &args.job).await?;
     let a = args.clone();
     let found = blocking(move || repo.entries(&a.job, &a.snapshot, a.path.as_deref(), a.recursive));
     Ok(Listing {
@@ -81,8 +80,7 @@ pub async fn dump<D: DiskManager, S, R: Repositories, W: std::io::Write + Send +
     args: &DumpArgs,
     mut w: W,
 ) -> Result<Dumped, CommandError> {
-    command::job(cfg, &args.job)?;
-    let repo = maintain::open(cfg, ports).await?;
+    let repo = maintain::open_for_job(cfg, ports, &args.job).await?;
     let a = args.clone();
     let written = blocking(move || {
         let n = repo.dump(&a.job, &a.snapshot, &a.path, &mut w)?;
@@ -378,8 +376,7 @@ pub async fn diff<D: DiskManager, S, R: Repositories>(
     ports: Ports<'_, D, S, R>,
     args: &DiffArgs,
 ) -> Result<Diff, CommandError> {
-    command::job(cfg, &args.job)?;
-    let repo = maintain::open(cfg, ports).await?;
+    let repo = maintain::open_for_job(cfg, ports, &args.job).await?;
     let a = args.clone();
     let (before, after) = blocking(move || -> Result<_, RunError> {
         let before = repo.entries(&a.job, &a.before, a.path.as_deref(), true)?;

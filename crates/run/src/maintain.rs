@@ -148,6 +148,16 @@ pub fn accept(cfg: &Config, job: &str) -> Result<Accepted, CommandError> {
     })
 }
 
+/// The repository, for a command about `job`, which the config must name.
+pub(crate) async fn open_for_job<D: DiskManager, S, R: Repositories>(
+    cfg: &Config,
+    ports: Ports<'_, D, S, R>,
+    job: &str,
+) -> Result<R::Repo, CommandError> {
+    command::job(cfg, job)?;
+    Ok(open(cfg, ports).await?)
+}
+
 pub(crate) async fn open<D: DiskManager, S, R: Repositories>(
     cfg: &Config,
     ports: Ports<'_, D, S, R>,

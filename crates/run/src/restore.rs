@@ -103,8 +103,7 @@ pub async fn files<D: DiskManager, S, R: Repositories>(
     req: RestoreRequest<'_>,
     verify: bool,
 ) -> Result<Restored, CommandError> {
-    command::job(cfg, req.job)?;
-    let repo = maintain::open(cfg, ports).await?;
+    let repo = maintain::open_for_job(cfg, ports, req.job).await?;
     let owned = Owned::of(&req);
     let (outcome, verified) = blocking(move || -> Result<_, RunError> {
         let outcome = repo.restore(owned.request())?;
@@ -136,8 +135,7 @@ pub async fn plan<D: DiskManager, S, R: Repositories>(
     ports: Ports<'_, D, S, R>,
     req: RestoreRequest<'_>,
 ) -> Result<Planned, CommandError> {
-    command::job(cfg, req.job)?;
-    let repo = maintain::open(cfg, ports).await?;
+    let repo = maintain::open_for_job(cfg, ports, req.job).await?;
     let owned = Owned::of(&req);
     let found =
         blocking(move || repo.entries(&owned.job, &owned.snapshot, owned.path.as_deref(), true));
