@@ -352,3 +352,38 @@ fn stats_count_what_restic_stats_counts() {
     assert_eq!(stats["blobs"], raw["total_blob_count"], "{stats} {raw}");
     assert_eq!(stats["stored_bytes"], raw["total_size"], "{stats} {raw}");
 }
+
+/// `restore --delete` makes the target match: what the snapshot does not hold goes, inside
+/// the target only; a link to a directory elsewhere is removed, never followed.
+#[test]
+fn restore_delete_removes_what_the_snapshot_does_not_hold_and_nothing_outside() {
+    let e = env();
+    e.burrow(&["init"]);
+    e.run();
+    let target = e.src.with_file_name("restored");
+    let outside = e.src.with_file_name("outside");
+    fs::create_dir_all(target.join("img/extra")).unwrap();
+    fs::write(target.join("img/extra/x"), "x").unwrap();
+    fs::write(target.join("stray.txt"), "stray").unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("precious"), "keep me").unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("link-out")).unwrap();
+    let (t, www) = (target.display().to_string(), e.path("www"));
+    let out = e.burrow(&[
+        "restore", "files", "--target", &t, "--path", &www, "--delete",
+    ]);
+    let said = text(&out);
+    for gone in ["img/extra", "link-out", "stray.txt"] {
+        assert!(
+            said.contains(&format!("deleted {t}/{gone} ")),
+            "{gone}: {said}"
+        );
+        assert!(fs::symlink_metadata(target.join(gone)).is_err(), "{gone}");
+    }
+    assert_eq!(fs::read(outside.join("precious")).unwrap(), b"keep me");
+    assert_eq!(
+        fs::read(target.join("index.html")).unwrap(),
+        b"<h1>hi</h1>\n"
+    );
+    assert!(target.join("img/logo.png").exists());
+}

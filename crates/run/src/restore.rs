@@ -10,7 +10,8 @@ use burrow_core::RunError;
 use burrow_core::disk::DiskManager;
 use burrow_core::exec::Exec;
 use burrow_core::repository::{
-    NodeKind, Repositories, Repository, RestoreOutcome, RestoreRequest, SnapshotEntry, Verified,
+    NodeKind, NotRestored, Repositories, Repository, RestoreOutcome, RestoreRequest, SnapshotEntry,
+    Verified,
 };
 use burrow_core::server::Servers;
 use serde::Serialize;
@@ -48,6 +49,11 @@ pub struct RestoreArgs {
     /// and each chunk's hash against the stored blob's id).
     #[arg(long, conflicts_with = "to_server")]
     pub verify: bool,
+    /// Make the target match the snapshot: afterwards remove what the target holds and the
+    /// restored part of the snapshot does not (only inside the target; links are removed,
+    /// never followed).
+    #[arg(long, conflicts_with_all = ["to_server", "dry_run", "dump"])]
+    pub delete: bool,
 }
 
 /// What a restore into a directory wrote, and where.
@@ -59,6 +65,9 @@ pub struct Restored {
     pub dump: Option<String>,
     /// What reading it back found (`--verify`).
     pub verified: Option<Verified>,
+    /// What `--delete` removed from the target, and what it could not remove.
+    pub deleted: Vec<PathBuf>,
+    pub not_deleted: Vec<NotRestored>,
 }
 
 /// A [`RestoreRequest`] that owns its parts, to hand to a blocking thread.
@@ -95,28 +104,101 @@ impl Owned {
     }
 }
 
-/// Restores what `req` names into its target (see [`Repository::restore`]), then, with
-/// `verify`, reads it back ([`Repository::verify`]).
+/// What to do after a restore: read it back (`--verify`), remove what the snapshot does not
+/// hold (`--delete`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Afterwards {
+    pub verify: bool,
+    pub delete: bool,
+}
+
+/// Restores what `req` names into its target (see [`Repository::restore`]), then removes
+/// what the snapshot does not hold ([`delete_extra`]) and reads it back
+/// ([`Repository::verify`]), as `then` asks.
 pub async fn files<D: DiskManager, S, R: Repositories>(
     cfg: &Config,
     ports: Ports<'_, D, S, R>,
     req: RestoreRequest<'_>,
-    verify: bool,
+    then: Afterwards,
 ) -> Result<Restored, CommandError> {
     let repo = maintain::open_for_job(cfg, ports, req.job).await?;
     let owned = Owned::of(&req);
-    let (outcome, verified) = blocking(move || -> Result<_, RunError> {
-        let outcome = repo.restore(owned.request())?;
-        let verified = verify.then(|| repo.verify(owned.request())).transpose()?;
-        Ok((outcome, verified))
-    })
-    .await??;
+    let done = blocking(move || -> Result<_, RunError> {
+        let req = owned.request();
+        let outcome = repo.restore(req)?;
+        let (deleted, not_deleted) = match then.delete {
+            true => delete_extra(
+                &req,
+                &repo.entries(req.job, req.snapshot, req.path, true)?.entries,
+            ),
+            false => (Vec::new(), Vec::new()),
+        };
+        let verified = then.verify.then(|| repo.verify(req)).transpose()?;
+        Ok((outcome, verified, deleted, not_deleted))
+    });
+    let (outcome, verified, deleted, not_deleted) = done.await??;
     Ok(Restored {
         outcome,
         target: req.target.to_owned(),
         dump: None,
         verified,
+        deleted,
+        not_deleted,
     })
+}
+
+/// Removes from the target of `req` every entry that a restore of `entries` (the restored
+/// part of the snapshot) does not put there. The walk starts at the target and never
+/// follows a link (a link, like any other entry, is removed or kept, not entered), so
+/// nothing outside the target is touched. Returns what was removed and what could not be.
+pub fn delete_extra(
+    req: &RestoreRequest<'_>,
+    entries: &[SnapshotEntry],
+) -> (Vec<PathBuf>, Vec<NotRestored>) {
+    let path_is_dir =
+        req.path.is_none() || entries.first().is_some_and(|e| e.kind == NodeKind::Dir);
+    let keep: std::collections::HashSet<PathBuf> = (entries.iter())
+        .filter_map(|e| req.target_of(path_is_dir, Path::new(&e.path)))
+        .collect();
+    let (mut removed, mut failed) = (Vec::new(), Vec::new());
+    let mut fail = |p: &Path, e: std::io::Error| {
+        failed.push(NotRestored {
+            path: p.display().to_string(),
+            reason: format!("cannot remove it: {e}"),
+        });
+    };
+    let mut dirs = vec![req.target.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let listing = match std::fs::read_dir(&dir) {
+            Ok(l) => l,
+            Err(e) => {
+                fail(&dir, e);
+                continue;
+            }
+        };
+        for entry in listing.flatten() {
+            let p = entry.path();
+            // The entry's own type: a link to a directory is a link.
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if keep.contains(&p) {
+                if is_dir {
+                    dirs.push(p);
+                }
+                continue;
+            }
+            let gone = if is_dir {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            match gone {
+                Ok(()) => removed.push(p),
+                Err(e) => fail(&p, e),
+            }
+        }
+    }
+    removed.sort();
+    (removed, failed)
 }
 
 /// What a restore would write (`--dry-run`): each entry and where it would go.
@@ -181,7 +263,11 @@ pub async fn dump_to_dir<D: DiskManager, S, R: Repositories>(
         only_file: true,
         ..RestoreRequest::new(job, snapshot, target)
     };
-    let restored = files(cfg, ports, req, verify).await?;
+    let then = Afterwards {
+        verify,
+        delete: false,
+    };
+    let restored = files(cfg, ports, req, then).await?;
     Ok(Restored {
         dump: Some(name.to_owned()),
         ..restored
@@ -308,6 +394,12 @@ pub async fn restore<D: DiskManager, S: Servers, R: Repositories>(
             let restored = dump_to_dir(cfg, ports, at, name, (target, args.verify));
             RestoreDone::Dir(restored.await?)
         }
-        None => RestoreDone::Dir(files(cfg, ports, req, args.verify).await?),
+        None => {
+            let then = Afterwards {
+                verify: args.verify,
+                delete: args.delete,
+            };
+            RestoreDone::Dir(files(cfg, ports, req, then).await?)
+        }
     })
 }

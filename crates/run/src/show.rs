@@ -184,10 +184,17 @@ impl Shown for Restored {
             ),
             None => restored(&self.outcome, &self.target),
         };
-        done + verified.as_deref().unwrap_or("")
+        let mut t = done;
+        for p in &self.deleted {
+            let _ = writeln!(t, "deleted {} (not in the snapshot)", p.display());
+        }
+        t + verified.as_deref().unwrap_or("")
     }
     fn notes(&self) -> String {
         let mut t = not_restored(&self.outcome);
+        for d in &self.not_deleted {
+            let _ = writeln!(t, "not deleted: {}: {}", d.path, d.reason);
+        }
         for d in self.verified.iter().flat_map(|v| &v.differ) {
             let _ = writeln!(t, "differs: {}: {}", d.path, d.reason);
         }
@@ -214,6 +221,9 @@ impl Shown for Restored {
     fn exit(&self) -> Exit {
         if self.verified.as_ref().is_some_and(|v| !v.differ.is_empty()) {
             return Exit::Failed;
+        }
+        if !self.not_deleted.is_empty() {
+            return Exit::Partial;
         }
         match (self.outcome.complete(), &self.dump) {
             (true, _) => Exit::Ok,

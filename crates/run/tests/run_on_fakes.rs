@@ -338,7 +338,19 @@ async fn restore_writes_the_files_and_feeds_the_dump_to_its_restore_command() {
 
     let target = w.path("restored");
     let req = RestoreRequest::new("web", "latest", &target);
-    let out = restore::files(&w.cfg, ports, req, true).await.unwrap();
+    fs::create_dir_all(target.join("stale/below")).unwrap();
+    fs::write(target.join("stale/below/old"), "old").unwrap();
+    let then = restore::Afterwards {
+        verify: true,
+        delete: true,
+    };
+    let out = restore::files(&w.cfg, ports, req, then).await.unwrap();
+    assert_eq!(
+        out.deleted,
+        [target.join("stale")],
+        "what the snapshot does not hold"
+    );
+    assert!(!target.join("stale").exists());
     assert!(out.outcome.complete(), "{out:?}");
     let verified = out.verified.as_ref().unwrap();
     // the two files and the three dumps, /burrow-dumps/*
