@@ -126,18 +126,39 @@ pub fn verify(
                     out.bytes += bytes;
                 }
             }
-            Err(reason) => out.differ.push(NotRestored {
+            Err(d) => out.differ.push(NotRestored {
                 path: e.path.clone(),
-                reason,
+                reason: d.to_string(),
             }),
         }
     }
     out
 }
 
+/// How a restored entry differs from the snapshot.
+#[derive(Debug, thiserror::Error)]
+enum Difference {
+    #[error("{}: {err}", .at.display())]
+    Unreadable { at: PathBuf, err: std::io::Error },
+    #[error("{} is not a {kind:?} as in the snapshot", .at.display())]
+    Type { at: PathBuf, kind: NodeKind },
+    #[error("the link points to {}", .0.display())]
+    Link(PathBuf),
+    #[error("{has} bytes where the snapshot has {want}")]
+    Size { has: u64, want: u64 },
+    #[error("its content differs from the snapshot's in chunk {0}")]
+    Content(usize),
+    #[error("it is shorter than in the snapshot")]
+    Shorter,
+}
+
 /// Checks one entry at `at`; returns the file bytes read back, or how it differs.
-fn verify_one(e: &SnapshotEntry, at: &Path, chunking: &Chunking) -> Result<u64, String> {
-    let meta = std::fs::symlink_metadata(at).map_err(|err| format!("{}: {err}", at.display()))?;
+fn verify_one(e: &SnapshotEntry, at: &Path, chunking: &Chunking) -> Result<u64, Difference> {
+    let unreadable = |err| Difference::Unreadable {
+        at: at.to_owned(),
+        err,
+    };
+    let meta = std::fs::symlink_metadata(at).map_err(unreadable)?;
     let ty = meta.file_type();
     let same_type = match e.kind {
         NodeKind::File => ty.is_file(),
@@ -148,34 +169,36 @@ fn verify_one(e: &SnapshotEntry, at: &Path, chunking: &Chunking) -> Result<u64, 
         NodeKind::Dev | NodeKind::Chardev | NodeKind::Socket => return Ok(0),
     };
     if !same_type {
-        return Err(format!(
-            "{} is not a {:?} as in the snapshot",
-            at.display(),
-            e.kind
-        ));
+        return Err(Difference::Type {
+            at: at.to_owned(),
+            kind: e.kind,
+        });
     }
     match e.kind {
         NodeKind::Symlink => {
-            let target = std::fs::read_link(at).map_err(|err| err.to_string())?;
+            let target = std::fs::read_link(at).map_err(unreadable)?;
             match e.link_target.as_deref() == Some(&*target.to_string_lossy()) {
                 true => Ok(0),
-                false => Err(format!("the link points to {}", target.display())),
+                false => Err(Difference::Link(target)),
             }
         }
-        NodeKind::File if meta.len() != e.size => Err(format!(
-            "{} bytes where the snapshot has {}",
-            meta.len(),
-            e.size
-        )),
+        NodeKind::File if meta.len() != e.size => Err(Difference::Size {
+            has: meta.len(),
+            want: e.size,
+        }),
         NodeKind::File => same_content(e, at, chunking).map(|()| e.size),
         _ => Ok(0),
     }
 }
 
 /// Cuts the file at `at` into chunks and compares their hashes with `e.content`.
-fn same_content(e: &SnapshotEntry, at: &Path, chunking: &Chunking) -> Result<(), String> {
+fn same_content(e: &SnapshotEntry, at: &Path, chunking: &Chunking) -> Result<(), Difference> {
     use sha2::{Digest, Sha256};
-    let mut file = std::fs::File::open(at).map_err(|err| err.to_string())?;
+    let unreadable = |err| Difference::Unreadable {
+        at: at.to_owned(),
+        err,
+    };
+    let mut file = std::fs::File::open(at).map_err(unreadable)?;
     let mut ids = e.content.iter();
     let mut differs = None;
     let mut n = 0usize;
@@ -189,14 +212,11 @@ fn same_content(e: &SnapshotEntry, at: &Path, chunking: &Chunking) -> Result<(),
             n += 1;
             Ok(())
         })
-        .map_err(|err| err.to_string())?;
+        .map_err(unreadable)?;
     match (differs, ids.next()) {
         (None, None) => Ok(()),
-        (Some(i), _) => Err(format!(
-            "its content differs from the snapshot's in chunk {}",
-            i + 1
-        )),
-        (None, Some(_)) => Err("it is shorter than in the snapshot".into()),
+        (Some(i), _) => Err(Difference::Content(i + 1)),
+        (None, Some(_)) => Err(Difference::Shorter),
     }
 }
 
