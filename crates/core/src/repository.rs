@@ -194,6 +194,21 @@ impl<'a> RestoreRequest<'a> {
             self.target.join(below)
         })
     }
+
+    /// Each entry of `entries` (the listing of this request's path, as
+    /// [`Repository::entries`] gives it, the path's own entry first) with where the restore
+    /// puts it ([`RestoreRequest::target_of`]); entries outside the restore are left out.
+    pub fn placed<'e>(
+        &self,
+        entries: &'e [SnapshotEntry],
+    ) -> impl Iterator<Item = (&'e SnapshotEntry, PathBuf)> + use<'e, '_, 'a> {
+        let path_is_dir =
+            self.path.is_none() || entries.first().is_some_and(|e| e.kind == NodeKind::Dir);
+        entries.iter().filter_map(move |e| {
+            let at = self.target_of(path_is_dir, Path::new(&e.path))?;
+            Some((e, at))
+        })
+    }
 }
 
 /// What `restore --verify` found when it read back what was restored.

@@ -112,13 +112,8 @@ pub fn verify(
     req: &RestoreRequest<'_>,
     chunking: &Chunking,
 ) -> Verified {
-    let path_is_dir =
-        req.path.is_none() || entries.first().is_some_and(|e| e.kind == NodeKind::Dir);
     let mut out = Verified::default();
-    for e in entries {
-        let Some(at) = req.target_of(path_is_dir, Path::new(&e.path)) else {
-            continue;
-        };
+    for (e, at) in req.placed(entries) {
         match verify_one(e, &at, chunking) {
             Ok(bytes) => {
                 if e.kind == NodeKind::File {

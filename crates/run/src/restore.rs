@@ -155,11 +155,7 @@ pub fn delete_extra(
     req: &RestoreRequest<'_>,
     entries: &[SnapshotEntry],
 ) -> (Vec<PathBuf>, Vec<NotRestored>) {
-    let path_is_dir =
-        req.path.is_none() || entries.first().is_some_and(|e| e.kind == NodeKind::Dir);
-    let keep: std::collections::HashSet<PathBuf> = (entries.iter())
-        .filter_map(|e| req.target_of(path_is_dir, Path::new(&e.path)))
-        .collect();
+    let keep: std::collections::HashSet<PathBuf> = req.placed(entries).map(|(_, at)| at).collect();
     let (mut removed, mut failed) = (Vec::new(), Vec::new());
     let mut fail = |p: &Path, e: std::io::Error| {
         failed.push(NotRestored {
@@ -222,11 +218,6 @@ pub async fn plan<D: DiskManager, S, R: Repositories>(
     let found =
         blocking(move || repo.entries(&owned.job, &owned.snapshot, owned.path.as_deref(), true));
     let found = found.await??;
-    let path_is_dir = req.path.is_none()
-        || found
-            .entries
-            .first()
-            .is_some_and(|e| e.kind == NodeKind::Dir);
     let mut planned = Planned {
         snapshot: found.snapshot.id,
         entries: Vec::new(),
@@ -234,16 +225,13 @@ pub async fn plan<D: DiskManager, S, R: Repositories>(
         dirs: 0,
         bytes: 0,
     };
-    for e in found.entries {
-        let Some(at) = req.target_of(path_is_dir, Path::new(&e.path)) else {
-            continue;
-        };
+    for (e, at) in req.placed(&found.entries) {
         match e.kind {
             NodeKind::Dir => planned.dirs += 1,
             _ => planned.files += 1,
         }
         planned.bytes += e.size;
-        planned.entries.push((e, at));
+        planned.entries.push((e.clone(), at));
     }
     Ok(planned)
 }
